@@ -1,0 +1,181 @@
+//! Entry points for the fuzz targets in `fuzz/`, one per decoder or state machine.
+//!
+//! Each takes arbitrary bytes and must never panic. The seed corpora in
+//! `fuzz/corpus/<target>/` are replayed through these same functions by an
+//! ordinary test (`corpus_replays`), so CI exercises them on every run.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use crate::api::{ChannelRequest, ChannelState, JoinRequest, decode_json};
+use crate::channels::{ChannelTable, TableConfig};
+use crate::session::peek_record_len;
+use crate::staple::{StapleHello, StapleReply};
+use crate::transfer::{Message, Receiver};
+
+/// A fuzz target: arbitrary bytes in, must not panic.
+pub type Target = fn(&[u8]);
+
+/// Every target by name, for the corpus replay.
+pub const TARGETS: &[(&str, Target)] = &[
+    ("staple_hello", staple_hello),
+    ("staple_reply", staple_reply),
+    ("transfer_message", transfer_message),
+    ("transfer_receiver", transfer_receiver),
+    ("api_json", api_json),
+    ("channel_table", channel_table),
+    ("record", record),
+];
+
+/// The stapling hello decoder.
+pub fn staple_hello(data: &[u8]) {
+    if let Ok(Some((h, n))) = StapleHello::decode(data) {
+        assert!(n <= data.len());
+        assert_eq!(
+            StapleHello::decode(&h.encode()).ok().flatten().map(|x| x.0),
+            Some(h)
+        );
+    }
+}
+
+/// The stapling reply decoder.
+pub fn staple_reply(data: &[u8]) {
+    if let Ok(Some((r, _))) = StapleReply::decode(data) {
+        assert_eq!(
+            StapleReply::decode(&r.encode()).ok().flatten().map(|x| x.0),
+            Some(r)
+        );
+    }
+}
+
+/// One transfer message: decode, and re-encode what decoded.
+pub fn transfer_message(data: &[u8]) {
+    if let Ok(m) = Message::decode(data) {
+        assert_eq!(Message::decode(&m.to_vec()).ok(), Some(m));
+    }
+}
+
+/// The receiving state machine fed a sequence of records (each prefixed by a
+/// one-byte length), accepting whenever an offer completes.
+pub fn transfer_receiver(data: &[u8]) {
+    let mut rx = Receiver::new();
+    let mut rest = data;
+    while let Some((&len, tail)) = rest.split_first() {
+        let n = usize::from(len).min(tail.len());
+        let (rec, tail) = tail.split_at(n);
+        rest = tail;
+        if let Ok(crate::transfer::RxEvent::OfferReady) = rx.handle(rec) {
+            let _ = rx.accept();
+        }
+    }
+}
+
+/// The relay's JSON bodies.
+pub fn api_json(data: &[u8]) {
+    let _ = decode_json::<JoinRequest>(data);
+    let _ = decode_json::<ChannelRequest>(data);
+    let _ = decode_json::<ChannelState>(data);
+}
+
+/// The channel table driven by a list of operations encoded in the bytes:
+/// each op is `kind:u8 ip:u8 arg:u8`, applied at a clock that advances.
+pub fn channel_table(data: &[u8]) {
+    let mut t = ChannelTable::new(TableConfig {
+        idle_ttl: Duration::from_secs(30),
+        max_channels_per_ip: 4,
+        max_channels: 16,
+    });
+    let start = Instant::now();
+    let mut joined: Vec<(String, String, IpAddr)> = Vec::new();
+    let mut seed = 0u8;
+    let mut fill = move |b: &mut [u8]| {
+        for x in b {
+            seed = seed.wrapping_mul(29).wrapping_add(11);
+            *x = seed;
+        }
+    };
+    for (i, op) in data.chunks_exact(3).enumerate() {
+        let now = start + Duration::from_secs(i as u64);
+        let ip = IpAddr::from([127, 0, 0, op[1] % 5]);
+        let pick = joined.get(usize::from(op[2]) % joined.len().max(1)).cloned();
+        match op[0] % 8 {
+            0 | 1 => {
+                let req = JoinRequest {
+                    channel: if op[0] % 2 == 0 {
+                        None
+                    } else {
+                        Some((op[2] % 4).to_string())
+                    },
+                    curve: None,
+                    role: if op[2] % 2 == 0 {
+                        crate::api::Role::Sender
+                    } else {
+                        crate::api::Role::Recipient
+                    },
+                };
+                if let Ok(r) = t.join(now, ip, &req, &mut fill) {
+                    joined.push((r.channel, r.uuid, ip));
+                }
+            }
+            2..=5 => {
+                if let Some((ch, uuid, _)) = pick {
+                    let mut req = ChannelRequest {
+                        channel: ch,
+                        uuid,
+                        ..Default::default()
+                    };
+                    match op[0] % 8 {
+                        2 => req.x = Some("ab".repeat(33)),
+                        3 => {
+                            req.y = Some("cd".repeat(33));
+                            req.hh_k = Some("ef".repeat(32));
+                        }
+                        4 => req.h_k = Some("01".repeat(32)),
+                        _ => req.close = Some(true),
+                    }
+                    let _ = t.post(now, ip, &req);
+                }
+            }
+            6 => {
+                if let Some((ch, uuid, _)) = pick
+                    && t.staple_check(now, ip, &ch, &uuid).is_ok()
+                {
+                    t.set_stapled(now, &ch);
+                }
+            }
+            _ => {
+                t.expire(now);
+            }
+        }
+        assert!(t.len() <= 16);
+    }
+}
+
+/// The record length prefix.
+pub fn record(data: &[u8]) {
+    if let Ok(Some(n)) = peek_record_len(data) {
+        assert!((16..=65535).contains(&n));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Replays every committed seed corpus through its target.
+    #[test]
+    fn corpus_replays() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus");
+        for (name, target) in TARGETS {
+            let dir = root.join(name);
+            let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+            let mut n = 0;
+            for entry in entries {
+                let path = entry.unwrap().path();
+                target(&std::fs::read(&path).unwrap());
+                n += 1;
+            }
+            assert!(n > 0, "empty corpus for {name}");
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! burrow's protocol core, free of I/O.
+//!
+//! Everything here takes bytes (and, where it matters, the current time and
+//! random bytes) in, and returns bytes and events out. No sockets, no tokio, no
+//! clock reads: the relay (`burrow-relay`) and the peer runtime (`burrow-node`)
+//! drive these machines, and the fuzz targets drive them too.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`wire`] | total decoding helpers shared by every binary codec |
+//! | [`code`] | transfer codes `<channel>-<word>-<word>-<word>` |
+//! | [`pake`] | SPAKE2 + key confirmation (seed 001, steps 2–10) |
+//! | [`api`] | JSON bodies of the relay's HTTP API (seed 001) |
+//! | [`channels`] | the relay's channel table: joins, steps, limits, expiry |
+//! | [`staple`] | the stapling hello and reply (seed 001, steps 11–17) |
+//! | [`session`] | the Noise `NNpsk0` handshake and the AEAD record layer |
+//! | [`transfer`] | transfer messages and the receiving state machine |
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod api;
+pub mod channels;
+pub mod code;
+pub mod fuzzing;
+pub mod pake;
+pub mod session;
+pub mod staple;
+pub mod transfer;
+pub mod wire;

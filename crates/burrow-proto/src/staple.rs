@@ -1,0 +1,187 @@
+//! The stapling connection (seed 001, steps 11–17).
+//!
+//! A peer opens a TCP connection to the relay's port and, before anything
+//! else, names its channel and UUID. The relay answers with a one-byte status;
+//! when both peers of the channel are in, it answers [`StapleReply::Stapled`]
+//! to each and from then on copies bytes blindly between them.
+//!
+//! # Format
+//!
+//! ```text
+//! hello  = "BRWS" | version:u8 (=1) | channel_len:u8 | channel | uuid:16
+//! reply  = 0x00                           Stapled: start talking
+//!        | 0x01                           Waiting: accepted, the other peer is not here yet
+//!        | 0xff | len:u16 | reason:utf8   Refused: the relay closes the connection
+//! ```
+
+use crate::code::{MAX_CHANNEL_LEN, validate_channel};
+use crate::wire::{DecodeError, Reader, put_bytes_u8, put_bytes_u16};
+
+/// The first four bytes of a stapling connection.
+pub const STAPLE_MAGIC: &[u8; 4] = b"BRWS";
+/// The stapling protocol version.
+pub const STAPLE_VERSION: u8 = 1;
+/// Largest hello on the wire.
+pub const MAX_HELLO_LEN: usize = 4 + 1 + 1 + MAX_CHANNEL_LEN + 16;
+/// Longest refusal reason.
+pub const MAX_REASON_LEN: usize = 512;
+
+/// A stapling hello.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StapleHello {
+    /// The channel.
+    pub channel: String,
+    /// The UUID from `/join`.
+    pub uuid: [u8; 16],
+}
+
+/// Decodes something that may still be arriving: `Ok(None)` means "need more bytes".
+pub type Partial<T> = Result<Option<(T, usize)>, DecodeError>;
+
+fn partial<T>(buf: &[u8], f: impl FnOnce(&mut Reader<'_>) -> Result<T, DecodeError>) -> Partial<T> {
+    let mut r = Reader::new(buf);
+    match f(&mut r) {
+        Ok(v) => Ok(Some((v, buf.len() - r.remaining()))),
+        Err(DecodeError::Truncated { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+impl StapleHello {
+    /// Encodes the hello (including the magic).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(MAX_HELLO_LEN);
+        out.extend_from_slice(STAPLE_MAGIC);
+        out.push(STAPLE_VERSION);
+        put_bytes_u8(&mut out, self.channel.as_bytes());
+        out.extend_from_slice(&self.uuid);
+        out
+    }
+
+    /// Decodes a hello from the start of `buf` (which begins with the magic).
+    pub fn decode(buf: &[u8]) -> Partial<Self> {
+        partial(buf, |r| {
+            if r.array::<4>()? != *STAPLE_MAGIC {
+                return Err(DecodeError::Invalid {
+                    what: "staple magic",
+                    reason: "not BRWS",
+                });
+            }
+            let v = r.u8()?;
+            if v != STAPLE_VERSION {
+                return Err(DecodeError::Unknown {
+                    what: "staple version",
+                    value: v.into(),
+                });
+            }
+            let channel = r.str_u8("channel", MAX_CHANNEL_LEN)?.to_owned();
+            validate_channel(&channel).map_err(|_| DecodeError::Invalid {
+                what: "channel",
+                reason: "bad characters",
+            })?;
+            let uuid = r.array()?;
+            Ok(Self { channel, uuid })
+        })
+    }
+}
+
+/// The relay's answer on a stapling connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StapleReply {
+    /// Both peers are in: the pipe is open.
+    Stapled,
+    /// Accepted; waiting for the other peer.
+    Waiting,
+    /// Refused; the relay closes the connection.
+    Refused(String),
+}
+
+impl StapleReply {
+    /// Encodes the reply.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            StapleReply::Stapled => vec![0x00],
+            StapleReply::Waiting => vec![0x01],
+            StapleReply::Refused(reason) => {
+                let mut out = vec![0xff];
+                let mut cut = reason.len().min(MAX_REASON_LEN);
+                while !reason.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                put_bytes_u16(&mut out, &reason.as_bytes()[..cut]);
+                out
+            }
+        }
+    }
+
+    /// Decodes a reply from the start of `buf`.
+    pub fn decode(buf: &[u8]) -> Partial<Self> {
+        partial(buf, |r| match r.u8()? {
+            0x00 => Ok(StapleReply::Stapled),
+            0x01 => Ok(StapleReply::Waiting),
+            0xff => Ok(StapleReply::Refused(
+                r.str_u16("reason", MAX_REASON_LEN)?.to_owned(),
+            )),
+            other => Err(DecodeError::Unknown {
+                what: "staple reply",
+                value: other.into(),
+            }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn hello_bytes_are_exact() {
+        let h = StapleHello {
+            channel: "42".into(),
+            uuid: [0xab; 16],
+        };
+        assert_eq!(
+            hex::encode(h.encode()),
+            "4252575301023432abababababababababababababababab"
+        );
+        let enc = h.encode();
+        assert_eq!(StapleHello::decode(&enc).unwrap(), Some((h, enc.len())));
+        assert_eq!(StapleHello::decode(&enc[..10]).unwrap(), None);
+        assert!(StapleHello::decode(b"BRWS\x09").is_err());
+        assert!(StapleHello::decode(b"GET / HTTP/1.1").is_err());
+        assert!(StapleHello::decode(b"BRWS\x01\x02a/").is_err());
+    }
+
+    #[test]
+    fn reply_bytes_are_exact() {
+        assert_eq!(StapleReply::Stapled.encode(), vec![0]);
+        assert_eq!(StapleReply::Waiting.encode(), vec![1]);
+        assert_eq!(
+            hex::encode(StapleReply::Refused("no".into()).encode()),
+            "ff00026e6f"
+        );
+        assert_eq!(StapleReply::decode(&[0xff, 0, 5, b'a']).unwrap(), None);
+        assert!(StapleReply::decode(&[7]).is_err());
+        let long = "é".repeat(400);
+        let enc = StapleReply::Refused(long).encode();
+        assert!(
+            matches!(StapleReply::decode(&enc).unwrap(), Some((StapleReply::Refused(s), _)) if s.len() <= MAX_REASON_LEN)
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn hello_round_trips(ch in "[a-zA-Z0-9_]{1,32}", uuid in any::<[u8; 16]>()) {
+            let h = StapleHello { channel: ch, uuid };
+            let enc = h.encode();
+            prop_assert_eq!(StapleHello::decode(&enc).unwrap(), Some((h, enc.len())));
+        }
+
+        #[test]
+        fn decoders_are_total(data in proptest::collection::vec(any::<u8>(), 0..80)) {
+            let _ = StapleHello::decode(&data);
+            let _ = StapleReply::decode(&data);
+        }
+    }
+}

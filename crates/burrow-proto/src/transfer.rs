@@ -1,0 +1,901 @@
+//! Transfer messages inside the encrypted session, and the receiver's state machine.
+//!
+//! Every record's plaintext is one message: a type byte and a body.
+//!
+//! ```text
+//! sender                                   recipient
+//!   Offer{kind, entries, total}  ------>
+//!   Entry{...} x entries         ------>     (validated one by one)
+//!   OfferEnd                     ------>     user decides
+//!                                <------   Accept | Reject{reason}
+//!   for each file entry, in order:
+//!     Data{bytes} ...            ------>     written to a temporary name, hashed
+//!     FileEnd{blake3}            ------>     hash checked, file renamed into place
+//!   Done                         ------>
+//!                                <------   Ack  (everything verified)
+//! either side, any time:         Error{message}
+//! ```
+//!
+//! # Format
+//!
+//! | type | name | body |
+//! |---|---|---|
+//! | 0x01 | Offer | version:u8 (=1), kind:u8 (0 files, 1 text, 2 stream), entries:u64, total:u64 |
+//! | 0x02 | Entry | kind:u8 (0 file, 1 dir), flags:u8 (bit 0 executable), size:u64 (u64::MAX = unknown), path: len:u16 + UTF-8 |
+//! | 0x03 | OfferEnd | — |
+//! | 0x04 | Accept | — |
+//! | 0x05 | Reject | reason: len:u16 + UTF-8 |
+//! | 0x06 | Data | the rest of the record |
+//! | 0x07 | FileEnd | blake3:32 |
+//! | 0x08 | Done | — |
+//! | 0x09 | Ack | — |
+//! | 0x0a | Error | message: len:u16 + UTF-8 |
+//!
+//! Paths are relative, `/`-separated, and checked by [`validate_rel_path`]:
+//! nothing the peer sends can name a place outside the output folder.
+
+use std::collections::HashSet;
+
+use thiserror::Error;
+
+use crate::wire::{DecodeError, Reader, put_bytes_u16};
+
+/// Offer format version.
+pub const OFFER_VERSION: u8 = 1;
+/// Longest relative path.
+pub const MAX_PATH: usize = 4096;
+/// Longest path component.
+pub const MAX_COMPONENT: usize = 255;
+/// Most entries in one offer.
+pub const MAX_ENTRIES: u64 = 1 << 22;
+/// Longest reason or error message.
+pub const MAX_MESSAGE: usize = 1024;
+/// Size value meaning "unknown until the end" (stdin streams).
+pub const UNKNOWN_SIZE: u64 = u64::MAX;
+
+/// What is offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OfferKind {
+    /// Files and folders.
+    Files,
+    /// A text message (one entry, printed by the receiver).
+    Text,
+    /// A byte stream of unknown length (stdin to stdout).
+    Stream,
+}
+
+/// What an entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A regular file.
+    File,
+    /// A folder (sent so that empty folders arrive).
+    Dir,
+}
+
+/// One offered file or folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// File or folder.
+    pub kind: EntryKind,
+    /// The executable bit.
+    pub executable: bool,
+    /// Size in bytes ([`UNKNOWN_SIZE`] for streams).
+    pub size: u64,
+    /// Relative `/`-separated path.
+    pub path: String,
+}
+
+/// One message inside the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message<'a> {
+    /// Start of an offer.
+    Offer {
+        /// What is offered.
+        kind: OfferKind,
+        /// How many [`Message::Entry`] follow.
+        entries: u64,
+        /// Sum of the file sizes.
+        total: u64,
+    },
+    /// One entry of the offer.
+    Entry(Entry),
+    /// End of the offer.
+    OfferEnd,
+    /// The receiver accepts.
+    Accept,
+    /// The receiver declines.
+    Reject(String),
+    /// File bytes.
+    Data(&'a [u8]),
+    /// End of the current file, with its BLAKE3.
+    FileEnd([u8; 32]),
+    /// All files sent.
+    Done,
+    /// All files received and verified.
+    Ack,
+    /// A fatal error on the peer's side.
+    Error(String),
+}
+
+fn clip(s: &str, max: usize) -> &str {
+    let mut cut = s.len().min(max);
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &s[..cut]
+}
+
+impl Message<'_> {
+    /// Appends the encoded message to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Message::Offer { kind, entries, total } => {
+                out.push(0x01);
+                out.push(OFFER_VERSION);
+                out.push(match kind {
+                    OfferKind::Files => 0,
+                    OfferKind::Text => 1,
+                    OfferKind::Stream => 2,
+                });
+                out.extend_from_slice(&entries.to_be_bytes());
+                out.extend_from_slice(&total.to_be_bytes());
+            }
+            Message::Entry(e) => {
+                out.push(0x02);
+                out.push(match e.kind {
+                    EntryKind::File => 0,
+                    EntryKind::Dir => 1,
+                });
+                out.push(u8::from(e.executable));
+                out.extend_from_slice(&e.size.to_be_bytes());
+                put_bytes_u16(out, clip(&e.path, MAX_PATH).as_bytes());
+            }
+            Message::OfferEnd => out.push(0x03),
+            Message::Accept => out.push(0x04),
+            Message::Reject(r) => {
+                out.push(0x05);
+                put_bytes_u16(out, clip(r, MAX_MESSAGE).as_bytes());
+            }
+            Message::Data(d) => {
+                out.push(0x06);
+                out.extend_from_slice(d);
+            }
+            Message::FileEnd(h) => {
+                out.push(0x07);
+                out.extend_from_slice(h);
+            }
+            Message::Done => out.push(0x08),
+            Message::Ack => out.push(0x09),
+            Message::Error(m) => {
+                out.push(0x0a);
+                put_bytes_u16(out, clip(m, MAX_MESSAGE).as_bytes());
+            }
+        }
+    }
+
+    /// Encodes into a fresh vector.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = Vec::new();
+        self.encode(&mut v);
+        v
+    }
+}
+
+impl<'a> Message<'a> {
+    /// Decodes one whole message (one record's plaintext). Total: never panics.
+    pub fn decode(buf: &'a [u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(buf);
+        let msg = match r.u8()? {
+            0x01 => {
+                let v = r.u8()?;
+                if v != OFFER_VERSION {
+                    return Err(DecodeError::Unknown {
+                        what: "offer version",
+                        value: v.into(),
+                    });
+                }
+                let kind = match r.u8()? {
+                    0 => OfferKind::Files,
+                    1 => OfferKind::Text,
+                    2 => OfferKind::Stream,
+                    k => {
+                        return Err(DecodeError::Unknown {
+                            what: "offer kind",
+                            value: k.into(),
+                        });
+                    }
+                };
+                Message::Offer {
+                    kind,
+                    entries: r.u64()?,
+                    total: r.u64()?,
+                }
+            }
+            0x02 => {
+                let kind = match r.u8()? {
+                    0 => EntryKind::File,
+                    1 => EntryKind::Dir,
+                    k => {
+                        return Err(DecodeError::Unknown {
+                            what: "entry kind",
+                            value: k.into(),
+                        });
+                    }
+                };
+                let flags = r.u8()?;
+                if flags & !1 != 0 {
+                    return Err(DecodeError::Unknown {
+                        what: "entry flags",
+                        value: flags.into(),
+                    });
+                }
+                let size = r.u64()?;
+                let path = r.str_u16("path", MAX_PATH)?.to_owned();
+                Message::Entry(Entry {
+                    kind,
+                    executable: flags & 1 == 1,
+                    size,
+                    path,
+                })
+            }
+            0x03 => Message::OfferEnd,
+            0x04 => Message::Accept,
+            0x05 => Message::Reject(r.str_u16("reason", MAX_MESSAGE)?.to_owned()),
+            0x06 => Message::Data(r.rest()),
+            0x07 => Message::FileEnd(r.array()?),
+            0x08 => Message::Done,
+            0x09 => Message::Ack,
+            0x0a => Message::Error(r.str_u16("message", MAX_MESSAGE)?.to_owned()),
+            t => {
+                return Err(DecodeError::Unknown {
+                    what: "message type",
+                    value: t.into(),
+                });
+            }
+        };
+        r.finish()?;
+        Ok(msg)
+    }
+}
+
+/// Why a path from the peer is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum PathError {
+    /// Empty path or component.
+    #[error("empty path component")]
+    Empty,
+    /// Starts with `/` (absolute).
+    #[error("absolute path")]
+    Absolute,
+    /// Contains `.` or `..`.
+    #[error("path contains '.' or '..'")]
+    DotComponent,
+    /// Contains a backslash or NUL, or a component too long.
+    #[error("path contains a backslash, a NUL byte or an over-long name")]
+    BadChars,
+    /// Longer than [`MAX_PATH`].
+    #[error("path too long")]
+    TooLong,
+}
+
+/// Checks a relative path from the peer: `/`-separated, every component a
+/// plain name (no `.`, `..`, empty, NUL or backslash), not absolute.
+pub fn validate_rel_path(p: &str) -> Result<(), PathError> {
+    if p.len() > MAX_PATH {
+        return Err(PathError::TooLong);
+    }
+    if p.starts_with('/') {
+        return Err(PathError::Absolute);
+    }
+    if p.is_empty() {
+        return Err(PathError::Empty);
+    }
+    for c in p.split('/') {
+        match c {
+            "" => return Err(PathError::Empty),
+            "." | ".." => return Err(PathError::DotComponent),
+            _ if c.len() > MAX_COMPONENT || c.contains(['\\', '\0']) => return Err(PathError::BadChars),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Makes a peer-supplied name safe to print: control characters and
+/// bidirectional overrides are shown as escapes, so no file name can move the
+/// cursor, recolour the terminal or disguise its extension.
+pub fn escape_display(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for ch in s.chars() {
+        let bidi = matches!(ch, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}');
+        if ch.is_control() || bidi {
+            out.extend(ch.escape_default());
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+/// Why the transfer failed on the receiving side.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum TransferError {
+    /// A message could not be decoded.
+    #[error("malformed message from the peer: {0}")]
+    Decode(#[from] DecodeError),
+    /// A message came when another was expected.
+    #[error("protocol violation: {0}")]
+    Unexpected(&'static str),
+    /// The offer is inconsistent or unsafe.
+    #[error("unacceptable offer: {0}")]
+    BadOffer(String),
+    /// A file's hash did not match.
+    #[error("integrity check failed for {0}: the data does not match its hash")]
+    HashMismatch(String),
+    /// The peer reported an error.
+    #[error("the other side failed: {0}")]
+    Peer(String),
+    /// The peer declined the offer.
+    #[error("the other side declined: {0}")]
+    Rejected(String),
+}
+
+/// A validated offer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offer {
+    /// What is offered.
+    pub kind: OfferKind,
+    /// Files and folders, in the order their data will arrive.
+    pub entries: Vec<Entry>,
+    /// Sum of the file sizes (for streams: unknown, 0).
+    pub total: u64,
+}
+
+impl Offer {
+    /// Number of file entries.
+    pub fn files(&self) -> usize {
+        self.entries.iter().filter(|e| e.kind == EntryKind::File).count()
+    }
+
+    /// Number of folder entries.
+    pub fn dirs(&self) -> usize {
+        self.entries.len() - self.files()
+    }
+}
+
+/// What the receiver's driver must do after a message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RxEvent<'a> {
+    /// Nothing to do yet.
+    Nothing,
+    /// The offer is complete: show it and call [`Receiver::accept`] or [`Receiver::reject`].
+    OfferReady,
+    /// Bytes for the file at `index` (of [`Offer::entries`]): write them.
+    Data {
+        /// Entry index.
+        index: usize,
+        /// The bytes.
+        bytes: &'a [u8],
+    },
+    /// The file at `index` is complete and its hash verified: move it into place.
+    FileVerified {
+        /// Entry index.
+        index: usize,
+    },
+    /// Everything arrived and was verified; send the returned `Ack`.
+    Finished,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RxState {
+    AwaitOffer,
+    Entries,
+    AwaitDecision,
+    Receiving,
+    Finished,
+    Failed,
+}
+
+/// The receiving side of a transfer, sans-IO: feed it each record's
+/// plaintext with [`Receiver::handle`] and act on the [`RxEvent`]s.
+#[derive(Debug)]
+pub struct Receiver {
+    state: RxState,
+    kind: OfferKind,
+    expected: u64,
+    declared_total: u64,
+    entries: Vec<Entry>,
+    files: HashSet<String>,
+    dirs: HashSet<String>,
+    sum: u64,
+    current: usize,
+    in_file: u64,
+    hasher: blake3::Hasher,
+    received: u64,
+}
+
+impl Default for Receiver {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Receiver {
+    /// A receiver waiting for an offer.
+    pub fn new() -> Self {
+        Self {
+            state: RxState::AwaitOffer,
+            kind: OfferKind::Files,
+            expected: 0,
+            declared_total: 0,
+            entries: Vec::new(),
+            files: HashSet::new(),
+            dirs: HashSet::new(),
+            sum: 0,
+            current: 0,
+            in_file: 0,
+            hasher: blake3::Hasher::new(),
+            received: 0,
+        }
+    }
+
+    /// The offer so far (complete once [`RxEvent::OfferReady`] was returned).
+    pub fn offer(&self) -> Offer {
+        Offer {
+            kind: self.kind,
+            entries: self.entries.clone(),
+            total: self.declared_total,
+        }
+    }
+
+    /// Borrow the entries.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// File bytes received so far.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Accepts the offer; returns the message to send.
+    pub fn accept(&mut self) -> Result<Vec<u8>, TransferError> {
+        if self.state != RxState::AwaitDecision {
+            return Err(TransferError::Unexpected("accept before the offer is complete"));
+        }
+        self.state = RxState::Receiving;
+        self.current = 0;
+        self.skip_dirs();
+        Ok(Message::Accept.to_vec())
+    }
+
+    /// Declines the offer; returns the message to send.
+    pub fn reject(&mut self, reason: &str) -> Vec<u8> {
+        self.state = RxState::Failed;
+        Message::Reject(reason.to_owned()).to_vec()
+    }
+
+    fn skip_dirs(&mut self) {
+        while self.current < self.entries.len() && self.entries[self.current].kind == EntryKind::Dir {
+            self.current += 1;
+        }
+        self.in_file = 0;
+        self.hasher = blake3::Hasher::new();
+    }
+
+    fn fail<T>(&mut self, e: TransferError) -> Result<T, TransferError> {
+        self.state = RxState::Failed;
+        Err(e)
+    }
+
+    fn add_entry(&mut self, e: Entry) -> Result<(), TransferError> {
+        if let Err(err) = validate_rel_path(&e.path) {
+            return Err(TransferError::BadOffer(format!(
+                "{}: {err}",
+                escape_display(&e.path)
+            )));
+        }
+        // No entry may sit below a file, and no file may replace a folder.
+        let mut prefix = String::new();
+        let comps: Vec<&str> = e.path.split('/').collect();
+        for c in &comps[..comps.len() - 1] {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(c);
+            if self.files.contains(&prefix) {
+                return Err(TransferError::BadOffer(format!(
+                    "{} is both a file and a folder",
+                    escape_display(&prefix)
+                )));
+            }
+            self.dirs.insert(prefix.clone());
+        }
+        let clash = match e.kind {
+            EntryKind::File => self.files.contains(&e.path) || self.dirs.contains(&e.path),
+            EntryKind::Dir => self.files.contains(&e.path),
+        };
+        if clash {
+            return Err(TransferError::BadOffer(format!(
+                "{} appears twice",
+                escape_display(&e.path)
+            )));
+        }
+        match e.kind {
+            EntryKind::File => {
+                if self.kind != OfferKind::Stream && e.size == UNKNOWN_SIZE {
+                    return Err(TransferError::BadOffer("a file without a size".into()));
+                }
+                if self.kind != OfferKind::Stream {
+                    self.sum = self
+                        .sum
+                        .checked_add(e.size)
+                        .ok_or_else(|| TransferError::BadOffer("sizes overflow".into()))?;
+                }
+                self.files.insert(e.path.clone());
+            }
+            EntryKind::Dir => {
+                if self.kind != OfferKind::Files {
+                    return Err(TransferError::BadOffer(
+                        "folders in a text or stream offer".into(),
+                    ));
+                }
+                self.dirs.insert(e.path.clone());
+            }
+        }
+        self.entries.push(e);
+        Ok(())
+    }
+
+    /// Handles one record's plaintext.
+    pub fn handle<'a>(&mut self, record: &'a [u8]) -> Result<RxEvent<'a>, TransferError> {
+        let msg = match Message::decode(record) {
+            Ok(m) => m,
+            Err(e) => return self.fail(e.into()),
+        };
+        match (self.state, msg) {
+            (_, Message::Error(m)) => self.fail(TransferError::Peer(escape_display(&m))),
+            (RxState::AwaitOffer, Message::Offer { kind, entries, total }) => {
+                let bad = entries > MAX_ENTRIES
+                    || (kind != OfferKind::Files && entries != 1)
+                    || (kind == OfferKind::Stream && total != 0);
+                if bad {
+                    return self.fail(TransferError::BadOffer(format!(
+                        "{entries} entries of kind {kind:?}"
+                    )));
+                }
+                self.kind = kind;
+                self.expected = entries;
+                self.declared_total = total;
+                self.state = RxState::Entries;
+                Ok(RxEvent::Nothing)
+            }
+            (RxState::Entries, Message::Entry(e)) => {
+                if self.entries.len() as u64 >= self.expected {
+                    return self.fail(TransferError::BadOffer("more entries than announced".into()));
+                }
+                match self.add_entry(e) {
+                    Ok(()) => Ok(RxEvent::Nothing),
+                    Err(err) => self.fail(err),
+                }
+            }
+            (RxState::Entries, Message::OfferEnd) => {
+                if self.entries.len() as u64 != self.expected {
+                    return self.fail(TransferError::BadOffer("fewer entries than announced".into()));
+                }
+                if self.kind != OfferKind::Stream && self.sum != self.declared_total {
+                    return self.fail(TransferError::BadOffer("sizes do not add up to the total".into()));
+                }
+                self.state = RxState::AwaitDecision;
+                Ok(RxEvent::OfferReady)
+            }
+            (RxState::Receiving, Message::Data(bytes)) => {
+                let Some(e) = self.entries.get(self.current) else {
+                    return self.fail(TransferError::Unexpected("data after the last file"));
+                };
+                let new_len = self.in_file.saturating_add(bytes.len() as u64);
+                if e.size != UNKNOWN_SIZE && new_len > e.size {
+                    return self.fail(TransferError::Unexpected("more data than the file's size"));
+                }
+                self.in_file = new_len;
+                self.received += bytes.len() as u64;
+                self.hasher.update(bytes);
+                Ok(RxEvent::Data {
+                    index: self.current,
+                    bytes,
+                })
+            }
+            (RxState::Receiving, Message::FileEnd(hash)) => {
+                let Some(e) = self.entries.get(self.current) else {
+                    return self.fail(TransferError::Unexpected("file end after the last file"));
+                };
+                if e.size != UNKNOWN_SIZE && self.in_file != e.size {
+                    return self.fail(TransferError::Unexpected("file ended before its size"));
+                }
+                if self.hasher.finalize() != blake3::Hash::from_bytes(hash) {
+                    let name = escape_display(&e.path);
+                    return self.fail(TransferError::HashMismatch(name));
+                }
+                let index = self.current;
+                self.current += 1;
+                self.skip_dirs();
+                Ok(RxEvent::FileVerified { index })
+            }
+            (RxState::Receiving, Message::Done) => {
+                if self.current < self.entries.len() {
+                    return self.fail(TransferError::Unexpected("done before every file arrived"));
+                }
+                self.state = RxState::Finished;
+                Ok(RxEvent::Finished)
+            }
+            (RxState::Failed, _) => Err(TransferError::Unexpected("message after failure")),
+            (_, _) => self.fail(TransferError::Unexpected("message out of order")),
+        }
+    }
+
+    /// The message to send once [`RxEvent::Finished`] was returned.
+    pub fn ack(&self) -> Vec<u8> {
+        Message::Ack.to_vec()
+    }
+}
+
+/// Writes an offer's messages, one `Vec` per record.
+pub fn offer_records(kind: OfferKind, entries: &[Entry]) -> impl Iterator<Item = Vec<u8>> + '_ {
+    let total = if kind == OfferKind::Stream {
+        0
+    } else {
+        entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::File)
+            .map(|e| e.size)
+            .sum()
+    };
+    std::iter::once(
+        Message::Offer {
+            kind,
+            entries: entries.len() as u64,
+            total,
+        }
+        .to_vec(),
+    )
+    .chain(entries.iter().map(|e| Message::Entry(e.clone()).to_vec()))
+    .chain(std::iter::once(Message::OfferEnd.to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn file(path: &str, size: u64) -> Entry {
+        Entry {
+            kind: EntryKind::File,
+            executable: false,
+            size,
+            path: path.into(),
+        }
+    }
+
+    fn dir(path: &str) -> Entry {
+        Entry {
+            kind: EntryKind::Dir,
+            executable: false,
+            size: 0,
+            path: path.into(),
+        }
+    }
+
+    #[test]
+    fn bytes_are_exact() {
+        assert_eq!(
+            hex::encode(
+                Message::Offer {
+                    kind: OfferKind::Files,
+                    entries: 2,
+                    total: 5
+                }
+                .to_vec()
+            ),
+            "0101000000000000000002".to_owned() + "0000000000000005"
+        );
+        let e = Entry {
+            kind: EntryKind::File,
+            executable: true,
+            size: 3,
+            path: "a/b".into(),
+        };
+        assert_eq!(
+            hex::encode(Message::Entry(e).to_vec()),
+            "0200010000000000000003".to_owned() + "0003612f62"
+        );
+        assert_eq!(Message::OfferEnd.to_vec(), [3]);
+        assert_eq!(Message::Accept.to_vec(), [4]);
+        assert_eq!(hex::encode(Message::Reject("no".into()).to_vec()), "0500026e6f");
+        assert_eq!(Message::Data(b"xy").to_vec(), [6, b'x', b'y']);
+        assert_eq!(Message::FileEnd([9; 32]).to_vec()[..2], [7, 9]);
+        assert_eq!(Message::Done.to_vec(), [8]);
+        assert_eq!(Message::Ack.to_vec(), [9]);
+        assert_eq!(hex::encode(Message::Error("x".into()).to_vec()), "0a000178");
+    }
+
+    fn run(entries: Vec<Entry>, data: &[(&str, &[u8])]) -> Result<Vec<(usize, Vec<u8>)>, TransferError> {
+        let mut rx = Receiver::new();
+        for rec in offer_records(OfferKind::Files, &entries) {
+            rx.handle(&rec)?;
+        }
+        rx.accept()?;
+        let mut got: Vec<(usize, Vec<u8>)> = Vec::new();
+        for (_, bytes) in data {
+            let m = Message::Data(bytes).to_vec();
+            if let RxEvent::Data { index, bytes } = rx.handle(&m)? {
+                got.push((index, bytes.to_vec()));
+            }
+            let end = Message::FileEnd(*blake3::hash(bytes).as_bytes()).to_vec();
+            rx.handle(&end)?;
+        }
+        assert_eq!(rx.handle(&Message::Done.to_vec())?, RxEvent::Finished);
+        Ok(got)
+    }
+
+    #[test]
+    fn files_and_folders_flow() {
+        let got = run(
+            vec![
+                dir("d"),
+                file("d/a", 3),
+                dir("d/empty"),
+                file("d/z", 0),
+                file("b", 2),
+            ],
+            &[("d/a", b"abc"), ("d/z", b""), ("b", b"hi")],
+        )
+        .unwrap();
+        assert_eq!(got, vec![(1, b"abc".to_vec()), (3, vec![]), (4, b"hi".to_vec())]);
+    }
+
+    #[test]
+    fn hash_mismatch_is_detected() {
+        let mut rx = Receiver::new();
+        for rec in offer_records(OfferKind::Files, &[file("a", 3)]) {
+            rx.handle(&rec).unwrap();
+        }
+        rx.accept().unwrap();
+        rx.handle(&Message::Data(b"abc").to_vec()).unwrap();
+        let err = rx
+            .handle(&Message::FileEnd(*blake3::hash(b"abd").as_bytes()).to_vec())
+            .unwrap_err();
+        assert_eq!(err, TransferError::HashMismatch("a".into()));
+        assert!(rx.handle(&Message::Done.to_vec()).is_err());
+    }
+
+    #[test]
+    fn unsafe_offers_are_refused() {
+        for bad in [
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "a//b",
+            "./a",
+            "a\\..\\b",
+            "a/\0",
+            "",
+        ] {
+            let mut rx = Receiver::new();
+            let mut res = Ok(());
+            for rec in offer_records(OfferKind::Files, &[file(bad, 1)]) {
+                res = rx.handle(&rec).map(|_| ());
+                if res.is_err() {
+                    break;
+                }
+            }
+            assert!(matches!(res, Err(TransferError::BadOffer(_))), "{bad:?} accepted");
+        }
+        // A file and a folder with one name, or a file under a file.
+        for pair in [
+            [file("a", 1), file("a/b", 1)],
+            [file("a", 1), file("a", 1)],
+            [file("a/b", 1), file("a", 1)],
+        ] {
+            let mut rx = Receiver::new();
+            let r: Result<Vec<_>, _> = offer_records(OfferKind::Files, &pair)
+                .map(|rec| rx.handle(&rec).map(|_| ()))
+                .collect();
+            assert!(r.is_err());
+        }
+    }
+
+    #[test]
+    fn order_and_size_are_enforced() {
+        let mut rx = Receiver::new();
+        assert!(rx.handle(&Message::Data(b"x").to_vec()).is_err());
+        let mut rx = Receiver::new();
+        for rec in offer_records(OfferKind::Files, &[file("a", 1)]) {
+            rx.handle(&rec).unwrap();
+        }
+        rx.accept().unwrap();
+        assert!(rx.handle(&Message::Data(b"xy").to_vec()).is_err());
+        // Lying totals.
+        let mut rx = Receiver::new();
+        rx.handle(
+            &Message::Offer {
+                kind: OfferKind::Files,
+                entries: 1,
+                total: 9,
+            }
+            .to_vec(),
+        )
+        .unwrap();
+        rx.handle(&Message::Entry(file("a", 1)).to_vec()).unwrap();
+        assert!(rx.handle(&Message::OfferEnd.to_vec()).is_err());
+        // Done before all files.
+        let mut rx = Receiver::new();
+        for rec in offer_records(OfferKind::Files, &[file("a", 0)]) {
+            rx.handle(&rec).unwrap();
+        }
+        rx.accept().unwrap();
+        assert!(rx.handle(&Message::Done.to_vec()).is_err());
+    }
+
+    #[test]
+    fn peer_errors_surface() {
+        let mut rx = Receiver::new();
+        let e = rx
+            .handle(&Message::Error("disk \x1b[31mfull".into()).to_vec())
+            .unwrap_err();
+        assert_eq!(e, TransferError::Peer("disk \\u{1b}[31mfull".into()));
+    }
+
+    #[test]
+    fn display_escaping() {
+        assert_eq!(escape_display("a\nb"), "a\\nb");
+        assert_eq!(escape_display("evil\u{202e}txt.exe"), "evil\\u{202e}txt.exe");
+        assert_eq!(escape_display("normal é"), "normal é");
+    }
+
+    fn arb_entry() -> impl Strategy<Value = Entry> {
+        (
+            any::<bool>(),
+            any::<bool>(),
+            any::<u64>(),
+            "[a-z]{1,8}(/[a-z]{1,8}){0,3}",
+        )
+            .prop_map(|(d, x, size, path)| Entry {
+                kind: if d { EntryKind::Dir } else { EntryKind::File },
+                executable: x,
+                size,
+                path,
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn messages_round_trip(e in arb_entry(), data in proptest::collection::vec(any::<u8>(), 0..100), s in ".{0,40}", h in any::<[u8; 32]>(), n in any::<u64>(), t in any::<u64>()) {
+            let msgs = vec![
+                Message::Offer { kind: OfferKind::Files, entries: n, total: t },
+                Message::Offer { kind: OfferKind::Stream, entries: n, total: t },
+                Message::Entry(e),
+                Message::Data(&data),
+                Message::FileEnd(h),
+                Message::Reject(s.clone()),
+                Message::Error(s),
+                Message::OfferEnd, Message::Accept, Message::Done, Message::Ack,
+            ];
+            for m in msgs {
+                let enc = m.to_vec();
+                prop_assert_eq!(Message::decode(&enc).unwrap(), m);
+            }
+        }
+
+        #[test]
+        fn decode_and_receiver_are_total(records in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..8)) {
+            let mut rx = Receiver::new();
+            for r in &records {
+                let _ = rx.handle(r);
+                let _ = rx.accept();
+            }
+        }
+    }
+}
