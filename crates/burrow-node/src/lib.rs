@@ -1,1 +1,376 @@
-//! placeholder
+//! burrow's peer runtime and public Rust API: "croc as a library" (seed 001).
+//!
+//! A [`Transfer`] is configured with a builder (relay, code, options), then
+//! [`Transfer::send`]s a [`Source`] or [`Transfer::receive`]s into a [`Sink`].
+//! Progress and the offer decision reach the caller through an [`Observer`].
+//!
+//! ```no_run
+//! use burrow_node::{Decision, Event, Observer, OfferInfo, Sink, Source, Transfer};
+//!
+//! struct Print;
+//! impl Observer for Print {
+//!     fn event(&mut self, e: Event) {
+//!         if let Event::Code(code) = &e {
+//!             println!("on the other machine: burrow receive {code}");
+//!         }
+//!     }
+//!     fn decide(&mut self, offer: &OfferInfo) -> Decision {
+//!         println!("{} files, {} bytes", offer.files, offer.total);
+//!         Decision::Accept
+//!     }
+//! }
+//!
+//! # async fn demo() -> Result<(), burrow_node::Error> {
+//! let t = Transfer::builder().relay("relay.example:9009").build()?;
+//! t.send(Source::Paths(vec!["photos".into()]), Print).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`relay_client`] | HTTP API calls and the stapling connection |
+//! | [`rendezvous`] | seed 001 steps 1–17 for each side |
+//! | [`record`] | blocking Noise handshake and record I/O |
+//! | [`files`] | what a sender offers, where a receiver writes |
+//! | `engine` | the send and receive loops |
+//!
+//! A runnable example is `examples/roundtrip.rs` (relay, sender and receiver in one process).
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod engine;
+pub mod error;
+pub mod files;
+pub mod record;
+pub mod relay_client;
+pub mod rendezvous;
+
+use std::io::Read;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use burrow_proto::code::Code;
+pub use burrow_proto::transfer::{Entry, EntryKind, OfferKind, escape_display};
+pub use error::{Error, ErrorKind};
+
+use relay_client::RelayClient;
+use rendezvous::RendezvousOptions;
+
+/// What to send.
+pub enum Source {
+    /// Files and folders.
+    Paths(Vec<PathBuf>),
+    /// A text message.
+    Text(String),
+    /// A byte stream of unknown length (e.g. standard input).
+    Stream(Box<dyn Read + Send>),
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Paths(p) => f.debug_tuple("Paths").field(p).finish(),
+            Source::Text(t) => f.debug_tuple("Text").field(&t.len()).finish(),
+            Source::Stream(_) => f.write_str("Stream"),
+        }
+    }
+}
+
+/// Where received data goes.
+#[derive(Debug, Clone)]
+pub enum Sink {
+    /// Files and streams into this folder.
+    Dir(PathBuf),
+    /// One file or stream to standard output.
+    Stdout,
+    /// Files into this folder, a stream to standard output.
+    Auto(PathBuf),
+}
+
+/// What happened, in order. Text messages arrive in [`ReceiveReport::text`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// Sender: the code to give the other person. It contains the secret:
+    /// show it, don't log it.
+    Code(String),
+    /// Items skipped while collecting files (links, special files).
+    Skipped(Vec<String>),
+    /// Both sides are connected through the relay.
+    Connected {
+        /// The relay address.
+        relay: String,
+    },
+    /// Sender: the offer is out; waiting for the other person to accept.
+    WaitingForAccept,
+    /// Data starts flowing.
+    Started {
+        /// Files in the transfer.
+        files: usize,
+        /// Total bytes, if known.
+        total: Option<u64>,
+    },
+    /// Bytes moved so far.
+    Progress {
+        /// Bytes done.
+        done: u64,
+        /// Total bytes, if known.
+        total: Option<u64>,
+    },
+    /// Everything arrived and was verified.
+    Finished {
+        /// Files moved.
+        files: usize,
+        /// Bytes moved.
+        bytes: u64,
+        /// Time from the first byte to the confirmation.
+        elapsed: Duration,
+    },
+}
+
+/// The offer, as shown to the receiving user.
+#[derive(Debug, Clone)]
+pub struct OfferInfo {
+    /// Files, text or stream.
+    pub kind: OfferKind,
+    /// Number of files.
+    pub files: usize,
+    /// Number of folders.
+    pub dirs: usize,
+    /// Total bytes of the files.
+    pub total: u64,
+    /// Every entry; names come from the peer: print them with [`escape_display`].
+    pub entries: Vec<Entry>,
+    /// Files that exist already and would be replaced (escaped for display).
+    pub existing: Vec<String>,
+    /// Free space where files would go, if known.
+    pub free: Option<u64>,
+}
+
+/// The receiving user's answer to an offer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Accept; existing files are replaced only if the transfer allows overwriting.
+    Accept,
+    /// Accept and replace files listed in [`OfferInfo::existing`].
+    AcceptOverwrite,
+    /// Decline, with a reason shown to the sender.
+    Reject(String),
+}
+
+/// Receives events, and decides on offers.
+pub trait Observer: Send {
+    /// Called for each event, from the transfer's thread.
+    fn event(&mut self, event: Event);
+
+    /// Called once the offer is complete. The default declines.
+    fn decide(&mut self, offer: &OfferInfo) -> Decision {
+        let _ = offer;
+        Decision::Reject("the receiver has no way to accept offers".into())
+    }
+}
+
+/// What a finished send did.
+#[derive(Debug, Clone)]
+pub struct SendReport {
+    /// Files sent.
+    pub files: usize,
+    /// Bytes sent.
+    pub bytes: u64,
+    /// Time from the first byte to the receiver's confirmation.
+    pub elapsed: Duration,
+}
+
+/// What a finished receive did.
+#[derive(Debug, Clone)]
+pub struct ReceiveReport {
+    /// Files received.
+    pub files: usize,
+    /// Bytes received.
+    pub bytes: u64,
+    /// Time from the first byte to the end.
+    pub elapsed: Duration,
+    /// Paths written.
+    pub saved: Vec<PathBuf>,
+    /// The text, for a text message.
+    pub text: Option<String>,
+}
+
+/// A configured transfer endpoint. Build it with [`Transfer::builder`].
+#[derive(Debug, Clone)]
+pub struct Transfer {
+    relay: RelayClient,
+    code: Option<Code>,
+    overwrite: bool,
+    rendezvous: RendezvousOptions,
+    idle_timeout: Duration,
+}
+
+/// Builder for [`Transfer`].
+#[derive(Debug, Clone, Default)]
+pub struct TransferBuilder {
+    relay: Option<String>,
+    bind: Option<IpAddr>,
+    code: Option<Code>,
+    overwrite: bool,
+    wait_for_peer: Option<Duration>,
+    step_timeout: Option<Duration>,
+    idle_timeout: Option<Duration>,
+}
+
+impl TransferBuilder {
+    /// The relay, `HOST[:PORT]` (default port 9009).
+    pub fn relay(mut self, addr: impl Into<String>) -> Self {
+        self.relay = Some(addr.into());
+        self
+    }
+
+    /// Local IP for relay connections (tests use 127.0.0.x).
+    pub fn bind_ip(mut self, ip: IpAddr) -> Self {
+        self.bind = Some(ip);
+        self
+    }
+
+    /// Sender: use this code instead of a generated one.
+    pub fn code(mut self, code: Code) -> Self {
+        self.code = Some(code);
+        self
+    }
+
+    /// Receiver: replace existing files without asking.
+    pub fn overwrite(mut self, yes: bool) -> Self {
+        self.overwrite = yes;
+        self
+    }
+
+    /// Sender: give up if nobody enters the code within this time (default: wait).
+    pub fn wait_for_peer(mut self, d: Duration) -> Self {
+        self.wait_for_peer = Some(d);
+        self
+    }
+
+    /// How long to wait for the other side at each handshake step (default 120 s).
+    pub fn step_timeout(mut self, d: Duration) -> Self {
+        self.step_timeout = Some(d);
+        self
+    }
+
+    /// A transfer whose peer sends nothing for this long fails (default 60 s).
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.idle_timeout = Some(d);
+        self
+    }
+
+    /// Checks the settings.
+    pub fn build(self) -> Result<Transfer, Error> {
+        let relay = self
+            .relay
+            .filter(|r| !r.trim().is_empty())
+            .ok_or(Error::NoRelay)?;
+        let d = RendezvousOptions::default();
+        Ok(Transfer {
+            relay: RelayClient::new(&relay).bind(self.bind),
+            code: self.code,
+            overwrite: self.overwrite,
+            rendezvous: RendezvousOptions {
+                wait_for_peer: self.wait_for_peer,
+                step_timeout: self.step_timeout.unwrap_or(d.step_timeout),
+            },
+            idle_timeout: self.idle_timeout.unwrap_or(Duration::from_secs(60)),
+        })
+    }
+}
+
+fn random(b: &mut [u8]) {
+    if getrandom::fill(b).is_err() {
+        // Without an OS RNG no secure code can be made; stop rather than continue.
+        std::process::abort();
+    }
+}
+
+impl Transfer {
+    /// Starts a builder.
+    pub fn builder() -> TransferBuilder {
+        TransferBuilder::default()
+    }
+
+    /// Sends `source`. Emits [`Event::Code`] once the channel is open, and
+    /// returns when the receiver confirmed everything.
+    pub async fn send<O: Observer + 'static>(&self, source: Source, mut obs: O) -> Result<SendReport, Error> {
+        let payload = match source {
+            Source::Paths(paths) => {
+                if paths.is_empty() {
+                    return Err(Error::Usage("nothing to send".into()));
+                }
+                let mut skipped = Vec::new();
+                let items = tokio::task::spawn_blocking(move || {
+                    let r = files::collect(&paths, &mut skipped);
+                    r.map(|i| (i, skipped))
+                })
+                .await
+                .map_err(|e| Error::Usage(format!("collecting files failed: {e}")))??;
+                if !items.1.is_empty() {
+                    obs.event(Event::Skipped(items.1));
+                }
+                engine::Payload::Items(items.0)
+            }
+            Source::Text(t) => engine::Payload::Text(t),
+            Source::Stream(r) => engine::Payload::Stream(r),
+        };
+        let (code, pick) = match &self.code {
+            Some(c) => (c.clone(), false),
+            None => (
+                Code::generate("0", &mut random).map_err(|e| Error::Usage(e.to_string()))?,
+                true,
+            ),
+        };
+        let rv = rendezvous::sender(&self.relay, code, pick, &self.rendezvous, |c| {
+            obs.event(Event::Code(c.reveal()));
+        })
+        .await?;
+        obs.event(Event::Connected {
+            relay: self.relay.addr().to_owned(),
+        });
+        let handle = rv.handle.clone();
+        let idle = self.idle_timeout;
+        let res = tokio::task::spawn_blocking(move || {
+            let stream = rv.stream.into_std().map_err(Error::ConnectionLost)?;
+            engine::run_send(stream, &rv.key, &rv.channel, payload, &mut obs, idle)
+        })
+        .await
+        .map_err(|e| Error::Protocol(format!("transfer thread failed: {e}")))?;
+        if let Err(e) = &res {
+            handle.close(&format!("sender failed: {e}")).await;
+        }
+        res
+    }
+
+    /// Receives with `code` into `sink`. `obs.decide` is asked before any byte is written.
+    pub async fn receive<O: Observer + 'static>(
+        &self,
+        code: &Code,
+        sink: Sink,
+        mut obs: O,
+    ) -> Result<ReceiveReport, Error> {
+        let rv = rendezvous::recipient(&self.relay, code, &self.rendezvous).await?;
+        obs.event(Event::Connected {
+            relay: self.relay.addr().to_owned(),
+        });
+        let handle = rv.handle.clone();
+        let idle = self.idle_timeout;
+        let overwrite = self.overwrite;
+        let res = tokio::task::spawn_blocking(move || {
+            let stream = rv.stream.into_std().map_err(Error::ConnectionLost)?;
+            engine::run_receive(stream, &rv.key, &rv.channel, &sink, overwrite, &mut obs, idle)
+        })
+        .await
+        .map_err(|e| Error::Protocol(format!("transfer thread failed: {e}")))?;
+        // Step 18: the recipient closes the channel.
+        match &res {
+            Ok(_) => handle.close("transfer complete").await,
+            Err(e) => handle.close(&format!("recipient failed: {e}")).await,
+        }
+        res
+    }
+}

@@ -87,11 +87,12 @@ pub struct ChannelRequest {
     /// Why the channel is closed (shown to the other peer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// Long-poll: wait up to this many ms for the state to change.
+    /// Long-poll: wait up to this many ms for the state to change (needs `seen`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_ms: Option<u64>,
-    /// With `wait_ms`: the `version` the caller already has; the relay answers
-    /// as soon as the channel's version differs.
+    /// With `wait_ms`: the `version` the caller already has. The relay answers
+    /// at once if the channel's version differs, else when it changes or
+    /// `wait_ms` passes. Without `seen` the relay answers at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seen: Option<u64>,
 }

@@ -569,7 +569,9 @@ impl ChannelTable {
         let ttl = self.cfg.idle_ttl;
         let mut gone = Vec::new();
         self.channels.retain(|name, ch| {
-            let idle = now.saturating_duration_since(ch.last_active) >= ttl;
+            // A stapled, open channel is a live transfer: the relay closes it when the pipe ends.
+            let live = ch.stapled && ch.closed.is_none();
+            let idle = !live && now.saturating_duration_since(ch.last_active) >= ttl;
             let closed_done = ch
                 .closed
                 .as_ref()

@@ -1,0 +1,219 @@
+//! The file system side: what a sender offers, where a receiver writes.
+
+use std::collections::HashSet;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use burrow_proto::transfer::{Entry, EntryKind, escape_display};
+
+use crate::error::Error;
+
+/// A file or folder to send, with where to read it.
+#[derive(Debug, Clone)]
+pub struct Item {
+    /// What the receiver sees.
+    pub entry: Entry,
+    /// Where the sender reads it (files only).
+    pub source: Option<PathBuf>,
+}
+
+fn is_exec(meta: &fs::Metadata) -> bool {
+    meta.permissions().mode() & 0o111 != 0
+}
+
+fn display_name(p: &Path) -> Result<String, Error> {
+    let name = match p.file_name() {
+        Some(n) => n.to_owned(),
+        None => fs::canonicalize(p)
+            .map_err(|e| Error::io(p, e))?
+            .file_name()
+            .map(|n| n.to_owned())
+            .ok_or_else(|| Error::Usage(format!("{}: cannot send the root folder", p.display())))?,
+    };
+    name.into_string()
+        .map_err(|n| Error::Usage(format!("{}: the name is not valid UTF-8", n.to_string_lossy())))
+}
+
+/// Walks the paths the user named. Folders are walked in sorted order without
+/// following symbolic links; links and special files inside folders are
+/// skipped (reported in `skipped`), as are names that are not UTF-8.
+pub fn collect(paths: &[PathBuf], skipped: &mut Vec<String>) -> Result<Vec<Item>, Error> {
+    let mut items = Vec::new();
+    let mut top = HashSet::new();
+    for p in paths {
+        // The user named it: follow a link given on the command line.
+        let meta = fs::metadata(p).map_err(|e| Error::io(p, e))?;
+        let name = display_name(p)?;
+        if !top.insert(name.clone()) {
+            return Err(Error::Usage(format!(
+                "two of the paths are both named {}",
+                escape_display(&name)
+            )));
+        }
+        if meta.is_file() {
+            items.push(Item {
+                entry: Entry {
+                    kind: EntryKind::File,
+                    executable: is_exec(&meta),
+                    size: meta.len(),
+                    path: name,
+                },
+                source: Some(p.clone()),
+            });
+        } else if meta.is_dir() {
+            walk_dir(p, name, &mut items, skipped)?;
+        } else {
+            return Err(Error::Usage(format!(
+                "{}: not a regular file or folder",
+                p.display()
+            )));
+        }
+    }
+    Ok(items)
+}
+
+fn walk_dir(
+    root: &Path,
+    name: String,
+    items: &mut Vec<Item>,
+    skipped: &mut Vec<String>,
+) -> Result<(), Error> {
+    let mut stack = vec![(root.to_path_buf(), name)];
+    while let Some((dir, rel)) = stack.pop() {
+        items.push(Item {
+            entry: Entry {
+                kind: EntryKind::Dir,
+                executable: false,
+                size: 0,
+                path: rel.clone(),
+            },
+            source: None,
+        });
+        let mut children: Vec<(String, PathBuf)> = Vec::new();
+        for de in fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
+            let de = de.map_err(|e| Error::io(&dir, e))?;
+            match de.file_name().into_string() {
+                Ok(n) => children.push((n, de.path())),
+                Err(n) => skipped.push(format!("{rel}/{} (name is not UTF-8)", n.to_string_lossy())),
+            }
+        }
+        children.sort();
+        let mut subdirs = Vec::new();
+        for (n, path) in children {
+            let child_rel = format!("{rel}/{n}");
+            let meta = fs::symlink_metadata(&path).map_err(|e| Error::io(&path, e))?;
+            let ft = meta.file_type();
+            if ft.is_symlink() {
+                skipped.push(format!("{} (symbolic link)", escape_display(&child_rel)));
+            } else if ft.is_dir() {
+                subdirs.push((path, child_rel));
+            } else if ft.is_file() {
+                items.push(Item {
+                    entry: Entry {
+                        kind: EntryKind::File,
+                        executable: is_exec(&meta),
+                        size: meta.len(),
+                        path: child_rel,
+                    },
+                    source: Some(path),
+                });
+            } else {
+                skipped.push(format!("{} (not a regular file)", escape_display(&child_rel)));
+            }
+        }
+        // Reverse so the stack pops them in sorted order.
+        stack.extend(subdirs.into_iter().rev());
+    }
+    Ok(())
+}
+
+/// Joins a validated relative path onto the output folder.
+pub fn target(out: &Path, rel: &str) -> PathBuf {
+    let mut p = out.to_path_buf();
+    p.extend(rel.split('/'));
+    p
+}
+
+/// The hidden temporary name a file is written under until it is verified.
+pub fn part_path(target: &Path) -> PathBuf {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    target.with_file_name(format!(".{name}.burrow-part"))
+}
+
+/// Checks that no existing component of `rel` under `out` is a symbolic link
+/// or a non-folder (so nothing can be redirected outside `out`).
+pub fn check_components(out: &Path, rel: &str) -> Result<(), Error> {
+    let comps: Vec<&str> = rel.split('/').collect();
+    let mut p = out.to_path_buf();
+    for c in &comps[..comps.len().saturating_sub(1)] {
+        p.push(c);
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(Error::Usage(format!(
+                    "{} is a symbolic link in the output folder; refusing to write through it",
+                    p.display()
+                )));
+            }
+            Ok(m) if !m.is_dir() => {
+                return Err(Error::Usage(format!(
+                    "{} exists and is not a folder",
+                    p.display()
+                )));
+            }
+            Ok(_) => {}
+            Err(_) => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+/// Free bytes for an unprivileged user in the file system holding `dir`.
+pub fn free_space(dir: &Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(dir).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// Sets the executable bit where the sender had one.
+pub fn set_executable(path: &Path) -> Result<(), Error> {
+    let meta = fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    let mode = meta.permissions().mode();
+    fs::set_permissions(path, fs::Permissions::from_mode(mode | ((mode & 0o444) >> 2)))
+        .map_err(|e| Error::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn walks_sorted_and_skips_links() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("top");
+        fs::create_dir_all(root.join("b/empty")).unwrap();
+        fs::write(root.join("b/z"), b"zz").unwrap();
+        fs::write(root.join("a"), b"a").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", root.join("link")).unwrap();
+        let mut skipped = Vec::new();
+        let items = collect(&[root], &mut skipped).unwrap();
+        let paths: Vec<&str> = items.iter().map(|i| i.entry.path.as_str()).collect();
+        // Per folder: its files (sorted), then its subfolders (sorted).
+        assert_eq!(paths, ["top", "top/a", "top/b", "top/b/z", "top/b/empty"]);
+        assert_eq!(skipped, ["top/link (symbolic link)"]);
+    }
+
+    #[test]
+    fn symlinked_components_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/tmp", d.path().join("evil")).unwrap();
+        assert!(check_components(d.path(), "evil/x").is_err());
+        assert!(check_components(d.path(), "fine/x").is_ok());
+        assert_eq!(
+            part_path(Path::new("/o/a/b.txt")),
+            Path::new("/o/a/.b.txt.burrow-part")
+        );
+    }
+}

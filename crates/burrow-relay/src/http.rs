@@ -1,0 +1,243 @@
+//! The smallest HTTP/1.1 the relay needs: one request per connection, a
+//! `Content-Length` body of at most [`MAX_BODY`](burrow_proto::api::MAX_BODY)
+//! bytes, a JSON or text answer, then close. Anything else is refused with a
+//! clear status: no chunked bodies, no pipelining, bounded head size.
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use burrow_proto::api::{ErrorBody, MAX_BODY};
+
+/// Largest request head (request line + headers).
+pub const MAX_HEAD: usize = 8 * 1024;
+const MAX_HEADERS: usize = 32;
+
+/// A parsed request.
+#[derive(Debug)]
+pub struct Request {
+    /// `GET`, `POST`, ...
+    pub method: String,
+    /// The path without query string.
+    pub path: String,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+/// Why a request could not be read; each maps to a status and a message.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HttpError {
+    /// The head is not valid HTTP/1.x.
+    #[error("malformed HTTP request")]
+    Malformed,
+    /// The head is larger than [`MAX_HEAD`].
+    #[error("request head too large")]
+    HeadTooLarge,
+    /// The body is larger than allowed.
+    #[error("request body too large (max {MAX_BODY} bytes)")]
+    BodyTooLarge,
+    /// A POST without Content-Length, or a chunked body.
+    #[error("a Content-Length body is required (chunked bodies are not supported)")]
+    LengthRequired,
+    /// The peer closed the connection mid-request.
+    #[error("connection closed mid-request")]
+    Eof,
+    /// An I/O error.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl HttpError {
+    /// The status to answer with, if the connection can still be answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            HttpError::Malformed => Some(400),
+            HttpError::HeadTooLarge => Some(431),
+            HttpError::BodyTooLarge => Some(413),
+            HttpError::LengthRequired => Some(411),
+            HttpError::Eof | HttpError::Io(_) => None,
+        }
+    }
+
+    /// Stable kind for metrics and error bodies.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HttpError::Malformed => "malformed_http",
+            HttpError::HeadTooLarge => "head_too_large",
+            HttpError::BodyTooLarge => "body_too_large",
+            HttpError::LengthRequired => "length_required",
+            HttpError::Eof => "eof",
+            HttpError::Io(_) => "io",
+        }
+    }
+}
+
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+}
+
+/// Reads one request. `buf` holds bytes already read (the sniffed prefix).
+pub async fn read_request<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    mut buf: Vec<u8>,
+) -> Result<Request, HttpError> {
+    let head_len = loop {
+        if let Some(end) = find_head_end(&buf) {
+            break end;
+        }
+        if buf.len() >= MAX_HEAD {
+            return Err(HttpError::HeadTooLarge);
+        }
+        let mut chunk = [0u8; 2048];
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(HttpError::Eof);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    if head_len > MAX_HEAD {
+        return Err(HttpError::HeadTooLarge);
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(&buf[..head_len]) {
+        Ok(httparse::Status::Complete(_)) => {}
+        _ => return Err(HttpError::Malformed),
+    }
+    let method = req.method.ok_or(HttpError::Malformed)?.to_owned();
+    let target = req.path.ok_or(HttpError::Malformed)?;
+    let path = target.split('?').next().unwrap_or_default().to_owned();
+    let mut content_length: Option<usize> = None;
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(HttpError::LengthRequired);
+        }
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let v = std::str::from_utf8(h.value).map_err(|_| HttpError::Malformed)?;
+            let n: usize = v.trim().parse().map_err(|_| HttpError::Malformed)?;
+            if content_length.is_some_and(|old| old != n) {
+                return Err(HttpError::Malformed);
+            }
+            content_length = Some(n);
+        }
+    }
+    let len = match (method.as_str(), content_length) {
+        (_, Some(n)) => n,
+        ("POST", None) => return Err(HttpError::LengthRequired),
+        (_, None) => 0,
+    };
+    if len > MAX_BODY {
+        return Err(HttpError::BodyTooLarge);
+    }
+    let mut body = buf.split_off(head_len);
+    if body.len() > len {
+        // Pipelined bytes after the body: one request per connection.
+        return Err(HttpError::Malformed);
+    }
+    let have = body.len();
+    body.resize(len, 0);
+    match stream.read_exact(&mut body[have..]).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(HttpError::Eof),
+        Err(e) => return Err(e.into()),
+    }
+    Ok(Request { method, path, body })
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        410 => "Gone",
+        411 => "Length Required",
+        413 => "Payload Too Large",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+/// Writes a whole response and flushes it.
+pub async fn write_response<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\n\r\n",
+        reason(status),
+        body.len()
+    );
+    let mut out = Vec::with_capacity(head.len() + body.len());
+    out.extend_from_slice(head.as_bytes());
+    out.extend_from_slice(body);
+    stream.write_all(&out).await?;
+    stream.flush().await
+}
+
+/// Writes a JSON error answer.
+pub async fn write_error<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    status: u16,
+    kind: &str,
+    message: &str,
+) -> std::io::Result<()> {
+    let body = ErrorBody {
+        error: message.to_owned(),
+        kind: kind.to_owned(),
+    };
+    let json = serde_json::to_vec(&body).unwrap_or_default();
+    write_response(stream, status, "application/json", &json).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn parse(bytes: &[u8]) -> Result<Request, HttpError> {
+        let mut s = bytes;
+        read_request(&mut s, Vec::new()).await
+    }
+
+    #[tokio::test]
+    async fn parses_and_limits() {
+        let r = parse(b"POST /join?x=1 HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}")
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.method.as_str(), r.path.as_str(), &r.body[..]),
+            ("POST", "/join", &b"{}"[..])
+        );
+        assert!(matches!(
+            parse(b"POST /join HTTP/1.1\r\n\r\n").await,
+            Err(HttpError::LengthRequired)
+        ));
+        assert!(matches!(
+            parse(b"POST /join HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").await,
+            Err(HttpError::LengthRequired)
+        ));
+        assert!(matches!(
+            parse(b"POST /join HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n").await,
+            Err(HttpError::BodyTooLarge)
+        ));
+        assert!(matches!(
+            parse(b"\x00\x01garbage\r\n\r\n").await,
+            Err(HttpError::Malformed)
+        ));
+        assert!(matches!(parse(b"GET / HTTP/1.1\r\n").await, Err(HttpError::Eof)));
+        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD));
+        assert!(matches!(
+            parse(big.as_bytes()).await,
+            Err(HttpError::HeadTooLarge)
+        ));
+        assert!(matches!(
+            parse(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab").await,
+            Err(HttpError::Malformed)
+        ));
+    }
+}

@@ -1,0 +1,540 @@
+//! The relay's accept loop, protocol sniffing, HTTP routes, stapling and pipe.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore, oneshot};
+use tokio::task::JoinHandle;
+
+use burrow_proto::api::{ChannelRequest, JoinRequest, MAX_WAIT_MS, Role, decode_json};
+use burrow_proto::channels::{ApiError, ChannelTable, TableConfig};
+use burrow_proto::staple::{MAX_HELLO_LEN, STAPLE_MAGIC, StapleHello, StapleReply};
+
+use crate::http;
+use crate::metrics::Metrics;
+
+/// Relay settings. [`Default`] gives the production values.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Channel table limits (idle expiry, per-IP cap).
+    pub table: TableConfig,
+    /// Deadline for a connection to say what it is and send its request or hello.
+    pub handshake_timeout: Duration,
+    /// How long a stapling connection waits for its partner.
+    pub staple_timeout: Duration,
+    /// Most connections open at once; more are closed on accept.
+    pub max_connections: usize,
+    /// Copy buffer per direction of a stapled pair.
+    pub pipe_buffer: usize,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9009)),
+            table: TableConfig::default(),
+            handshake_timeout: Duration::from_secs(10),
+            staple_timeout: Duration::from_secs(120),
+            max_connections: 4096,
+            pipe_buffer: 256 * 1024,
+        }
+    }
+}
+
+struct Shared {
+    cfg: RelayConfig,
+    table: Mutex<ChannelTable>,
+    notify: Mutex<HashMap<String, Arc<Notify>>>,
+    /// First stapling connection of a channel, waiting for its partner.
+    pending: Mutex<HashMap<String, (Role, oneshot::Sender<TcpStream>)>>,
+    metrics: Metrics,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a lock would be a bug; keep serving with the data as it is.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    fn notifier(&self, channel: &str) -> Arc<Notify> {
+        lock(&self.notify).entry(channel.to_owned()).or_default().clone()
+    }
+
+    fn wake(&self, channel: &str) {
+        if let Some(n) = lock(&self.notify).get(channel) {
+            n.notify_waiters();
+        }
+    }
+
+    fn expire(&self) {
+        let gone = lock(&self.table).expire(Instant::now());
+        if !gone.is_empty() {
+            let mut n = lock(&self.notify);
+            let mut p = lock(&self.pending);
+            for ch in gone {
+                if let Some(w) = n.remove(&ch) {
+                    w.notify_waiters();
+                }
+                p.remove(&ch);
+            }
+        }
+    }
+}
+
+/// A bound relay, ready to serve.
+pub struct Relay {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+/// A relay running in the background; dropping it stops the relay.
+#[derive(Debug)]
+pub struct RelayHandle {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl RelayHandle {
+    /// The address the relay listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for RelayHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Relay {
+    /// Binds the listening socket.
+    pub async fn bind(cfg: RelayConfig) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(cfg.listen).await?;
+        Ok(Self {
+            listener,
+            shared: Arc::new(Shared {
+                table: Mutex::new(ChannelTable::new(cfg.table.clone())),
+                cfg,
+                notify: Mutex::new(HashMap::new()),
+                pending: Mutex::new(HashMap::new()),
+                metrics: Metrics::default(),
+            }),
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves in a background task until the handle is dropped.
+    pub fn spawn(self) -> std::io::Result<RelayHandle> {
+        let addr = self.local_addr()?;
+        let task = tokio::spawn(self.serve());
+        Ok(RelayHandle { addr, task })
+    }
+
+    /// Serves forever.
+    pub async fn serve(self) {
+        let shared = self.shared;
+        let permits = Arc::new(Semaphore::new(shared.cfg.max_connections));
+        let sweeper = {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    shared.expire();
+                }
+            })
+        };
+        let _sweeper = AbortOnDrop(sweeper);
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            let (stream, peer) = match self.listener.accept().await {
+                Ok(c) => {
+                    backoff = Duration::from_millis(5);
+                    c
+                }
+                Err(e) => {
+                    // Out of descriptors and the like: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            shared.metrics.connections.fetch_add(1, Ordering::Relaxed);
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                shared.metrics.error("capacity");
+                drop(stream);
+                continue;
+            };
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                handle_connection(shared, stream, peer.ip().to_canonical()).await;
+            });
+        }
+    }
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn handle_connection(shared: Arc<Shared>, mut stream: TcpStream, ip: IpAddr) {
+    let _ = stream.set_nodelay(true);
+    let deadline = shared.cfg.handshake_timeout;
+    let mut head = [0u8; 4];
+    match tokio::time::timeout(deadline, stream.read_exact(&mut head)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(_)) => {
+            shared.metrics.error("eof");
+            return;
+        }
+        Err(_) => {
+            shared.metrics.error("timeout");
+            return;
+        }
+    }
+    if &head == b"GET " || &head == b"POST" || &head == b"HEAD" || &head == b"PUT " || &head == b"DELE" {
+        handle_http(&shared, stream, ip, head.to_vec()).await;
+    } else if &head == STAPLE_MAGIC {
+        handle_staple(shared, stream, ip).await;
+    } else {
+        shared.metrics.error("unknown_protocol");
+        // Say why in the one format a confused client is most likely to read.
+        let _ = http::write_error(
+            &mut stream,
+            400,
+            "unknown_protocol",
+            "not a burrow relay request (expected HTTP or a stapling hello)",
+        )
+        .await;
+    }
+}
+
+async fn handle_http(shared: &Shared, mut stream: TcpStream, ip: IpAddr, prefix: Vec<u8>) {
+    let req = match tokio::time::timeout(
+        shared.cfg.handshake_timeout,
+        http::read_request(&mut stream, prefix),
+    )
+    .await
+    {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            shared.metrics.error(e.kind());
+            if let Some(status) = e.status() {
+                let _ = http::write_error(&mut stream, status, e.kind(), &e.to_string()).await;
+            }
+            return;
+        }
+        Err(_) => {
+            shared.metrics.error("timeout");
+            let _ = http::write_error(&mut stream, 408, "timeout", "request not received in time").await;
+            return;
+        }
+    };
+    shared.metrics.http_requests.fetch_add(1, Ordering::Relaxed);
+    let (status, ctype, body) = route(shared, ip, &req).await;
+    let _ = http::write_response(&mut stream, status, ctype, &body).await;
+}
+
+fn json<T: serde::Serialize>(status: u16, v: &T) -> (u16, &'static str, Vec<u8>) {
+    (
+        status,
+        "application/json",
+        serde_json::to_vec(v).unwrap_or_default(),
+    )
+}
+
+fn api_error(shared: &Shared, e: &ApiError) -> (u16, &'static str, Vec<u8>) {
+    shared.metrics.error(e.kind());
+    json(e.status(), &e.body())
+}
+
+fn bad_json(shared: &Shared, e: &dyn std::fmt::Display) -> (u16, &'static str, Vec<u8>) {
+    shared.metrics.error("bad_json");
+    json(
+        400,
+        &burrow_proto::api::ErrorBody {
+            error: format!("invalid request body: {e}"),
+            kind: "bad_json".into(),
+        },
+    )
+}
+
+fn fill(b: &mut [u8]) {
+    // The OS RNG does not fail on supported platforms; if it ever did, refuse
+    // to continue rather than hand out predictable handles.
+    if getrandom::fill(b).is_err() {
+        std::process::abort();
+    }
+}
+
+async fn route(shared: &Shared, ip: IpAddr, req: &http::Request) -> (u16, &'static str, Vec<u8>) {
+    match (req.method.as_str(), req.path.as_str()) {
+        ("GET", "/health") => json(200, &serde_json::json!({"status": "ok"})),
+        ("GET", "/metrics") => {
+            let open = lock(&shared.table).len();
+            (
+                200,
+                "text/plain; version=0.0.4",
+                shared.metrics.render(open).into_bytes(),
+            )
+        }
+        ("POST", "/join") => {
+            let r: JoinRequest = match decode_json(&req.body) {
+                Ok(r) => r,
+                Err(e) => return bad_json(shared, &e),
+            };
+            let res = lock(&shared.table).join(Instant::now(), ip, &r, &mut fill);
+            match res {
+                Ok(ok) => {
+                    shared.wake(&ok.channel);
+                    json(200, &ok)
+                }
+                Err(e) => api_error(shared, &e),
+            }
+        }
+        ("POST", "/channel") => {
+            let r: ChannelRequest = match decode_json(&req.body) {
+                Ok(r) => r,
+                Err(e) => return bad_json(shared, &e),
+            };
+            channel(shared, ip, &r).await
+        }
+        (_, "/health" | "/metrics" | "/join" | "/channel") => {
+            shared.metrics.error("method");
+            json(
+                405,
+                &burrow_proto::api::ErrorBody {
+                    error: "method not allowed".into(),
+                    kind: "method".into(),
+                },
+            )
+        }
+        _ => {
+            shared.metrics.error("not_found");
+            json(
+                404,
+                &burrow_proto::api::ErrorBody {
+                    error: "no such endpoint; see /join, /channel, /health, /metrics".into(),
+                    kind: "not_found".into(),
+                },
+            )
+        }
+    }
+}
+
+/// `POST /channel`, with the long-poll: answers at once if the state changed
+/// (or the request changed it), else waits up to `wait_ms` for a change.
+async fn channel(shared: &Shared, ip: IpAddr, r: &ChannelRequest) -> (u16, &'static str, Vec<u8>) {
+    let notify = shared.notifier(&r.channel);
+    let notified = notify.notified();
+    tokio::pin!(notified);
+    notified.as_mut().enable();
+    let before = lock(&shared.table).state(&r.channel).map(|s| s.version);
+    let res = lock(&shared.table).post(Instant::now(), ip, r);
+    let state = match res {
+        Ok(s) => s,
+        Err(e) => {
+            if matches!(e, ApiError::UnknownChannel(_)) {
+                lock(&shared.notify).remove(&r.channel);
+            }
+            return api_error(shared, &e);
+        }
+    };
+    if Some(state.version) != before {
+        shared.wake(&r.channel);
+    }
+    let wait = Duration::from_millis(r.wait_ms.unwrap_or(0).min(MAX_WAIT_MS));
+    // Wait only for a caller who says which version it already has.
+    if wait.is_zero() || r.seen != Some(state.version) || state.closed {
+        return json(200, &state);
+    }
+    let _ = tokio::time::timeout(wait, notified).await;
+    match lock(&shared.table).state(&r.channel) {
+        Some(s) => json(200, &s),
+        None => api_error(shared, &ApiError::UnknownChannel(r.channel.clone())),
+    }
+}
+
+async fn refuse(shared: &Shared, stream: &mut TcpStream, kind: &'static str, reason: &str) {
+    shared.metrics.error(kind);
+    let _ = stream
+        .write_all(&StapleReply::Refused(reason.to_owned()).encode())
+        .await;
+    let _ = stream.shutdown().await;
+}
+
+async fn read_hello(stream: &mut TcpStream) -> Result<StapleHello, String> {
+    let mut buf = STAPLE_MAGIC.to_vec();
+    loop {
+        match StapleHello::decode(&buf) {
+            Ok(Some((h, n))) if n == buf.len() => return Ok(h),
+            Ok(Some(_)) => return Err("bytes after the hello before stapling".into()),
+            Ok(None) => {}
+            Err(e) => return Err(format!("malformed hello: {e}")),
+        }
+        if buf.len() >= MAX_HELLO_LEN {
+            return Err("hello too long".into());
+        }
+        let mut b = [0u8; MAX_HELLO_LEN];
+        let want = MAX_HELLO_LEN - buf.len();
+        let n = stream.read(&mut b[..want]).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("closed during hello".into());
+        }
+        buf.extend_from_slice(&b[..n]);
+    }
+}
+
+async fn handle_staple(shared: Arc<Shared>, mut stream: TcpStream, ip: IpAddr) {
+    let hello = match tokio::time::timeout(shared.cfg.handshake_timeout, read_hello(&mut stream)).await {
+        Ok(Ok(h)) => h,
+        Ok(Err(reason)) => return refuse(&shared, &mut stream, "bad_hello", &reason).await,
+        Err(_) => return refuse(&shared, &mut stream, "timeout", "hello not received in time").await,
+    };
+    let ch = hello.channel.clone();
+    let checked = lock(&shared.table).staple_check(Instant::now(), ip, &ch, &hex_uuid(&hello.uuid));
+    let ticket = match checked {
+        Ok(t) => t,
+        Err(e) => return refuse(&shared, &mut stream, e.kind(), &e.to_string()).await,
+    };
+    // Pair with a waiting partner, or wait to be paired.
+    enum Next {
+        Pair(oneshot::Sender<TcpStream>),
+        Wait(oneshot::Receiver<TcpStream>),
+        Duplicate,
+    }
+    let next = {
+        let mut pending = lock(&shared.pending);
+        match pending.remove(&ch) {
+            Some((role, tx)) if role != ticket.role => Next::Pair(tx),
+            Some(other) => {
+                pending.insert(ch.clone(), other);
+                Next::Duplicate
+            }
+            None => {
+                let (tx, rx) = oneshot::channel();
+                pending.insert(ch.clone(), (ticket.role, tx));
+                Next::Wait(rx)
+            }
+        }
+    };
+    match next {
+        Next::Pair(tx) => {
+            if let Err(mut back) = tx.send(stream) {
+                // The waiting side gave up a moment ago.
+                refuse(&shared, &mut back, "staple_timeout", "the other peer is gone").await;
+            }
+        }
+        Next::Wait(rx) => wait_for_partner(shared, stream, ch, rx).await,
+        Next::Duplicate => {
+            refuse(
+                &shared,
+                &mut stream,
+                "already_set",
+                "this role is already connected",
+            )
+            .await
+        }
+    }
+}
+
+fn hex_uuid(u: &[u8; 16]) -> String {
+    u.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn wait_for_partner(
+    shared: Arc<Shared>,
+    mut stream: TcpStream,
+    ch: String,
+    rx: oneshot::Receiver<TcpStream>,
+) {
+    if stream.write_all(&StapleReply::Waiting.encode()).await.is_err() {
+        lock(&shared.pending).remove(&ch);
+        return;
+    }
+    let partner = match tokio::time::timeout(shared.cfg.staple_timeout, rx).await {
+        Ok(Ok(p)) => p,
+        _ => {
+            lock(&shared.pending).remove(&ch);
+            return refuse(
+                &shared,
+                &mut stream,
+                "staple_timeout",
+                "the other peer did not connect in time",
+            )
+            .await;
+        }
+    };
+    lock(&shared.table).set_stapled(Instant::now(), &ch);
+    shared.wake(&ch);
+    shared.metrics.staples_total.fetch_add(1, Ordering::Relaxed);
+    shared.metrics.staples_active.fetch_add(1, Ordering::Relaxed);
+    let mut partner = partner;
+    let ok = StapleReply::Stapled.encode();
+    if stream.write_all(&ok).await.is_ok() && partner.write_all(&ok).await.is_ok() {
+        pipe(&shared, stream, partner).await;
+    }
+    shared.metrics.staples_active.fetch_sub(1, Ordering::Relaxed);
+    lock(&shared.table).close(Instant::now(), &ch, "the relay connection ended");
+    shared.wake(&ch);
+}
+
+/// Copies bytes both ways until both directions are finished. End of stream
+/// in one direction is passed on as a half-close; an error on either side
+/// ends both.
+async fn pipe(shared: &Shared, a: TcpStream, b: TcpStream) {
+    let (ar, aw) = a.into_split();
+    let (br, bw) = b.into_split();
+    let size = shared.cfg.pipe_buffer;
+    let r = tokio::try_join!(copy_half(shared, ar, bw, size), copy_half(shared, br, aw, size));
+    if let Err(e) = r {
+        tracing::debug!("pipe ended: {e}");
+    }
+}
+
+async fn copy_half(
+    shared: &Shared,
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    size: usize,
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; size];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            let _ = to.shutdown().await;
+            return Ok(());
+        }
+        to.write_all(&buf[..n]).await?;
+        shared
+            .metrics
+            .bytes_relayed
+            .fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("addr", &self.listener.local_addr().ok())
+            .finish()
+    }
+}
