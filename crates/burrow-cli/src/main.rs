@@ -1,1 +1,73 @@
-fn main() {}
+//! The `burrow` command: a thin layer over `burrow-node` and `burrow-relay`.
+
+mod args;
+mod cmd;
+mod config;
+mod ui;
+
+use clap::Parser;
+
+use args::{Cli, Command};
+
+fn main() {
+    // Users see a sentence, never a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("burrow: internal error: {info}. Please report this.");
+    }));
+    let cli = Cli::parse();
+    let filter = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BURROW_LOG").unwrap_or_else(|_| filter.into()),
+        )
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start: {e}");
+            std::process::exit(1);
+        }
+    };
+    let json = matches!(&cli.command, Command::Send(a) if a.json)
+        || matches!(&cli.command, Command::Receive(a) if a.json);
+    let code = rt.block_on(async {
+        tokio::select! {
+            r = run(cli) => match r {
+                Ok(()) => 0,
+                Err((msg, code)) => {
+                    if json {
+                        ui::emit(serde_json::json!({"event": "error", "message": msg, "exit_code": code}));
+                    }
+                    eprintln!("error: {msg}");
+                    code
+                }
+            },
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("\ninterrupted");
+                130
+            }
+        }
+    });
+    // Don't wait for blocking file or socket work still in flight.
+    rt.shutdown_timeout(std::time::Duration::from_millis(100));
+    std::process::exit(code);
+}
+
+async fn run(cli: Cli) -> Result<(), (String, i32)> {
+    let cfg = config::load(cli.config.as_deref()).map_err(|e| (format!("{e:#}"), 2))?;
+    let node = |e: burrow_node::Error| (e.to_string(), e.kind().exit_code());
+    match cli.command {
+        Command::Send(a) => cmd::send::run(a, &cfg).await.map_err(node),
+        Command::Receive(a) => cmd::receive::run(a, &cfg).await.map_err(node),
+        Command::Relay(a) => cmd::relay::run(a).await.map_err(|e| (format!("{e:#}"), 1)),
+    }
+}

@@ -4,8 +4,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use burrow_node::{Code, Decision, Error, Event, Observer, OfferInfo, Sink, Source, Transfer};
-use burrow_relay::{Relay, RelayConfig};
+mod common;
+
+use burrow_node::{Code, Decision, Error, Event, Observer, OfferInfo, Sink, Source};
+use common::{relay_with, transfer};
 
 #[derive(Clone, Default)]
 struct Log(Arc<Mutex<Vec<Event>>>);
@@ -45,20 +47,7 @@ fn obs(decision: Decision) -> (Obs, tokio::sync::oneshot::Receiver<String>, Log)
 }
 
 async fn relay() -> burrow_relay::RelayHandle {
-    let cfg = RelayConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..Default::default()
-    };
-    Relay::bind(cfg).await.unwrap().spawn().unwrap()
-}
-
-fn transfer(addr: &str) -> Transfer {
-    Transfer::builder()
-        .relay(addr)
-        .step_timeout(Duration::from_secs(10))
-        .idle_timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
+    relay_with(|_| {}).await
 }
 
 fn tree(root: &Path) {

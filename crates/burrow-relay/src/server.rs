@@ -224,6 +224,7 @@ async fn handle_connection(shared: Arc<Shared>, mut stream: TcpStream, ip: IpAdd
             "not a burrow relay request (expected HTTP or a stapling hello)",
         )
         .await;
+        linger(&mut stream).await;
     }
 }
 
@@ -239,12 +240,14 @@ async fn handle_http(shared: &Shared, mut stream: TcpStream, ip: IpAddr, prefix:
             shared.metrics.error(e.kind());
             if let Some(status) = e.status() {
                 let _ = http::write_error(&mut stream, status, e.kind(), &e.to_string()).await;
+                linger(&mut stream).await;
             }
             return;
         }
         Err(_) => {
             shared.metrics.error("timeout");
             let _ = http::write_error(&mut stream, 408, "timeout", "request not received in time").await;
+            linger(&mut stream).await;
             return;
         }
     };
@@ -378,7 +381,25 @@ async fn refuse(shared: &Shared, stream: &mut TcpStream, kind: &'static str, rea
     let _ = stream
         .write_all(&StapleReply::Refused(reason.to_owned()).encode())
         .await;
+    linger(stream).await;
+}
+
+/// Closes after an error answer without losing it: shut down our side, then
+/// discard what the peer still sends for a moment, so that closing with
+/// unread bytes does not reset the connection before the peer read the reason.
+async fn linger(stream: &mut TcpStream) {
     let _ = stream.shutdown().await;
+    let drain = async {
+        let mut buf = [0u8; 8192];
+        let mut left: usize = 256 * 1024;
+        while left > 0 {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(500), drain).await;
 }
 
 async fn read_hello(stream: &mut TcpStream) -> Result<StapleHello, String> {

@@ -1,0 +1,142 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  other error
+  2  bad arguments or configuration (e.g. no relay configured)
+  3  wrong code: the two sides typed different codes
+  4  the relay was unreachable or refused the request
+  5  the offer was declined
+  6  integrity failure: data was altered in transit or did not match its hash
+  7  local file problem (exists, no space, permissions)
+  8  the other side went away or broke the protocol
+  130 interrupted (Ctrl-C)";
+
+/// Move files, folders and text between machines with a short code, through
+/// a relay that only ever sees ciphertext.
+#[derive(Debug, Parser)]
+#[command(name = "burrow", version, after_help = EXIT_CODES, propagate_version = true)]
+pub struct Cli {
+    /// More log output on stderr (-v: info, -vv: debug). Never logs secrets.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Config file (default: $XDG_CONFIG_HOME/burrow/config.toml).
+    #[arg(long, global = true, env = "BURROW_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Send files, folders, text or standard input; prints the code to give the receiver.
+    #[command(
+        after_help = "Examples:\n  burrow send photos/ notes.txt\n  burrow send --text 'the wifi password is ...'\n  tar c dir | burrow send -\n  burrow send --code 7-purple-sausage-river report.pdf"
+    )]
+    Send(SendArgs),
+    /// Receive with the code the sender printed.
+    #[command(
+        after_help = "Examples:\n  burrow receive 7-purple-sausage-river\n  burrow receive --out ~/Downloads --yes 7-purple-sausage-river\n  burrow receive --out - 7-purple-sausage-river | tar x"
+    )]
+    Receive(ReceiveArgs),
+    /// Run a relay: the meeting point both sides connect to. It sees only ciphertext.
+    Relay(RelayArgs),
+}
+
+/// Where the relay is.
+#[derive(Debug, Args)]
+pub struct RelayOpt {
+    /// The relay, HOST[:PORT] (default port 9009). Falls back to BURROW_RELAY, then the config file.
+    #[arg(long, env = "BURROW_RELAY", value_name = "ADDR")]
+    pub relay: Option<String>,
+}
+
+/// `burrow send`.
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    #[command(flatten)]
+    pub relay: RelayOpt,
+
+    /// Use this code instead of a generated one (CHANNEL-WORDS; the part before the first '-' is the channel).
+    #[arg(long, value_name = "CODE")]
+    pub code: Option<String>,
+
+    /// Send this text message instead of files.
+    #[arg(long, value_name = "TEXT", conflicts_with = "paths")]
+    pub text: Option<String>,
+
+    /// Give up if nobody enters the code within this many seconds (default: wait until Ctrl-C).
+    #[arg(long, value_name = "SECS")]
+    pub wait: Option<u64>,
+
+    /// Print one JSON object per event on stdout instead of human output.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Files and folders to send; '-' sends standard input.
+    #[arg(value_name = "PATH", required_unless_present = "text")]
+    pub paths: Vec<PathBuf>,
+}
+
+/// `burrow receive`.
+#[derive(Debug, Args)]
+pub struct ReceiveArgs {
+    #[command(flatten)]
+    pub relay: RelayOpt,
+
+    /// Where to put received files ('-' writes a single file or stream to stdout).
+    #[arg(long, short, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+
+    /// Accept the offer without asking.
+    #[arg(long, short)]
+    pub yes: bool,
+
+    /// Replace existing files with the same names without asking.
+    #[arg(long)]
+    pub overwrite: bool,
+
+    /// Print one JSON object per event on stdout instead of human output (needs --yes).
+    #[arg(long, requires = "yes")]
+    pub json: bool,
+
+    /// The code the sender printed, e.g. 7-purple-sausage-river.
+    #[arg(value_name = "CODE")]
+    pub code: String,
+}
+
+/// `burrow relay`.
+#[derive(Debug, Args)]
+pub struct RelayArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:9009", value_name = "HOST:PORT")]
+    pub listen: String,
+
+    /// Remove channels nobody touched for this many seconds.
+    #[arg(long, default_value_t = 600, value_name = "SECS")]
+    pub idle_timeout: u64,
+
+    /// Most channels one IP address may hold at once.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub max_channels_per_ip: usize,
+
+    /// Seconds a new connection has to send its request or stapling hello.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    pub handshake_timeout: u64,
+
+    /// Seconds a stapling connection waits for the other peer.
+    #[arg(long, default_value_t = 120, value_name = "SECS")]
+    pub staple_timeout: u64,
+
+    /// Most connections open at once.
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    pub max_connections: usize,
+}

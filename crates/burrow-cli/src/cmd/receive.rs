@@ -1,0 +1,60 @@
+//! `burrow receive`.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use burrow_node::{Code, Error, Sink, Transfer, escape_display};
+
+use crate::args::ReceiveArgs;
+use crate::config::Config;
+use crate::ui::{Mode, Ui, emit};
+
+/// Runs `burrow receive`.
+pub async fn run(args: ReceiveArgs, cfg: &Config) -> Result<(), Error> {
+    let (relay, _) = super::resolve_relay(&args.relay, cfg).ok_or(Error::NoRelay)?;
+    let code = Code::parse(&args.code).map_err(|e| Error::Usage(format!("invalid code: {e}")))?;
+    let sink = match &args.out {
+        Some(p) if p == Path::new("-") => {
+            if args.json {
+                return Err(Error::Usage(
+                    "--out - and --json both want standard output".into(),
+                ));
+            }
+            Sink::Stdout
+        }
+        Some(p) => Sink::Dir(p.clone()),
+        None => Sink::Auto(PathBuf::from(".")),
+    };
+    let t = Transfer::builder()
+        .relay(relay)
+        .overwrite(args.overwrite)
+        .build()?;
+    let mode = Mode::detect(args.json);
+    let ui = Ui::new(mode, None, args.yes, args.overwrite);
+    let report = t.receive(&code, sink, ui).await?;
+    if let Some(text) = report.text {
+        if mode == Mode::Json {
+            emit(serde_json::json!({"event": "text", "text": text}));
+        } else {
+            let mut out = std::io::stdout().lock();
+            // On a terminal, escape control characters: a message must not drive the terminal.
+            let shown = if std::io::stdout().is_terminal() {
+                text.split('\n')
+                    .map(escape_display)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            } else {
+                text
+            };
+            let _ = writeln!(out, "{shown}");
+        }
+    } else if mode != Mode::Json {
+        for p in report.saved.iter().take(5) {
+            eprintln!("saved {}", escape_display(&p.display().to_string()));
+        }
+        if report.saved.len() > 5 {
+            eprintln!("saved {} more", report.saved.len() - 5);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,42 @@
+//! `burrow send`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use burrow_node::{Code, Error, Source, Transfer};
+
+use crate::args::SendArgs;
+use crate::config::Config;
+use crate::ui::{Mode, Ui};
+
+/// Runs `burrow send`.
+pub async fn run(args: SendArgs, cfg: &Config) -> Result<(), Error> {
+    let (relay, tell) = super::resolve_relay(&args.relay, cfg).ok_or(Error::NoRelay)?;
+    let mut b = Transfer::builder().relay(relay.clone());
+    if let Some(c) = &args.code {
+        let code = Code::parse(c).map_err(|e| Error::Usage(format!("--code: {e}")))?;
+        if code.secret_bits() < 30.0 && args.json.then_some(()).is_none() {
+            eprintln!("warning: this code is easy to guess; a generated code has 33 bits");
+        }
+        b = b.code(code);
+    }
+    if let Some(w) = args.wait {
+        b = b.wait_for_peer(Duration::from_secs(w));
+    }
+    let t = b.build()?;
+    let source = if let Some(text) = args.text {
+        Source::Text(text)
+    } else if args.paths.len() == 1 && args.paths[0] == Path::new("-") {
+        Source::Stream(Box::new(std::io::stdin()))
+    } else {
+        if args.paths.iter().any(|p| p == Path::new("-")) {
+            return Err(Error::Usage(
+                "'-' (standard input) cannot be combined with other paths".into(),
+            ));
+        }
+        Source::Paths(args.paths)
+    };
+    let ui = Ui::new(Mode::detect(args.json), tell.then_some(relay), false, false);
+    t.send(source, ui).await?;
+    Ok(())
+}

@@ -1,0 +1,261 @@
+//! What the user sees: progress bars on a terminal, plain lines otherwise,
+//! JSON lines with `--json`, and the accept prompt.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use burrow_node::{Decision, Event, Observer, OfferInfo, OfferKind, escape_display};
+use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::json;
+
+/// How events are shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// For people; `tty` says whether stderr is a terminal.
+    Human {
+        /// Progress bars instead of lines.
+        tty: bool,
+    },
+    /// One JSON object per line on stdout.
+    Json,
+}
+
+impl Mode {
+    /// Picks the mode from `--json` and whether stderr is a terminal.
+    pub fn detect(json: bool) -> Self {
+        if json {
+            Mode::Json
+        } else {
+            Mode::Human {
+                tty: std::io::stderr().is_terminal(),
+            }
+        }
+    }
+}
+
+/// Prints one JSON event line on stdout.
+pub fn emit(v: serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{v}");
+    let _ = out.flush();
+}
+
+/// The observer behind `send` and `receive`.
+pub struct Ui {
+    mode: Mode,
+    /// How the receiver should name the relay in the printed command.
+    relay_hint: Option<String>,
+    yes: bool,
+    overwrite: bool,
+    bar: Option<ProgressBar>,
+    last_line: Instant,
+}
+
+impl Ui {
+    /// A new UI.
+    pub fn new(mode: Mode, relay_hint: Option<String>, yes: bool, overwrite: bool) -> Self {
+        Self {
+            mode,
+            relay_hint,
+            yes,
+            overwrite,
+            bar: None,
+            last_line: Instant::now(),
+        }
+    }
+
+    fn start_bar(&mut self, total: Option<u64>) {
+        let bar = match total {
+            Some(t) => {
+                let b = ProgressBar::with_draw_target(Some(t), ProgressDrawTarget::stderr());
+                b.set_style(
+                    ProgressStyle::with_template(
+                        "{bar:30.cyan/blue} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                );
+                b
+            }
+            None => {
+                let b = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+                b.set_style(
+                    ProgressStyle::with_template("{spinner} {bytes} {binary_bytes_per_sec}")
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                );
+                b
+            }
+        };
+        self.bar = Some(bar);
+    }
+}
+
+fn pct(done: u64, total: Option<u64>) -> String {
+    match total {
+        Some(t) if t > 0 => format!(" ({}%)", done * 100 / t),
+        _ => String::new(),
+    }
+}
+
+fn rate(bytes: u64, elapsed: Duration) -> String {
+    let secs = elapsed.as_secs_f64().max(1e-6);
+    format!("{}/s", HumanBytes((bytes as f64 / secs) as u64))
+}
+
+impl Observer for Ui {
+    fn event(&mut self, e: Event) {
+        match self.mode {
+            Mode::Json => match e {
+                Event::Code(code) => emit(json!({"event": "code", "code": code})),
+                Event::Skipped(items) => emit(json!({"event": "skipped", "items": items})),
+                Event::Connected { relay } => {
+                    emit(json!({"event": "connected", "path": "relay", "relay": relay}))
+                }
+                Event::WaitingForAccept => emit(json!({"event": "offered"})),
+                Event::Started { files, total } => {
+                    emit(json!({"event": "started", "files": files, "total": total}))
+                }
+                Event::Progress { done, total } => {
+                    emit(json!({"event": "progress", "done": done, "total": total}))
+                }
+                Event::Finished {
+                    files,
+                    bytes,
+                    elapsed,
+                } => emit(json!({
+                    "event": "done", "files": files, "bytes": bytes, "seconds": elapsed.as_secs_f64()
+                })),
+                _ => {}
+            },
+            Mode::Human { tty } => match e {
+                Event::Code(code) => {
+                    eprintln!("code: {code}");
+                    let relay = self
+                        .relay_hint
+                        .as_deref()
+                        .map(|r| format!("--relay {r} "))
+                        .unwrap_or_default();
+                    eprintln!("On the other machine, run:\n\n    burrow receive {relay}{code}\n");
+                }
+                Event::Skipped(items) => {
+                    for i in items {
+                        eprintln!("skipped: {i}");
+                    }
+                }
+                Event::Connected { relay } => eprintln!("connected through relay {relay}"),
+                Event::WaitingForAccept => eprintln!("waiting for the other side to accept..."),
+                Event::Started { total, .. } => {
+                    if tty {
+                        self.start_bar(total);
+                    }
+                }
+                Event::Progress { done, total } => {
+                    if let Some(b) = &self.bar {
+                        b.set_position(done);
+                    } else if self.last_line.elapsed() >= Duration::from_secs(1) {
+                        self.last_line = Instant::now();
+                        let of = total
+                            .map(|t| format!(" of {}", HumanBytes(t)))
+                            .unwrap_or_default();
+                        eprintln!("progress: {}{of}{}", HumanBytes(done), pct(done, total));
+                    }
+                }
+                Event::Finished {
+                    files,
+                    bytes,
+                    elapsed,
+                } => {
+                    if let Some(b) = self.bar.take() {
+                        b.finish_and_clear();
+                    }
+                    eprintln!(
+                        "done: {files} file{} verified, {} in {:.1}s ({})",
+                        if files == 1 { "" } else { "s" },
+                        HumanBytes(bytes),
+                        elapsed.as_secs_f64(),
+                        rate(bytes, elapsed)
+                    );
+                }
+                _ => {}
+            },
+        }
+    }
+
+    fn decide(&mut self, offer: &OfferInfo) -> Decision {
+        let what = match offer.kind {
+            OfferKind::Text => format!("a text message ({})", HumanBytes(offer.total)),
+            OfferKind::Stream => "a stream of data (size unknown)".to_owned(),
+            OfferKind::Files => format!(
+                "{} file{}{} ({})",
+                offer.files,
+                if offer.files == 1 { "" } else { "s" },
+                match offer.dirs {
+                    0 => String::new(),
+                    1 => " in 1 folder".to_owned(),
+                    n => format!(" in {n} folders"),
+                },
+                HumanBytes(offer.total)
+            ),
+        };
+        if self.mode == Mode::Json {
+            emit(
+                json!({"event": "offer", "kind": format!("{:?}", offer.kind).to_lowercase(), "files": offer.files, "dirs": offer.dirs, "total": offer.total}),
+            );
+        } else {
+            eprintln!("The other side offers {what}:");
+            if offer.kind == OfferKind::Files {
+                const SHOW: usize = 10;
+                for e in offer
+                    .entries
+                    .iter()
+                    .filter(|e| e.kind == burrow_node::EntryKind::File)
+                    .take(SHOW)
+                {
+                    eprintln!("  {} ({})", escape_display(&e.path), HumanBytes(e.size));
+                }
+                if offer.files > SHOW {
+                    eprintln!("  ... and {} more", offer.files - SHOW);
+                }
+            }
+        }
+        let replace = !offer.existing.is_empty() && !self.overwrite;
+        if self.yes {
+            return if self.overwrite {
+                Decision::AcceptOverwrite
+            } else {
+                Decision::Accept
+            };
+        }
+        if !std::io::stdin().is_terminal() {
+            eprintln!("Not accepting: there is no terminal to ask on. Run with --yes to accept.");
+            return Decision::Reject("the receiver did not confirm (no terminal; --yes not given)".into());
+        }
+        if !ask("Accept?") {
+            return Decision::Reject("the receiver declined".into());
+        }
+        if replace {
+            eprintln!("These already exist and would be replaced:");
+            for name in offer.existing.iter().take(10) {
+                eprintln!("  {name}");
+            }
+            if !ask("Replace them?") {
+                return Decision::Reject("the receiver declined to replace existing files".into());
+            }
+            return Decision::AcceptOverwrite;
+        }
+        if self.overwrite {
+            Decision::AcceptOverwrite
+        } else {
+            Decision::Accept
+        }
+    }
+}
+
+fn ask(question: &str) -> bool {
+    eprint!("{question} [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    if std::io::stdin().lock().read_line(&mut line).is_err() {
+        return false;
+    }
+    matches!(line.trim().to_ascii_lowercase().as_str(), "y" | "yes")
+}

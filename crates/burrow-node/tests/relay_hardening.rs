@@ -1,0 +1,165 @@
+//! Bad input to the relay: every case gets a clear error, only the bad
+//! connection is closed, and a clean transfer works afterwards.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+async fn clean_transfer_still_works(addr: &str) {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("ok.txt"), b"still serving").unwrap();
+    let (s, r) = round_trip(addr, &src.path().join("ok.txt"), dst.path()).await;
+    s.unwrap();
+    r.unwrap();
+    assert_eq!(
+        std::fs::read(dst.path().join("ok.txt")).unwrap(),
+        b"still serving"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_clear_errors() {
+    let r = relay_with(|_| {}).await;
+    let a = r.addr();
+    let ip = [127, 0, 0, 1];
+    let (st, body) = raw_http(a, ip, &post("/join", "{not json")).await;
+    assert_eq!(st, 400);
+    assert_eq!(json(&body)["kind"], "bad_json");
+    let (st, body) = raw_http(a, ip, &post("/join", r#"{"role":"sender","curve":"p256"}"#)).await;
+    assert_eq!((st, json(&body)["kind"].clone()), (400, "unknown_curve".into()));
+    let (st, body) = raw_http(a, ip, &post("/join", r#"{"role":"recipient","channel":"4242"}"#)).await;
+    assert_eq!((st, json(&body)["kind"].clone()), (404, "unknown_channel".into()));
+    let (st, body) = raw_http(a, ip, &post("/channel", r#"{"channel":"4242","uuid":"00"}"#)).await;
+    assert_eq!((st, json(&body)["kind"].clone()), (404, "unknown_channel".into()));
+    // Wrong UUID on a real channel.
+    let (_, body) = raw_http(a, ip, &post("/join", r#"{"role":"sender","channel":"77"}"#)).await;
+    assert!(json(&body)["uuid"].is_string());
+    let wrong = format!(r#"{{"channel":"77","uuid":"{}","x":"aa"}}"#, "11".repeat(16));
+    let (st, body) = raw_http(a, ip, &post("/channel", &wrong)).await;
+    assert_eq!((st, json(&body)["kind"].clone()), (403, "bad_uuid".into()));
+    // Oversized body, missing length, unknown path, non-HTTP garbage.
+    let big = format!(
+        "POST /join HTTP/1.1\r\nContent-Length: {}\r\n\r\n{}",
+        100_000,
+        "x".repeat(100)
+    );
+    let (st, body) = raw_http(a, ip, big.as_bytes()).await;
+    assert_eq!((st, json(&body)["kind"].clone()), (413, "body_too_large".into()));
+    let (st, _) = raw_http(a, ip, b"POST /join HTTP/1.1\r\n\r\n").await;
+    assert_eq!(st, 411);
+    let (st, _) = raw_http(a, ip, b"GET /nope HTTP/1.1\r\n\r\n").await;
+    assert_eq!(st, 404);
+    let (st, body) = raw_http(a, ip, b"\x16\x03\x01\x02\x00garbage").await;
+    assert_eq!(
+        (st, json(&body)["kind"].clone()),
+        (400, "unknown_protocol".into())
+    );
+    let (st, _) = raw_http(a, ip, b"GET /health HTTP/1.1\r\n\r\n").await;
+    assert_eq!(st, 200);
+    let (_, metrics) = raw_http(a, ip, b"GET /metrics HTTP/1.1\r\n\r\n").await;
+    assert!(
+        metrics.contains("burrow_relay_errors_total{kind=\"bad_json\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("burrow_relay_errors_total{kind=\"unknown_protocol\"} 1"),
+        "{metrics}"
+    );
+    clean_transfer_still_works(&a.to_string()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_third_ip_cannot_join() {
+    let r = relay_with(|_| {}).await;
+    let a = r.addr();
+    let (st, _) = raw_http(
+        a,
+        [127, 0, 0, 2],
+        &post("/join", r#"{"role":"sender","channel":"31"}"#),
+    )
+    .await;
+    assert_eq!(st, 200);
+    let (st, _) = raw_http(
+        a,
+        [127, 0, 0, 3],
+        &post("/join", r#"{"role":"recipient","channel":"31"}"#),
+    )
+    .await;
+    assert_eq!(st, 200);
+    for role in ["recipient", "sender"] {
+        let (st, body) = raw_http(
+            a,
+            [127, 0, 0, 4],
+            &post("/join", &format!(r#"{{"role":"{role}","channel":"31"}}"#)),
+        )
+        .await;
+        assert_eq!(st, 403, "{body}");
+        assert_eq!(json(&body)["kind"], "full");
+        assert!(json(&body)["error"].as_str().unwrap().contains("full"));
+    }
+    // Even the role check comes second: a known IP gets role_taken, a new one full.
+    let (st, body) = raw_http(
+        a,
+        [127, 0, 0, 2],
+        &post("/join", r#"{"role":"recipient","channel":"31"}"#),
+    )
+    .await;
+    assert_eq!((st, json(&body)["kind"].clone()), (409, "role_taken".into()));
+    clean_transfer_still_works(&a.to_string()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_slow_bytes_on_the_stapling_path() {
+    let r = relay_with(|c| c.handshake_timeout = Duration::from_millis(300)).await;
+    let a = r.addr();
+    // A malformed hello is refused with a reason.
+    let mut s = tokio::net::TcpStream::connect(a).await.unwrap();
+    s.write_all(b"BRWS\x09garbage").await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    assert_eq!(out[0], 0xff);
+    assert!(String::from_utf8_lossy(&out).contains("malformed hello"));
+    // A well-formed hello for a channel that does not exist.
+    let mut s = tokio::net::TcpStream::connect(a).await.unwrap();
+    s.write_all(b"BRWS\x01\x0299").await.unwrap();
+    s.write_all(&[0u8; 16]).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    assert!(String::from_utf8_lossy(&out).contains("no channel 99"));
+    // Slow bytes: a hello that never finishes is cut off after the handshake timeout.
+    let mut s = tokio::net::TcpStream::connect(a).await.unwrap();
+    s.write_all(b"BRWS\x01").await.unwrap();
+    let mut out = Vec::new();
+    let t = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(t.elapsed() < Duration::from_secs(3));
+    assert!(String::from_utf8_lossy(&out).contains("in time"));
+    // A connection that says nothing at all.
+    let mut s = tokio::net::TcpStream::connect(a).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    // Half an HTTP request, then silence.
+    let mut s = tokio::net::TcpStream::connect(a).await.unwrap();
+    s.write_all(b"POST /join HTTP/1.1\r\nContent-Le").await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 408"));
+    clean_transfer_still_works(&a.to_string()).await;
+}
