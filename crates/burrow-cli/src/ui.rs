@@ -143,11 +143,7 @@ impl Observer for Ui {
                 }
                 Event::Connected { relay } => eprintln!("connected through relay {relay}"),
                 Event::WaitingForAccept => eprintln!("waiting for the other side to accept..."),
-                Event::Started { total, .. } => {
-                    if tty {
-                        self.start_bar(total);
-                    }
-                }
+                Event::Started { total, .. } if tty => self.start_bar(total),
                 Event::Progress { done, total } => {
                     if let Some(b) = &self.bar {
                         b.set_position(done);

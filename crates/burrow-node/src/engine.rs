@@ -79,7 +79,7 @@ fn setup(stream: &TcpStream, idle: Duration) -> Result<(), Error> {
 }
 
 fn expect_msg<R: Read>(r: &mut RecordReader<R>, what: &str) -> Result<Vec<u8>, Error> {
-    match r.next()? {
+    match r.next_record()? {
         Some(m) => Ok(m.to_vec()),
         None => Err(Error::ConnectionLost(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
@@ -91,7 +91,7 @@ fn expect_msg<R: Read>(r: &mut RecordReader<R>, what: &str) -> Result<Vec<u8>, E
 /// After a failed write, the peer may have said why before closing.
 fn peer_reason<R: Read>(r: &mut RecordReader<R>, err: Error) -> Error {
     if matches!(err, Error::ConnectionLost(_) | Error::Timeout(_))
-        && let Ok(Some(m)) = r.next()
+        && let Ok(Some(m)) = r.next_record()
         && let Ok(Message::Error(msg)) = Message::decode(m)
     {
         return Error::PeerClosed(escape_display(&msg));

@@ -138,7 +138,7 @@ impl<R: Read> RecordReader<R> {
     }
 
     /// The next record's plaintext; `None` on a clean end of stream between records.
-    pub fn next(&mut self) -> Result<Option<&[u8]>, Error> {
+    pub fn next_record(&mut self) -> Result<Option<&[u8]>, Error> {
         loop {
             let have = &self.buf[self.start..self.end];
             if let Some(len) =
@@ -199,9 +199,9 @@ mod tests {
         }
         let mut r = RecordReader::new(Trickle(std::io::Cursor::new(w.w.clone())), rx);
         for m in &msgs {
-            assert_eq!(r.next().unwrap().unwrap(), &m[..]);
+            assert_eq!(r.next_record().unwrap().unwrap(), &m[..]);
         }
-        assert!(r.next().unwrap().is_none());
+        assert!(r.next_record().unwrap().is_none());
     }
 
     #[test]
@@ -216,6 +216,6 @@ mod tests {
         let mut bytes = w.w.clone();
         bytes.pop();
         let mut r = RecordReader::new(std::io::Cursor::new(bytes), rx);
-        assert!(matches!(r.next(), Err(Error::ConnectionLost(_))));
+        assert!(matches!(r.next_record(), Err(Error::ConnectionLost(_))));
     }
 }

@@ -1,0 +1,289 @@
+//! End-to-end tests through the built `burrow` binary: a relay process on
+//! 127.0.0.1 and sender/receiver processes, as a user would run them. Every
+//! process is killed by PID when its guard drops, and every wait is bounded.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_burrow");
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Kills the process when dropped.
+struct Proc {
+    child: Child,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    /// Waits for a stderr line starting with `prefix`; returns the rest.
+    fn line(&self, prefix: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(l) if l.starts_with(prefix) => return l[prefix.len()..].trim().to_owned(),
+                Ok(_) => {}
+                Err(e) => panic!("no line starting with {prefix:?}: {e}"),
+            }
+        }
+    }
+
+    /// Waits for exit (bounded); returns the code and the rest of stderr.
+    fn finish(mut self) -> (i32, String) {
+        let deadline = Instant::now() + WAIT;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "process did not exit in time");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut rest = String::new();
+        while let Ok(l) = self.stderr.recv_timeout(Duration::from_millis(500)) {
+            rest.push_str(&l);
+            rest.push('\n');
+        }
+        (status.code().unwrap_or(-1), rest)
+    }
+}
+
+/// A `burrow` command with a clean environment: its own HOME, no relay set.
+fn burrow(home: &Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.env_remove("BURROW_RELAY")
+        .env_remove("BURROW_CONFIG")
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join(".config"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+fn spawn(mut c: Command) -> Proc {
+    let mut child = c.spawn().unwrap();
+    let err = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(err).lines() {
+            let Ok(l) = l else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    Proc { child, stderr: rx }
+}
+
+fn relay(home: &Path) -> (Proc, String) {
+    let mut c = burrow(home);
+    c.args(["relay", "--listen", "127.0.0.1:0"]);
+    let p = spawn(c);
+    let addr = p.line("burrow relay listening on");
+    (p, addr)
+}
+
+fn pseudo_random(len: usize, seed: &str) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    blake3::Hasher::new()
+        .update(seed.as_bytes())
+        .finalize_xof()
+        .fill(&mut out);
+    out
+}
+
+fn hash(p: &Path) -> blake3::Hash {
+    blake3::hash(&std::fs::read(p).unwrap())
+}
+
+fn stdout_of(p: &mut Proc) -> Vec<u8> {
+    let mut v = Vec::new();
+    p.child.stdout.take().unwrap().read_to_end(&mut v).unwrap();
+    v
+}
+
+#[test]
+fn a_64mib_file_and_a_nested_folder_arrive_identical() {
+    let home = tempfile::tempdir().unwrap();
+    let (_relay, addr) = relay(home.path());
+    let src = tempfile::tempdir().unwrap();
+    let big = src.path().join("big.bin");
+    std::fs::write(&big, pseudo_random(64 << 20, "big")).unwrap();
+    let tree = src.path().join("tree");
+    std::fs::create_dir_all(tree.join("a/b/empty-folder")).unwrap();
+    std::fs::write(tree.join("a/empty-file"), b"").unwrap();
+    std::fs::write(tree.join("a/b/c.txt"), b"nested").unwrap();
+    let mut s = burrow(home.path());
+    s.args(["send", "--relay", &addr]).arg(&big).arg(&tree);
+    let sender = spawn(s);
+    let code = sender.line("code:");
+    let dst = tempfile::tempdir().unwrap();
+    let mut r = burrow(home.path());
+    r.args(["receive", "--relay", &addr, "--yes", "--out"])
+        .arg(dst.path())
+        .arg(&code);
+    let (rc, rerr) = spawn(r).finish();
+    assert_eq!(rc, 0, "receiver: {rerr}");
+    let (sc, serr) = sender.finish();
+    assert_eq!(sc, 0, "sender: {serr}");
+    assert!(serr.contains("done: 3 files verified"), "{serr}");
+    assert_eq!(hash(&dst.path().join("big.bin")), hash(&big));
+    assert_eq!(
+        std::fs::read(dst.path().join("tree/a/b/c.txt")).unwrap(),
+        b"nested"
+    );
+    assert_eq!(
+        std::fs::metadata(dst.path().join("tree/a/empty-file"))
+            .unwrap()
+            .len(),
+        0
+    );
+    assert!(dst.path().join("tree/a/b/empty-folder").is_dir());
+}
+
+#[test]
+fn a_wrong_code_fails_both_sides_plainly_and_writes_nothing() {
+    let home = tempfile::tempdir().unwrap();
+    let (_relay, addr) = relay(home.path());
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("secret.txt"), b"top secret").unwrap();
+    let mut s = burrow(home.path());
+    s.args(["send", "--relay", &addr])
+        .arg(src.path().join("secret.txt"));
+    let sender = spawn(s);
+    let code = sender.line("code:");
+    let channel = code.split('-').next().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let mut r = burrow(home.path());
+    r.args(["receive", "--relay", &addr, "--yes", "--out"])
+        .arg(dst.path())
+        .arg(format!("{channel}-not-the-code"));
+    let (rc, rerr) = spawn(r).finish();
+    let (sc, serr) = sender.finish();
+    assert_eq!(rc, 3, "{rerr}");
+    assert_eq!(sc, 3, "{serr}");
+    for err in [&rerr, &serr] {
+        assert!(err.contains("error: wrong code"), "{err}");
+        assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+    }
+    assert_eq!(std::fs::read_dir(dst.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn stdin_to_stdout_and_text() {
+    let home = tempfile::tempdir().unwrap();
+    let (_relay, addr) = relay(home.path());
+    let data = pseudo_random(3 << 20, "stream");
+    let mut s = burrow(home.path());
+    s.args(["send", "--relay", &addr, "-"]).stdin(Stdio::piped());
+    let mut sender = spawn(s);
+    let mut stdin = sender.child.stdin.take().unwrap();
+    let d = data.clone();
+    let writer = std::thread::spawn(move || stdin.write_all(&d));
+    let code = sender.line("code:");
+    let mut r = burrow(home.path());
+    r.args(["receive", "--relay", &addr, "--yes", "--out", "-", &code]);
+    let mut recv = spawn(r);
+    let out = stdout_of(&mut recv);
+    let (rc, rerr) = recv.finish();
+    assert_eq!(rc, 0, "{rerr}");
+    writer.join().unwrap().unwrap();
+    assert_eq!(sender.finish().0, 0);
+    assert!(
+        out == data,
+        "stdout differs ({} vs {} bytes)",
+        out.len(),
+        data.len()
+    );
+
+    let mut s = burrow(home.path());
+    s.args(["send", "--relay", &addr, "--text", "hello from burrow"]);
+    let sender = spawn(s);
+    let code = sender.line("code:");
+    let mut r = burrow(home.path());
+    r.args(["receive", "--relay", &addr, "--yes", &code]);
+    let mut recv = spawn(r);
+    let out = stdout_of(&mut recv);
+    assert_eq!(recv.finish().0, 0);
+    assert_eq!(sender.finish().0, 0);
+    assert_eq!(String::from_utf8(out).unwrap(), "hello from burrow\n");
+}
+
+#[test]
+fn without_a_terminal_or_yes_the_receiver_refuses() {
+    let home = tempfile::tempdir().unwrap();
+    let (_relay, addr) = relay(home.path());
+    let mut s = burrow(home.path());
+    s.args(["send", "--relay", &addr, "--text", "unwanted"]);
+    let sender = spawn(s);
+    let code = sender.line("code:");
+    let mut r = burrow(home.path());
+    r.args(["receive", "--relay", &addr, &code]);
+    let (rc, rerr) = spawn(r).finish();
+    assert_eq!(rc, 5, "{rerr}");
+    assert!(rerr.contains("--yes"), "{rerr}");
+    let (sc, serr) = sender.finish();
+    assert_eq!(sc, 5, "{serr}");
+    assert!(serr.contains("declined"), "{serr}");
+}
+
+#[test]
+fn relay_comes_from_flag_then_env_then_config() {
+    let home = tempfile::tempdir().unwrap();
+    // Nothing configured: a plain explanation, exit 2.
+    let mut c = burrow(home.path());
+    c.args(["send", "--text", "x"]);
+    let (code, err) = spawn(c).finish();
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("no relay configured") && err.contains("burrow relay"),
+        "{err}"
+    );
+
+    let (_relay, addr) = relay(home.path());
+    let cfg_dir = home.path().join(".config/burrow");
+    std::fs::create_dir_all(&cfg_dir).unwrap();
+    std::fs::write(cfg_dir.join("config.toml"), format!("relay = \"{addr}\"\n")).unwrap();
+    // Sender uses the config file; the receiver's env var (bogus) loses to its flag.
+    let mut s = burrow(home.path());
+    s.args(["send", "--text", "via config"]);
+    let sender = spawn(s);
+    let code = sender.line("code:");
+    let mut r = burrow(home.path());
+    r.env("BURROW_RELAY", "127.0.0.1:1")
+        .args(["receive", "--relay", &addr, "--yes", &code]);
+    let mut recv = spawn(r);
+    let out = stdout_of(&mut recv);
+    assert_eq!(recv.finish().0, 0);
+    assert_eq!(sender.finish().0, 0);
+    assert_eq!(out, b"via config\n");
+    // The env var beats the config file: a dead relay in BURROW_RELAY is used, and fails.
+    let mut s = burrow(home.path());
+    s.env("BURROW_RELAY", "127.0.0.1:1").args(["send", "--text", "x"]);
+    let (code, err) = spawn(s).finish();
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("cannot reach the relay at 127.0.0.1:1"), "{err}");
+}
+
+#[test]
+fn help_documents_commands_and_exit_codes() {
+    let home = tempfile::tempdir().unwrap();
+    let out = burrow(home.path()).arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in ["send", "receive", "relay", "Exit codes", "wrong code"] {
+        assert!(text.contains(needle), "missing {needle}: {text}");
+    }
+    let out = burrow(home.path()).args(["receive"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("CODE"));
+}
