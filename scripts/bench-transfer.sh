@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Benchmark: move one file from `burrow send` to `burrow receive` through a
+# local `burrow relay`, and in the same run the two baselines:
+#   plaintext  the same bytes through `socat -b 262144` used as a TCP forwarder
+#   wormhole   magic-wormhole (PyPI) with a local mailbox server and transit
+#              relay, both sides --no-listen so the transit relay carries the bytes
+# Prints MB/s for each, the ratios, and every burrow process's peak RSS.
+#
+# Usage: scripts/bench-transfer.sh [SIZE_MIB]      (default 1024)
+# Runs itself inside a private network namespace (unshare --net, lo only), so
+# nothing is advertised to or reaches any other address. Data lives in
+# /dev/shm, so the page cache, not a disk, is what is measured.
+# Needs: socat, /usr/bin/time, python3 with magic-wormhole,
+# magic-wormhole-mailbox-server and magic-wormhole-transit-relay (pip install).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SIZE_MIB=${1:-1024}
+
+if [ -z "${BURROW_BENCH_IN_NS:-}" ]; then
+    (cd "$ROOT" && cargo build --release -q -p burrow-cli)
+    exec unshare --net env BURROW_BENCH_IN_NS=1 bash "$0" "$@"
+fi
+ip link set lo up
+
+BIN="$ROOT/target/release/burrow"
+WORK=$(mktemp -d /dev/shm/burrow-bench.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+cd "$WORK"
+
+BYTES=$((SIZE_MIB * 1024 * 1024))
+head -c "$BYTES" /dev/urandom > data.bin
+SUM=$(b3sum --no-names data.bin 2>/dev/null || sha256sum data.bin | cut -d' ' -f1)
+check() { # file
+    local s
+    s=$(b3sum --no-names "$1" 2>/dev/null || sha256sum "$1" | cut -d' ' -f1)
+    [ "$s" = "$SUM" ] || { echo "MISMATCH in $1" >&2; exit 1; }
+}
+now() { date +%s.%N; }
+mbps() { python3 -c "print(f'{$BYTES / ($2 - $1) / 1e6:.0f}')"; }
+wait_for() { # file pattern
+    for _ in $(seq 1 300); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done
+    echo "timed out waiting for '$2' in $1" >&2; cat "$1" >&2; exit 1
+}
+rss() { grep -oP 'Maximum resident set size \(kbytes\): \K[0-9]+' "$1" | awk '{printf "%.1f MiB", $1/1024}'; }
+
+echo "== $SIZE_MIB MiB, $(nproc) cores, in a private network namespace"
+
+# --- plaintext baseline: socat as the relay -------------------------------
+rm -f out.socat
+timeout 300 socat -b 262144 -u TCP-LISTEN:7002,reuseaddr OPEN:out.socat,creat,trunc & R=$!; PIDS+=($R)
+timeout 300 socat -b 262144 TCP-LISTEN:7001,reuseaddr TCP:127.0.0.1:7002 & F=$!; PIDS+=($F)
+sleep 0.3
+t0=$(now)
+timeout 300 socat -b 262144 -u OPEN:data.bin TCP:127.0.0.1:7001
+wait "$R"
+t1=$(now)
+check out.socat; rm -f out.socat
+PLAIN=$(mbps "$t0" "$t1")
+echo "plaintext (socat forwarder): $PLAIN MB/s"
+
+# --- burrow through its relay ----------------------------------------------
+/usr/bin/time -v "$BIN" relay --listen 127.0.0.1:7100 2> relay.err & RP=$!; PIDS+=($RP)
+wait_for relay.err "listening on"
+mkdir -p out.burrow
+/usr/bin/time -v timeout 300 "$BIN" send --relay 127.0.0.1:7100 data.bin 2> send.err & SP=$!; PIDS+=($SP)
+wait_for send.err "^code:"
+CODE=$(grep '^code:' send.err | cut -d' ' -f2)
+t0=$(now)
+/usr/bin/time -v timeout 300 "$BIN" receive --relay 127.0.0.1:7100 --yes --out out.burrow "$CODE" 2> recv.err
+wait "$SP"
+t1=$(now)
+pkill -TERM -P "$RP"; wait "$RP" || true
+check out.burrow/data.bin; rm -rf out.burrow
+BURROW=$(mbps "$t0" "$t1")
+echo "burrow via relay:            $BURROW MB/s   (peak RSS: sender $(rss send.err), receiver $(rss recv.err), relay $(rss relay.err))"
+
+# --- magic-wormhole through its transit relay -------------------------------
+timeout 600 twist wormhole-mailbox --port=tcp:7200:interface=127.0.0.1 > mailbox.log 2>&1 & M=$!; PIDS+=($M)
+timeout 600 twist transitrelay --port=tcp:7201:interface=127.0.0.1 > transit.log 2>&1 & T=$!; PIDS+=($T)
+sleep 2
+WH=(wormhole --relay-url ws://127.0.0.1:7200/v1 --transit-helper tcp:127.0.0.1:7201)
+mkdir -p out.wh
+timeout 600 "${WH[@]}" send --no-listen --hide-progress --code 7-bench-mark data.bin > wh-send.log 2>&1 & WS=$!; PIDS+=($WS)
+sleep 1
+t0=$(now)
+timeout 600 "${WH[@]}" receive --no-listen --hide-progress --accept-file -o out.wh/data.bin 7-bench-mark > wh-recv.log 2>&1
+wait "$WS"
+t1=$(now)
+check out.wh/data.bin; rm -rf out.wh
+WORM=$(mbps "$t0" "$t1")
+echo "magic-wormhole via transit:  $WORM MB/s"
+
+python3 - "$BURROW" "$PLAIN" "$WORM" <<'PY'
+import sys
+b, p, w = map(float, sys.argv[1:])
+print(f"burrow / plaintext relay path: {b / p * 100:.0f}%")
+print(f"burrow / magic-wormhole:       {b / w:.1f}x")
+PY
