@@ -287,3 +287,114 @@ fn help_documents_commands_and_exit_codes() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("CODE"));
 }
+
+#[test]
+fn a_killed_sender_is_reported_and_leaves_no_file() {
+    let home = tempfile::tempdir().unwrap();
+    let (_relay, addr) = relay(home.path());
+    let mut s = burrow(home.path());
+    s.args(["send", "--relay", &addr, "-"]).stdin(Stdio::piped());
+    let mut sender = spawn(s);
+    let mut stdin = sender.child.stdin.take().unwrap();
+    // Feed 1 MiB and keep the pipe open, from a thread: the sender reads only after the accept.
+    let (hold_tx, hold_rx) = mpsc::channel::<()>();
+    let feeder = std::thread::spawn(move || {
+        let _ = stdin.write_all(&pseudo_random(1 << 20, "partial"));
+        let _ = hold_rx.recv();
+    });
+    let code = sender.line("code:");
+    let dst = tempfile::tempdir().unwrap();
+    let mut r = burrow(home.path());
+    r.args(["receive", "--relay", &addr, "--yes", "--out"])
+        .arg(dst.path())
+        .arg(&code);
+    let recv = spawn(r);
+    recv.line("connected through relay");
+    std::thread::sleep(Duration::from_millis(500));
+    drop(sender); // SIGKILL, mid-stream: stdin is still open
+    let (rc, rerr) = recv.finish();
+    drop(hold_tx);
+    let _ = feeder.join();
+    assert_eq!(rc, 8, "{rerr}");
+    assert!(
+        rerr.contains("the connection to the other side was lost"),
+        "{rerr}"
+    );
+    let left: Vec<_> = std::fs::read_dir(dst.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// Runs `burrow receive` with its output folder on a 1 MiB tmpfs in a private
+/// mount namespace; prints the folder's listing on stdout after it exits.
+fn receive_on_tiny_disk(home: &Path, addr: &str, code: &str) -> Option<(i32, String, String)> {
+    if !Command::new("unshare")
+        .args(["--mount", "true"])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        eprintln!("skipped: cannot create a mount namespace here");
+        return None;
+    }
+    let dir = home.join("tiny");
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = r#"mount -t tmpfs -o size=1m burrow-test "$1" || exit 99
+"$2" receive --relay "$3" --yes --out "$1" "$4"; rc=$?; ls -A "$1"; exit $rc"#;
+    let bin = burrow(home).get_program().to_owned();
+    let mut cmd = Command::new("unshare");
+    cmd.env_remove("BURROW_RELAY")
+        .env("HOME", home)
+        .args(["--mount", "--propagation", "private", "sh", "-c", script, "sh"])
+        .arg(&dir)
+        .arg(bin)
+        .args([addr, code])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut p = spawn(cmd);
+    let out = String::from_utf8(stdout_of(&mut p)).unwrap();
+    let (rc, err) = p.finish();
+    assert_ne!(rc, 99, "mounting the test tmpfs failed: {err}");
+    Some((rc, err, out))
+}
+
+#[test]
+fn a_full_disk_is_refused_up_front_or_reported_cleanly() {
+    let home = tempfile::tempdir().unwrap();
+    let (_relay, addr) = relay(home.path());
+    // Known size: refused before anything is written.
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("big.bin"), pseudo_random(4 << 20, "disk")).unwrap();
+    let mut s = burrow(home.path());
+    s.args(["send", "--relay", &addr]).arg(src.path().join("big.bin"));
+    let sender = spawn(s);
+    let code = sender.line("code:");
+    let Some((rc, err, listing)) = receive_on_tiny_disk(home.path(), &addr, &code) else {
+        return;
+    };
+    assert_eq!(rc, 7, "{err}");
+    assert!(err.contains("not enough disk space"), "{err}");
+    assert_eq!(listing.trim(), "");
+    let (sc, serr) = sender.finish();
+    assert_eq!(sc, 5, "{serr}");
+    assert!(serr.contains("disk space"), "{serr}");
+
+    // Unknown size (a stream): the write fails, the partial file is removed,
+    // and the sender is told why.
+    let mut s = burrow(home.path());
+    s.args(["send", "--relay", &addr, "-"]).stdin(Stdio::piped());
+    let mut sender = spawn(s);
+    let mut stdin = sender.child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(&pseudo_random(4 << 20, "stream")));
+    let code = sender.line("code:");
+    let (rc, err, listing) = receive_on_tiny_disk(home.path(), &addr, &code).unwrap();
+    assert_eq!(rc, 7, "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert_eq!(listing.trim(), "", "partial file left behind");
+    let (sc, serr) = sender.finish();
+    let _ = writer.join();
+    assert_eq!(sc, 8, "{serr}");
+    assert!(serr.contains("No space left"), "{serr}");
+}

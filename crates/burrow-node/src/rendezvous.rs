@@ -70,6 +70,18 @@ impl ChannelHandle {
         let _ = self.relay.channel(&r).await;
     }
 
+    /// Closes the channel with the reason of a failed step, so the other
+    /// peer learns why (a confirmation failure is reported as "wrong code").
+    async fn close_on_failure<T>(&self, res: &Result<T, Error>, who: &str) {
+        if let Err(e) = res {
+            let reason = match e {
+                Error::WrongCode => WRONG_CODE.to_owned(),
+                other => format!("{who} failed: {other}"),
+            };
+            self.close(&reason).await;
+        }
+    }
+
     /// Long-polls until `done` holds for the state, the channel closes, or `deadline`.
     async fn wait_for(
         &self,
@@ -107,6 +119,13 @@ fn unhex<const N: usize>(field: &str, s: Option<&str>) -> Result<[u8; N], Error>
     hex_decode(s.unwrap_or_default(), &mut out)
         .ok_or_else(|| Error::RelayProtocol(format!("bad {field} from the relay")))?;
     Ok(out)
+}
+
+fn unhex_vec(field: &str, s: Option<&str>) -> Result<Vec<u8>, Error> {
+    let s = s.unwrap_or_default();
+    let mut b = vec![0u8; s.len() / 2];
+    hex_decode(s, &mut b).ok_or_else(|| Error::RelayProtocol(format!("bad {field} from the relay")))?;
+    Ok(b)
 }
 
 fn hex_decode(s: &str, out: &mut [u8]) -> Option<()> {
@@ -179,13 +198,7 @@ pub async fn sender(
         uuid: joined.uuid,
     };
     let res = sender_steps(&h, &code, opts, on_code).await;
-    if let Err(e) = &res {
-        let reason = match e {
-            Error::WrongCode => WRONG_CODE.to_owned(),
-            other => format!("sender failed: {other}"),
-        };
-        h.close(&reason).await;
-    }
+    h.close_on_failure(&res, "sender").await;
     res
 }
 
@@ -206,13 +219,7 @@ async fn sender_steps(
             s.y.is_some() && s.hh_k.is_some()
         })
         .await?;
-    let y =
-        st.y.as_deref()
-            .and_then(|y| {
-                let mut b = vec![0u8; y.len() / 2];
-                hex_decode(y, &mut b).map(|_| b)
-            })
-            .ok_or_else(|| Error::RelayProtocol("bad y from the relay".into()))?;
+    let y = unhex_vec("y", st.y.as_deref())?;
     let hh_k: [u8; 32] = unhex("hh_k", st.hh_k.as_deref())?;
     let (key, h_k) = pake.finish(&y, &hh_k).map_err(|e| match e {
         PakeError::WrongCode => Error::WrongCode,
@@ -266,13 +273,7 @@ pub async fn recipient(
         uuid: joined.uuid,
     };
     let res = recipient_steps(&h, code, opts).await;
-    if let Err(e) = &res {
-        let reason = match e {
-            Error::WrongCode => WRONG_CODE.to_owned(),
-            other => format!("recipient failed: {other}"),
-        };
-        h.close(&reason).await;
-    }
+    h.close_on_failure(&res, "recipient").await;
     res
 }
 
@@ -285,13 +286,7 @@ async fn recipient_steps(
     let st = h
         .wait_for(step, "the sender's key exchange", |s| s.x.is_some())
         .await?;
-    let x =
-        st.x.as_deref()
-            .and_then(|x| {
-                let mut b = vec![0u8; x.len() / 2];
-                hex_decode(x, &mut b).map(|_| b)
-            })
-            .ok_or_else(|| Error::RelayProtocol("bad x from the relay".into()))?;
+    let x = unhex_vec("x", st.x.as_deref())?;
     let (awaiting, y, hh_k) =
         RecipientStart::respond(code, &x).map_err(|e| Error::Protocol(e.to_string()))?;
     let mut r = h.req();
