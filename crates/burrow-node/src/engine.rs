@@ -8,15 +8,17 @@
 //! output folder, ask, then write each file under a hidden temporary name and
 //! rename it into place only after its hash was verified.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use burrow_proto::pake::SessionKey;
 use burrow_proto::transfer::{
-    Entry, EntryKind, Message, OfferKind, Receiver, RxEvent, UNKNOWN_SIZE, escape_display, offer_records,
+    Entry, EntryKind, MAX_RESUME, Message, OfferKind, Receiver, ResumeAt, RxEvent, UNKNOWN_SIZE,
+    escape_display, offer_records,
 };
 
 use crate::error::Error;
@@ -60,6 +62,11 @@ impl Progress {
                 total: self.total,
             });
         }
+    }
+
+    /// Counts bytes already present on the other side (resumed).
+    fn skip(&mut self, n: u64) {
+        self.done += n;
     }
 
     fn finish(&self, obs: &mut dyn Observer) {
@@ -136,12 +143,13 @@ pub(crate) fn run_send(
     // A person is deciding: no deadline, but a closed connection still ends it.
     rd_timeout.set_read_timeout(None).map_err(Error::ConnectionLost)?;
     let answer = expect_msg(&mut r, "answering the offer")?;
-    match Message::decode(&answer).map_err(|e| Error::Protocol(e.to_string()))? {
-        Message::Accept => {}
-        Message::Reject(reason) => return Err(Error::Declined(escape_display(&reason))),
-        Message::Error(m) => return Err(Error::PeerClosed(escape_display(&m))),
-        _ => return Err(Error::Protocol("unexpected answer to the offer".into())),
-    }
+    let resume: HashMap<u32, ResumeAt> =
+        match Message::decode(&answer).map_err(|e| Error::Protocol(e.to_string()))? {
+            Message::Accept(list) => list.into_iter().map(|r| (r.index, r)).collect(),
+            Message::Reject(reason) => return Err(Error::Declined(escape_display(&reason))),
+            Message::Error(m) => return Err(Error::PeerClosed(escape_display(&m))),
+            _ => return Err(Error::Protocol("unexpected answer to the offer".into())),
+        };
     rd_timeout
         .set_read_timeout(Some(idle))
         .map_err(Error::ConnectionLost)?;
@@ -159,26 +167,52 @@ pub(crate) fn run_send(
     obs.event(Event::Started { files, total });
     let started = Instant::now();
     let mut progress = Progress::new(total);
+    let mut skipped = 0u64;
     let res = (|| -> Result<(), Error> {
         match payload {
             Payload::Items(items) => {
-                for item in items.iter().filter(|i| i.entry.kind == EntryKind::File) {
-                    let Some(src) = &item.source else { continue };
-                    let f = File::open(src).map_err(|e| Error::io(src, e))?;
-                    send_reader(&mut w, f, Some(item.entry.size), src, &mut progress, obs)?;
+                for (index, item) in items.iter().enumerate() {
+                    let Some(src) = item
+                        .source
+                        .as_ref()
+                        .filter(|_| item.entry.kind == EntryKind::File)
+                    else {
+                        continue;
+                    };
+                    let mut f = File::open(src).map_err(|e| Error::io(src, e))?;
+                    let start = match u32::try_from(index).ok().and_then(|i| resume.get(&i)) {
+                        Some(r) => verify_prefix(&mut f, src, r)?,
+                        None => Start::default(),
+                    };
+                    if start.offset > 0 {
+                        w.send(&Message::Skip(start.offset).to_vec())?;
+                        skipped += start.offset;
+                        progress.skip(start.offset);
+                    }
+                    send_reader(&mut w, f, Some(item.entry.size), src, start, &mut progress, obs)?;
                 }
             }
             Payload::Text(t) => {
+                let (size, name) = (Some(t.len() as u64), Path::new("text"));
                 send_reader(
                     &mut w,
                     t.as_bytes(),
-                    Some(t.len() as u64),
-                    Path::new("text"),
+                    size,
+                    name,
+                    Start::default(),
                     &mut progress,
                     obs,
                 )?;
             }
-            Payload::Stream(rd) => send_reader(&mut w, rd, None, Path::new("stdin"), &mut progress, obs)?,
+            Payload::Stream(rd) => send_reader(
+                &mut w,
+                rd,
+                None,
+                Path::new("stdin"),
+                Start::default(),
+                &mut progress,
+                obs,
+            )?,
         }
         w.send(&Message::Done.to_vec())?;
         w.flush()
@@ -201,7 +235,8 @@ pub(crate) fn run_send(
     }
     let report = SendReport {
         files,
-        bytes: progress.done,
+        bytes: progress.done - skipped,
+        resumed: skipped,
         elapsed: started.elapsed(),
     };
     obs.event(Event::Finished {
@@ -221,16 +256,43 @@ fn text_entry(len: u64) -> Entry {
     }
 }
 
+/// Where a file's data starts: 0, or a verified resume point with the
+/// hasher state over the bytes before it.
+#[derive(Default)]
+struct Start {
+    offset: u64,
+    hasher: blake3::Hasher,
+}
+
+/// Hashes the first `r.offset` bytes of `f`; if they match the receiver's
+/// prefix, resume there (the file position is left at the offset), else
+/// rewind and send everything.
+fn verify_prefix(f: &mut File, src: &Path, r: &ResumeAt) -> Result<Start, Error> {
+    let mut hasher = blake3::Hasher::new();
+    let copied = std::io::copy(&mut (&mut *f).take(r.offset), &mut hasher).map_err(|e| Error::io(src, e))?;
+    if copied == r.offset && hasher.finalize() == blake3::Hash::from_bytes(r.prefix) {
+        return Ok(Start {
+            offset: r.offset,
+            hasher,
+        });
+    }
+    f.seek(SeekFrom::Start(0)).map_err(|e| Error::io(src, e))?;
+    Ok(Start::default())
+}
+
 fn send_reader<W: Write>(
     w: &mut RecordWriter<W>,
     mut rd: impl Read,
     size: Option<u64>,
     name: &Path,
+    start: Start,
     progress: &mut Progress,
     obs: &mut dyn Observer,
 ) -> Result<(), Error> {
-    let mut hasher = blake3::Hasher::new();
-    let mut sent: u64 = 0;
+    let Start {
+        offset: mut sent,
+        mut hasher,
+    } = start;
     loop {
         let buf = w.data_buf();
         let n = match rd.read(buf) {
@@ -334,13 +396,41 @@ impl Out {
         }
     }
 
-    /// Removes the partial file of a failed transfer.
-    fn abort(&mut self) {
+    /// Continues the partial file of entry `index` at `offset`.
+    fn resume(&mut self, index: usize, entries: &[Entry], offset: u64) -> Result<(), Error> {
+        if let Out::Dir { root, current, .. } = self {
+            let part = files::part_path(&files::target(root, &entries[index].path));
+            let meta = fs::symlink_metadata(&part).map_err(|e| Error::io(&part, e))?;
+            if !meta.file_type().is_file() {
+                return Err(Error::Usage(format!("{} is not a regular file", part.display())));
+            }
+            let mut f = OpenOptions::new()
+                .write(true)
+                .open(&part)
+                .map_err(|e| Error::io(&part, e))?;
+            f.set_len(offset).map_err(|e| Error::io(&part, e))?;
+            f.seek(SeekFrom::Start(offset)).map_err(|e| Error::io(&part, e))?;
+            *current = Some((index, f, part));
+        }
+        Ok(())
+    }
+
+    /// Ends a failed transfer. A partial file is kept (under its hidden
+    /// name) when the connection was lost, so a later transfer can resume
+    /// it; after an integrity, protocol or local error it is removed.
+    fn abort(&mut self, err: &Error, resumable: bool) {
+        let keep = resumable
+            && matches!(
+                err,
+                Error::ConnectionLost(_) | Error::Timeout(_) | Error::PeerClosed(_)
+            );
         if let Out::Dir { current, .. } = self
             && let Some((_, f, part)) = current.take()
         {
             drop(f);
-            let _ = fs::remove_file(part);
+            if !keep {
+                let _ = fs::remove_file(part);
+            }
         }
     }
 }
@@ -512,7 +602,12 @@ pub(crate) fn run_receive(
             }
         }
     };
-    let accept = rx.accept()?;
+    let proposals = match &out {
+        Out::Dir { root, .. } if info.kind == OfferKind::Files => resume_proposals(root, &info.entries)?,
+        _ => Vec::new(),
+    };
+    let resumable: u64 = proposals.iter().map(|p| p.1).sum();
+    let accept = rx.accept_resuming(proposals)?;
     w.send(&accept)?;
     w.flush()?;
     let total = (info.kind != OfferKind::Stream).then_some(info.total);
@@ -532,6 +627,10 @@ pub(crate) fn run_receive(
                     out.write(index, rx.entries(), bytes)?;
                     progress.add(n, obs);
                 }
+                RxEvent::Resumed { index, offset } => {
+                    out.resume(index, rx.entries(), offset)?;
+                    progress.skip(offset);
+                }
                 RxEvent::FileVerified { index } => {
                     if let Some(p) = out.finish(index, rx.entries())? {
                         saved.push(p);
@@ -547,7 +646,7 @@ pub(crate) fn run_receive(
         }
     })();
     if let Err(e) = res {
-        out.abort();
+        out.abort(&e, info.kind == OfferKind::Files);
         let _ = w.send(&Message::Error(format!("receiver: {e}")).to_vec());
         let _ = w.flush();
         return Err(e);
@@ -560,6 +659,7 @@ pub(crate) fn run_receive(
     let report = ReceiveReport {
         files: info.files,
         bytes: rx.received(),
+        resumed: resumable.min(progress.done.saturating_sub(rx.received())),
         elapsed: started.elapsed(),
         saved,
         text,
@@ -570,4 +670,30 @@ pub(crate) fn run_receive(
         elapsed: report.elapsed,
     });
     Ok(report)
+}
+
+/// Partial files from an earlier transfer, as resume proposals: the bytes
+/// present and a hasher over them (the sender checks the hash).
+fn resume_proposals(root: &Path, entries: &[Entry]) -> Result<Vec<(usize, u64, blake3::Hasher)>, Error> {
+    let mut out = Vec::new();
+    for (index, e) in entries.iter().enumerate() {
+        if out.len() >= MAX_RESUME || e.kind != EntryKind::File || e.size == 0 {
+            continue;
+        }
+        let part = files::part_path(&files::target(root, &e.path));
+        let Ok(meta) = fs::symlink_metadata(&part) else {
+            continue;
+        };
+        if !meta.file_type().is_file() || meta.len() == 0 {
+            continue;
+        }
+        let offset = meta.len().min(e.size);
+        let f = File::open(&part).map_err(|err| Error::io(&part, err))?;
+        let mut hasher = blake3::Hasher::new();
+        let n = std::io::copy(&mut f.take(offset), &mut hasher).map_err(|err| Error::io(&part, err))?;
+        if n == offset {
+            out.push((index, offset, hasher));
+        }
+    }
+    Ok(out)
 }

@@ -176,8 +176,10 @@ pub trait Observer: Send {
 pub struct SendReport {
     /// Files sent.
     pub files: usize,
-    /// Bytes sent.
+    /// Bytes sent in this transfer.
     pub bytes: u64,
+    /// Bytes the receiver already had from an earlier, interrupted transfer.
+    pub resumed: u64,
     /// Time from the first byte to the receiver's confirmation.
     pub elapsed: Duration,
 }
@@ -187,8 +189,10 @@ pub struct SendReport {
 pub struct ReceiveReport {
     /// Files received.
     pub files: usize,
-    /// Bytes received.
+    /// Bytes received in this transfer.
     pub bytes: u64,
+    /// Bytes that were already here from an earlier, interrupted transfer.
+    pub resumed: u64,
     /// Time from the first byte to the end.
     pub elapsed: Duration,
     /// Paths written.

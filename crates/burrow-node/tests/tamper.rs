@@ -10,16 +10,22 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// What the proxy does to the first stapling connection.
+#[derive(Clone, Copy)]
+enum Evil {
+    /// Flip one bit at this byte offset.
+    Flip(usize),
+    /// Drop the connection (both ways) at this byte offset.
+    Cut(usize),
+}
+
 /// Forwards to `upstream`; on stapling connections (they start with `BRWS`)
-/// flips one bit once `flip_at` bytes have passed from the client.
-async fn evil_proxy(
-    upstream: std::net::SocketAddr,
-    flip_at: usize,
-) -> (std::net::SocketAddr, Arc<AtomicBool>) {
+/// misbehaves once, as `evil` says, when that many bytes passed from the client.
+async fn evil_proxy(upstream: std::net::SocketAddr, evil: Evil) -> (std::net::SocketAddr, Arc<AtomicBool>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    let flipped = Arc::new(AtomicBool::new(false));
-    let f = flipped.clone();
+    let fired = Arc::new(AtomicBool::new(false));
+    let f = fired.clone();
     tokio::spawn(async move {
         loop {
             let Ok((client, _)) = l.accept().await else { return };
@@ -32,18 +38,21 @@ async fn evil_proxy(
                     let mut buf = vec![0u8; 65536];
                     let mut seen = 0usize;
                     let mut staple = None;
+                    let at = match evil {
+                        Evil::Flip(a) | Evil::Cut(a) => a,
+                    };
                     loop {
                         let n = match cr.read(&mut buf).await {
                             Ok(0) | Err(_) => break,
                             Ok(n) => n,
                         };
                         let is_staple = *staple.get_or_insert_with(|| buf.starts_with(b"BRWS"));
-                        if is_staple
-                            && seen <= flip_at
-                            && flip_at < seen + n
-                            && !f.swap(true, Ordering::SeqCst)
-                        {
-                            buf[flip_at - seen] ^= 0x20;
+                        if is_staple && seen <= at && at < seen + n && !f.swap(true, Ordering::SeqCst) {
+                            match evil {
+                                Evil::Flip(_) => buf[at - seen] ^= 0x20,
+                                // Returning drops both halves: like a pulled cable.
+                                Evil::Cut(_) => return true,
+                            }
                         }
                         seen += n;
                         if sw.write_all(&buf[..n]).await.is_err() {
@@ -51,22 +60,27 @@ async fn evil_proxy(
                         }
                     }
                     let _ = sw.shutdown().await;
+                    false
                 };
                 let down = async move {
                     let _ = tokio::io::copy(&mut sr, &mut cw).await;
                     let _ = cw.shutdown().await;
                 };
-                tokio::join!(up, down);
+                tokio::pin!(up, down);
+                tokio::select! {
+                    cut = &mut up => if !cut { (&mut down).await },
+                    _ = &mut down => { (&mut up).await; }
+                }
             });
         }
     });
-    (addr, flipped)
+    (addr, fired)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flipped_byte_is_an_integrity_error_and_leaves_no_file() {
     let r = relay_with(|_| {}).await;
-    let (proxy, flipped) = evil_proxy(r.addr(), 700_000).await;
+    let (proxy, flipped) = evil_proxy(r.addr(), Evil::Flip(700_000)).await;
     let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
     let file = src.path().join("data.bin");
@@ -82,4 +96,75 @@ async fn a_flipped_byte_is_an_integrity_error_and_leaves_no_file() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_transfer_resumes_and_moves_only_what_is_missing() {
+    let r = relay_with(|_| {}).await;
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let file = src.path().join("big.bin");
+    let size = 8 << 20;
+    let mut data = vec![0u8; size];
+    blake3::Hasher::new()
+        .update(b"resume")
+        .finalize_xof()
+        .fill(&mut data);
+    std::fs::write(&file, &data).unwrap();
+
+    // First attempt: the connection is cut about halfway.
+    let (proxy, cut) = evil_proxy(r.addr(), Evil::Cut(size / 2)).await;
+    let (s, rcv) = round_trip(&proxy.to_string(), &file, dst.path()).await;
+    assert!(cut.load(Ordering::SeqCst));
+    let err = rcv.unwrap_err();
+    assert_eq!(err.kind(), burrow_node::ErrorKind::Peer, "{err}");
+    assert!(s.is_err());
+    assert!(
+        !dst.path().join("big.bin").exists(),
+        "an incomplete file must not look complete"
+    );
+    let part = dst.path().join(".big.bin.burrow-part");
+    let have = std::fs::metadata(&part)
+        .expect("partial state kept for resume")
+        .len();
+    assert!(have > 0 && have < size as u64);
+
+    // Second attempt, new code, straight to the relay: only the rest moves.
+    let (s, rcv) = round_trip(&r.addr().to_string(), &file, dst.path()).await;
+    let rep = rcv.unwrap();
+    let srep = s.unwrap();
+    assert_eq!(rep.resumed, have);
+    assert_eq!(srep.resumed, have);
+    assert_eq!(rep.bytes + have, size as u64);
+    assert!(
+        (rep.bytes as f64) < 0.6 * size as f64,
+        "moved {} of {size}",
+        rep.bytes
+    );
+    assert_eq!(
+        blake3::hash(&std::fs::read(dst.path().join("big.bin")).unwrap()),
+        blake3::hash(&data)
+    );
+    assert!(!part.exists(), "partial state removed once complete");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_partial_file_is_not_trusted() {
+    let r = relay_with(|_| {}).await;
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let file = src.path().join("f.bin");
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&file, &data).unwrap();
+    // A partial file whose bytes differ from the sender's prefix.
+    std::fs::write(dst.path().join(".f.bin.burrow-part"), vec![0xEEu8; 1_000_000]).unwrap();
+    let (s, rcv) = round_trip(&r.addr().to_string(), &file, dst.path()).await;
+    let rep = rcv.unwrap();
+    s.unwrap();
+    assert_eq!(rep.resumed, 0);
+    assert_eq!(rep.bytes, data.len() as u64);
+    assert!(
+        std::fs::read(dst.path().join("f.bin")).unwrap() == data,
+        "content differs"
+    );
 }

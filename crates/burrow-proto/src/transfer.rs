@@ -7,8 +7,10 @@
 //!   Offer{kind, entries, total}  ------>
 //!   Entry{...} x entries         ------>     (validated one by one)
 //!   OfferEnd                     ------>     user decides
-//!                                <------   Accept | Reject{reason}
+//!                                <------   Accept{resume proposals} | Reject{reason}
 //!   for each file entry, in order:
+//!     [Skip{offset}]             ------>     only if the receiver proposed resuming this
+//!                                            file at `offset` and the prefixes' hashes match
 //!     Data{bytes} ...            ------>     written to a temporary name, hashed
 //!     FileEnd{blake3}            ------>     hash checked, file renamed into place
 //!   Done                         ------>
@@ -23,13 +25,21 @@
 //! | 0x01 | Offer | version:u8 (=1), kind:u8 (0 files, 1 text, 2 stream), entries:u64, total:u64 |
 //! | 0x02 | Entry | kind:u8 (0 file, 1 dir), flags:u8 (bit 0 executable), size:u64 (u64::MAX = unknown), path: len:u16 + UTF-8 |
 //! | 0x03 | OfferEnd | — |
-//! | 0x04 | Accept | — |
+//! | 0x04 | Accept | n:u32, then n × (index:u32, offset:u64, blake3 of the first `offset` bytes:32) |
 //! | 0x05 | Reject | reason: len:u16 + UTF-8 |
 //! | 0x06 | Data | the rest of the record |
 //! | 0x07 | FileEnd | blake3:32 |
 //! | 0x08 | Done | — |
 //! | 0x09 | Ack | — |
 //! | 0x0a | Error | message: len:u16 + UTF-8 |
+//! | 0x0b | Skip | offset:u64 — the file continues from here (a resume proposal was accepted) |
+//!
+//! **Resume.** A receiver that has a partial file from an earlier transfer
+//! (its hidden temporary file) proposes in `Accept` to continue it at
+//! `offset`, with the BLAKE3 of those bytes. The sender hashes the same prefix
+//! of its file; only if the hashes match does it send `Skip{offset}` and the
+//! rest of the file, else it sends the whole file. Either way the final
+//! `FileEnd` hash covers the entire file, so a resumed file is verified end to end.
 //!
 //! Paths are relative, `/`-separated, and checked by [`validate_rel_path`]:
 //! nothing the peer sends can name a place outside the output folder.
@@ -52,6 +62,21 @@ pub const MAX_ENTRIES: u64 = 1 << 22;
 pub const MAX_MESSAGE: usize = 1024;
 /// Size value meaning "unknown until the end" (stdin streams).
 pub const UNKNOWN_SIZE: u64 = u64::MAX;
+/// Most resume proposals in one `Accept`.
+pub const MAX_RESUME: usize = 4096;
+/// Encoded size of one resume proposal.
+const RESUME_LEN: usize = 4 + 8 + 32;
+
+/// A receiver's proposal to continue a file from `offset`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumeAt {
+    /// Entry index in the offer.
+    pub index: u32,
+    /// Bytes the receiver already has.
+    pub offset: u64,
+    /// BLAKE3 of those bytes.
+    pub prefix: [u8; 32],
+}
 
 /// What is offered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,8 +127,8 @@ pub enum Message<'a> {
     Entry(Entry),
     /// End of the offer.
     OfferEnd,
-    /// The receiver accepts.
-    Accept,
+    /// The receiver accepts, proposing to resume some files.
+    Accept(Vec<ResumeAt>),
     /// The receiver declines.
     Reject(String),
     /// File bytes.
@@ -116,6 +141,8 @@ pub enum Message<'a> {
     Ack,
     /// A fatal error on the peer's side.
     Error(String),
+    /// The current file continues at this offset (resume accepted).
+    Skip(u64),
 }
 
 fn clip(s: &str, max: usize) -> &str {
@@ -152,7 +179,16 @@ impl Message<'_> {
                 put_bytes_u16(out, clip(&e.path, MAX_PATH).as_bytes());
             }
             Message::OfferEnd => out.push(0x03),
-            Message::Accept => out.push(0x04),
+            Message::Accept(resume) => {
+                out.push(0x04);
+                let n = resume.len().min(MAX_RESUME);
+                out.extend_from_slice(&(n as u32).to_be_bytes());
+                for r in &resume[..n] {
+                    out.extend_from_slice(&r.index.to_be_bytes());
+                    out.extend_from_slice(&r.offset.to_be_bytes());
+                    out.extend_from_slice(&r.prefix);
+                }
+            }
             Message::Reject(r) => {
                 out.push(0x05);
                 put_bytes_u16(out, clip(r, MAX_MESSAGE).as_bytes());
@@ -170,6 +206,10 @@ impl Message<'_> {
             Message::Error(m) => {
                 out.push(0x0a);
                 put_bytes_u16(out, clip(m, MAX_MESSAGE).as_bytes());
+            }
+            Message::Skip(offset) => {
+                out.push(0x0b);
+                out.extend_from_slice(&offset.to_be_bytes());
             }
         }
     }
@@ -240,13 +280,37 @@ impl<'a> Message<'a> {
                 })
             }
             0x03 => Message::OfferEnd,
-            0x04 => Message::Accept,
+            0x04 => {
+                let n = r.u32()? as usize;
+                if n > MAX_RESUME {
+                    return Err(DecodeError::TooLong {
+                        what: "resume list",
+                        len: n,
+                        max: MAX_RESUME,
+                    });
+                }
+                if n * RESUME_LEN > r.remaining() {
+                    return Err(DecodeError::Truncated {
+                        needed: n * RESUME_LEN - r.remaining(),
+                    });
+                }
+                let mut list = Vec::with_capacity(n);
+                for _ in 0..n {
+                    list.push(ResumeAt {
+                        index: r.u32()?,
+                        offset: r.u64()?,
+                        prefix: r.array()?,
+                    });
+                }
+                Message::Accept(list)
+            }
             0x05 => Message::Reject(r.str_u16("reason", MAX_MESSAGE)?.to_owned()),
             0x06 => Message::Data(r.rest()),
             0x07 => Message::FileEnd(r.array()?),
             0x08 => Message::Done,
             0x09 => Message::Ack,
             0x0a => Message::Error(r.str_u16("message", MAX_MESSAGE)?.to_owned()),
+            0x0b => Message::Skip(r.u64()?),
             t => {
                 return Err(DecodeError::Unknown {
                     what: "message type",
@@ -380,6 +444,13 @@ pub enum RxEvent<'a> {
         /// The bytes.
         bytes: &'a [u8],
     },
+    /// The file at `index` continues at `offset`: reopen its partial file there.
+    Resumed {
+        /// Entry index.
+        index: usize,
+        /// Bytes already present.
+        offset: u64,
+    },
     /// The file at `index` is complete and its hash verified: move it into place.
     FileVerified {
         /// Entry index.
@@ -415,6 +486,10 @@ pub struct Receiver {
     in_file: u64,
     hasher: blake3::Hasher,
     received: u64,
+    /// Whether the current file has seen any message yet.
+    started: bool,
+    /// Resume proposals sent with `Accept`, by entry index.
+    resume: std::collections::HashMap<usize, (u64, blake3::Hasher)>,
 }
 
 impl Default for Receiver {
@@ -439,6 +514,8 @@ impl Receiver {
             in_file: 0,
             hasher: blake3::Hasher::new(),
             received: 0,
+            started: false,
+            resume: std::collections::HashMap::new(),
         }
     }
 
@@ -463,13 +540,39 @@ impl Receiver {
 
     /// Accepts the offer; returns the message to send.
     pub fn accept(&mut self) -> Result<Vec<u8>, TransferError> {
+        self.accept_resuming(Vec::new())
+    }
+
+    /// Accepts the offer, proposing to resume files: for each, the entry
+    /// index, the bytes already present, and a hasher that has hashed exactly
+    /// those bytes. Proposals for non-files, past a file's size, or beyond
+    /// [`MAX_RESUME`] are dropped.
+    pub fn accept_resuming(
+        &mut self,
+        proposals: Vec<(usize, u64, blake3::Hasher)>,
+    ) -> Result<Vec<u8>, TransferError> {
         if self.state != RxState::AwaitDecision {
             return Err(TransferError::Unexpected("accept before the offer is complete"));
+        }
+        let mut wire = Vec::new();
+        for (index, offset, hasher) in proposals.into_iter().take(MAX_RESUME) {
+            let ok = self.entries.get(index).is_some_and(|e| {
+                e.kind == EntryKind::File && e.size != UNKNOWN_SIZE && offset <= e.size && offset > 0
+            });
+            let Ok(idx32) = u32::try_from(index) else { continue };
+            if ok && !self.resume.contains_key(&index) {
+                wire.push(ResumeAt {
+                    index: idx32,
+                    offset,
+                    prefix: *hasher.finalize().as_bytes(),
+                });
+                self.resume.insert(index, (offset, hasher));
+            }
         }
         self.state = RxState::Receiving;
         self.current = 0;
         self.skip_dirs();
-        Ok(Message::Accept.to_vec())
+        Ok(Message::Accept(wire).to_vec())
     }
 
     /// Declines the offer; returns the message to send.
@@ -483,6 +586,7 @@ impl Receiver {
             self.current += 1;
         }
         self.in_file = 0;
+        self.started = false;
         self.hasher = blake3::Hasher::new();
     }
 
@@ -592,7 +696,23 @@ impl Receiver {
                 self.state = RxState::AwaitDecision;
                 Ok(RxEvent::OfferReady)
             }
+            (RxState::Receiving, Message::Skip(offset)) => {
+                let index = self.current;
+                match self.resume.remove(&index) {
+                    Some((proposed, hasher)) if proposed == offset && !self.started => {
+                        self.started = true;
+                        self.in_file = offset;
+                        self.hasher = hasher;
+                        Ok(RxEvent::Resumed { index, offset })
+                    }
+                    _ => self.fail(TransferError::Unexpected(
+                        "skip without a matching resume proposal",
+                    )),
+                }
+            }
             (RxState::Receiving, Message::Data(bytes)) => {
+                self.started = true;
+                self.resume.remove(&self.current);
                 let Some(e) = self.entries.get(self.current) else {
                     return self.fail(TransferError::Unexpected("data after the last file"));
                 };
@@ -609,6 +729,7 @@ impl Receiver {
                 })
             }
             (RxState::Receiving, Message::FileEnd(hash)) => {
+                self.resume.remove(&self.current);
                 let Some(e) = self.entries.get(self.current) else {
                     return self.fail(TransferError::Unexpected("file end after the last file"));
                 };
@@ -712,7 +833,19 @@ mod tests {
             "0200010000000000000003".to_owned() + "0003612f62"
         );
         assert_eq!(Message::OfferEnd.to_vec(), [3]);
-        assert_eq!(Message::Accept.to_vec(), [4]);
+        assert_eq!(Message::Accept(vec![]).to_vec(), [4, 0, 0, 0, 0]);
+        let acc = Message::Accept(vec![ResumeAt {
+            index: 2,
+            offset: 5,
+            prefix: [0xaa; 32],
+        }]);
+        assert_eq!(
+            hex::encode(&acc.to_vec()[..17]),
+            "04000000010000000200000000000000".to_owned() + "05"
+        );
+        assert_eq!(hex::encode(Message::Skip(9).to_vec()), "0b0000000000000009");
+        // A resume list longer than its bytes is refused before allocating.
+        assert!(Message::decode(&[4, 0, 0, 0x0f, 0xff]).is_err());
         assert_eq!(hex::encode(Message::Reject("no".into()).to_vec()), "0500026e6f");
         assert_eq!(Message::Data(b"xy").to_vec(), [6, b'x', b'y']);
         assert_eq!(Message::FileEnd([9; 32]).to_vec()[..2], [7, 9]);
@@ -881,7 +1014,9 @@ mod tests {
                 Message::FileEnd(h),
                 Message::Reject(s.clone()),
                 Message::Error(s),
-                Message::OfferEnd, Message::Accept, Message::Done, Message::Ack,
+                Message::Accept(vec![ResumeAt { index: n as u32, offset: t, prefix: h }]),
+                Message::Skip(t),
+                Message::OfferEnd, Message::Accept(vec![]), Message::Done, Message::Ack,
             ];
             for m in msgs {
                 let enc = m.to_vec();
@@ -897,5 +1032,90 @@ mod tests {
                 let _ = rx.accept();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod resume_tests {
+    use super::*;
+
+    fn offer(rx: &mut Receiver, data: &[u8]) {
+        let e = Entry {
+            kind: EntryKind::File,
+            executable: false,
+            size: data.len() as u64,
+            path: "f".into(),
+        };
+        for rec in offer_records(OfferKind::Files, &[e]) {
+            rx.handle(&rec).unwrap();
+        }
+    }
+
+    fn prefix_hasher(b: &[u8]) -> blake3::Hasher {
+        let mut h = blake3::Hasher::new();
+        h.update(b);
+        h
+    }
+
+    #[test]
+    fn resumed_file_is_verified_end_to_end() {
+        let data = b"hello resumable world";
+        let mut rx = Receiver::new();
+        offer(&mut rx, data);
+        let acc = rx
+            .accept_resuming(vec![(0, 6, prefix_hasher(&data[..6]))])
+            .unwrap();
+        let Ok(Message::Accept(list)) = Message::decode(&acc) else {
+            panic!()
+        };
+        assert_eq!(list[0].offset, 6);
+        assert_eq!(list[0].prefix, *blake3::hash(&data[..6]).as_bytes());
+        assert_eq!(
+            rx.handle(&Message::Skip(6).to_vec()).unwrap(),
+            RxEvent::Resumed { index: 0, offset: 6 }
+        );
+        rx.handle(&Message::Data(&data[6..]).to_vec()).unwrap();
+        let end = Message::FileEnd(*blake3::hash(data).as_bytes()).to_vec();
+        assert_eq!(rx.handle(&end).unwrap(), RxEvent::FileVerified { index: 0 });
+        assert_eq!(rx.received(), (data.len() - 6) as u64);
+    }
+
+    #[test]
+    fn a_wrong_prefix_fails_the_final_hash() {
+        let data = b"hello resumable world";
+        let mut rx = Receiver::new();
+        offer(&mut rx, data);
+        rx.accept_resuming(vec![(0, 6, prefix_hasher(b"HELLO "))])
+            .unwrap();
+        rx.handle(&Message::Skip(6).to_vec()).unwrap();
+        rx.handle(&Message::Data(&data[6..]).to_vec()).unwrap();
+        let end = Message::FileEnd(*blake3::hash(data).as_bytes()).to_vec();
+        assert!(matches!(rx.handle(&end), Err(TransferError::HashMismatch(_))));
+    }
+
+    #[test]
+    fn skip_needs_a_matching_proposal_and_full_resend_still_works() {
+        let data = b"abcdef";
+        let mut rx = Receiver::new();
+        offer(&mut rx, data);
+        rx.accept().unwrap();
+        assert!(rx.handle(&Message::Skip(3).to_vec()).is_err());
+        // The sender may decline a proposal and resend everything.
+        let mut rx = Receiver::new();
+        offer(&mut rx, data);
+        rx.accept_resuming(vec![(0, 3, prefix_hasher(b"abc"))]).unwrap();
+        rx.handle(&Message::Data(data).to_vec()).unwrap();
+        let end = Message::FileEnd(*blake3::hash(data).as_bytes()).to_vec();
+        assert_eq!(rx.handle(&end).unwrap(), RxEvent::FileVerified { index: 0 });
+        // A skip to another offset than proposed is refused.
+        let mut rx = Receiver::new();
+        offer(&mut rx, data);
+        rx.accept_resuming(vec![(0, 3, prefix_hasher(b"abc"))]).unwrap();
+        assert!(rx.handle(&Message::Skip(4).to_vec()).is_err());
+        // Proposals past the size are dropped.
+        let mut rx = Receiver::new();
+        offer(&mut rx, data);
+        let acc = rx.accept_resuming(vec![(0, 99, prefix_hasher(b""))]).unwrap();
+        assert_eq!(acc, Message::Accept(vec![]).to_vec());
     }
 }
