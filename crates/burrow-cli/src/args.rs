@@ -59,6 +59,21 @@ pub struct RelayOpt {
     pub relay: Option<String>,
 }
 
+/// Liveness.
+#[derive(Debug, Args)]
+pub struct TimeoutOpt {
+    /// Report the other side as gone after this many seconds without data or keepalive.
+    #[arg(long, default_value_t = 15.0, value_name = "SECS")]
+    pub timeout: f64,
+}
+
+impl TimeoutOpt {
+    /// As a duration (at least 0.3 s).
+    pub fn duration(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.timeout.clamp(0.3, 86_400.0))
+    }
+}
+
 /// `burrow send`.
 #[derive(Debug, Args)]
 pub struct SendArgs {
@@ -76,6 +91,9 @@ pub struct SendArgs {
     /// Give up if nobody enters the code within this many seconds (default: wait until Ctrl-C).
     #[arg(long, value_name = "SECS")]
     pub wait: Option<u64>,
+
+    #[command(flatten)]
+    pub timeout: TimeoutOpt,
 
     /// Print one JSON object per event on stdout instead of human output.
     #[arg(long)]
@@ -99,6 +117,9 @@ pub struct ReceiveArgs {
     /// Accept the offer without asking.
     #[arg(long, short)]
     pub yes: bool,
+
+    #[command(flatten)]
+    pub timeout: TimeoutOpt,
 
     /// Replace existing files with the same names without asking.
     #[arg(long)]

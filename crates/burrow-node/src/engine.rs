@@ -11,8 +11,9 @@
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::net::TcpStream;
+use std::net::{Shutdown, TcpStream};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use burrow_proto::pake::SessionKey;
@@ -23,7 +24,7 @@ use burrow_proto::transfer::{
 
 use crate::error::Error;
 use crate::files::{self, Item};
-use crate::record::{RecordReader, RecordWriter, handshake};
+use crate::record::{DataBuf, Keepalive, RecordReader, RecordWriter, SharedWriter, handshake};
 use crate::{Decision, Event, Observer, OfferInfo, ReceiveReport, SendReport, Sink};
 
 /// Largest text message a receiver accepts.
@@ -80,30 +81,53 @@ impl Progress {
 fn setup(stream: &TcpStream, idle: Duration) -> Result<(), Error> {
     let set = |r: std::io::Result<()>| r.map_err(Error::ConnectionLost);
     set(stream.set_nonblocking(false))?;
+    // Liveness is judged by reads (data or keepalives every idle/3); a write
+    // may legitimately wait for a slow but live peer.
     set(stream.set_read_timeout(Some(idle)))?;
-    set(stream.set_write_timeout(Some(idle)))?;
+    set(stream.set_write_timeout(None))?;
     set(stream.set_nodelay(true))
 }
 
 fn expect_msg<R: Read>(r: &mut RecordReader<R>, what: &str) -> Result<Vec<u8>, Error> {
-    match r.next_record()? {
-        Some(m) => Ok(m.to_vec()),
-        None => Err(Error::ConnectionLost(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            format!("the other side closed the connection before {what}"),
-        ))),
+    loop {
+        match r.next_record()? {
+            Some(m) if m == Message::Keepalive.to_vec().as_slice() => continue,
+            Some(m) => return Ok(m.to_vec()),
+            None => {
+                return Err(Error::ConnectionLost(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("the other side closed the connection before {what}"),
+                )));
+            }
+        }
     }
 }
 
-/// After a failed write, the peer may have said why before closing.
-fn peer_reason<R: Read>(r: &mut RecordReader<R>, err: Error) -> Error {
-    if matches!(err, Error::ConnectionLost(_) | Error::Timeout(_))
-        && let Ok(Some(m)) = r.next_record()
-        && let Ok(Message::Error(msg)) = Message::decode(m)
-    {
-        return Error::PeerClosed(escape_display(&msg));
-    }
-    err
+/// Reads what the receiver says during the data phase, on its own thread:
+/// keepalives, an `Error`, and finally the `Ack`. If the receiver falls
+/// silent for the idle timeout, or fails, the socket is shut down so that a
+/// write blocked on a dead peer returns at once.
+fn watch_receiver(mut r: RecordReader<TcpStream>, sock: TcpStream) -> mpsc::Receiver<Result<(), Error>> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let res = match expect_msg(&mut r, "confirming the transfer").and_then(|m| {
+            Message::decode(&m)
+                .map(|msg| match msg {
+                    Message::Ack => Ok(()),
+                    Message::Error(m) => Err(Error::PeerClosed(escape_display(&m))),
+                    _ => Err(Error::Protocol("unexpected message from the receiver".into())),
+                })
+                .map_err(|e| Error::Protocol(e.to_string()))
+        }) {
+            Ok(inner) => inner,
+            Err(e) => Err(e),
+        };
+        if res.is_err() {
+            let _ = sock.shutdown(Shutdown::Both);
+        }
+        let _ = tx.send(res);
+    });
+    rx
 }
 
 pub(crate) fn run_send(
@@ -118,8 +142,9 @@ pub(crate) fn run_send(
     let mut s = stream;
     let (sealer, opener) = handshake(&mut s, key, context, true)?;
     let rd = s.try_clone().map_err(Error::ConnectionLost)?;
-    let rd_timeout = s.try_clone().map_err(Error::ConnectionLost)?;
-    let mut w = RecordWriter::new(s, sealer);
+    let sock = s.try_clone().map_err(Error::ConnectionLost)?;
+    let w = SharedWriter::new(RecordWriter::new(s, sealer));
+    let _keepalive = Keepalive::start(w.clone(), idle / 3);
     let mut r = RecordReader::new(rd, opener);
 
     let (kind, entries): (OfferKind, Vec<Entry>) = match &payload {
@@ -135,13 +160,15 @@ pub(crate) fn run_send(
             }],
         ),
     };
-    for rec in offer_records(kind, &entries) {
-        w.send(&rec)?;
+    {
+        let mut g = w.lock();
+        for rec in offer_records(kind, &entries) {
+            g.send(&rec)?;
+        }
+        g.flush()?;
     }
-    w.flush()?;
     obs.event(Event::WaitingForAccept);
-    // A person is deciding: no deadline, but a closed connection still ends it.
-    rd_timeout.set_read_timeout(None).map_err(Error::ConnectionLost)?;
+    // A person may take their time: the receiver's keepalives prove it is still there.
     let answer = expect_msg(&mut r, "answering the offer")?;
     let resume: HashMap<u32, ResumeAt> =
         match Message::decode(&answer).map_err(|e| Error::Protocol(e.to_string()))? {
@@ -150,9 +177,7 @@ pub(crate) fn run_send(
             Message::Error(m) => return Err(Error::PeerClosed(escape_display(&m))),
             _ => return Err(Error::Protocol("unexpected answer to the offer".into())),
         };
-    rd_timeout
-        .set_read_timeout(Some(idle))
-        .map_err(Error::ConnectionLost)?;
+    let watcher = watch_receiver(r, sock);
     let total = match kind {
         OfferKind::Stream => None,
         _ => Some(
@@ -168,6 +193,7 @@ pub(crate) fn run_send(
     let started = Instant::now();
     let mut progress = Progress::new(total);
     let mut skipped = 0u64;
+    let mut buf = DataBuf::default();
     let res = (|| -> Result<(), Error> {
         match payload {
             Payload::Items(items) => {
@@ -185,17 +211,19 @@ pub(crate) fn run_send(
                         None => Start::default(),
                     };
                     if start.offset > 0 {
-                        w.send(&Message::Skip(start.offset).to_vec())?;
+                        w.lock().send(&Message::Skip(start.offset).to_vec())?;
                         skipped += start.offset;
                         progress.skip(start.offset);
                     }
-                    send_reader(&mut w, f, Some(item.entry.size), src, start, &mut progress, obs)?;
+                    let size = Some(item.entry.size);
+                    send_reader(&w, &mut buf, f, size, src, start, &mut progress, obs)?;
                 }
             }
             Payload::Text(t) => {
                 let (size, name) = (Some(t.len() as u64), Path::new("text"));
                 send_reader(
-                    &mut w,
+                    &w,
+                    &mut buf,
                     t.as_bytes(),
                     size,
                     name,
@@ -204,35 +232,29 @@ pub(crate) fn run_send(
                     obs,
                 )?;
             }
-            Payload::Stream(rd) => send_reader(
-                &mut w,
-                rd,
-                None,
-                Path::new("stdin"),
-                Start::default(),
-                &mut progress,
-                obs,
-            )?,
+            Payload::Stream(rd) => {
+                let name = Path::new("stdin");
+                send_reader(&w, &mut buf, rd, None, name, Start::default(), &mut progress, obs)?
+            }
         }
-        w.send(&Message::Done.to_vec())?;
-        w.flush()
+        w.send_now(&Message::Done.to_vec())
     })();
     if let Err(e) = res {
-        // Tell the receiver why, unless the connection is already gone.
         if matches!(e, Error::Io { .. } | Error::Usage(_)) {
-            let _ = w.send(&Message::Error(e.to_string()).to_vec());
-            let _ = w.flush();
+            // A local problem: tell the receiver why.
+            let _ = w.send_now(&Message::Error(e.to_string()).to_vec());
             return Err(e);
         }
-        return Err(peer_reason(&mut r, e));
+        // The connection failed: the watcher knows whether the receiver said why.
+        return Err(match watcher.recv_timeout(Duration::from_secs(2)) {
+            Ok(Err(why)) => why,
+            _ => e,
+        });
     }
     progress.finish(obs);
-    let ack = expect_msg(&mut r, "confirming the transfer")?;
-    match Message::decode(&ack).map_err(|e| Error::Protocol(e.to_string()))? {
-        Message::Ack => {}
-        Message::Error(m) => return Err(Error::PeerClosed(escape_display(&m))),
-        _ => return Err(Error::Protocol("expected the receiver's confirmation".into())),
-    }
+    watcher
+        .recv()
+        .map_err(|_| Error::Protocol("the receiver watcher stopped".into()))??;
     let report = SendReport {
         files,
         bytes: progress.done - skipped,
@@ -280,8 +302,10 @@ fn verify_prefix(f: &mut File, src: &Path, r: &ResumeAt) -> Result<Start, Error>
     Ok(Start::default())
 }
 
-fn send_reader<W: Write>(
-    w: &mut RecordWriter<W>,
+#[allow(clippy::too_many_arguments)]
+fn send_reader(
+    w: &SharedWriter,
+    buf: &mut DataBuf,
     mut rd: impl Read,
     size: Option<u64>,
     name: &Path,
@@ -294,8 +318,8 @@ fn send_reader<W: Write>(
         mut hasher,
     } = start;
     loop {
-        let buf = w.data_buf();
-        let n = match rd.read(buf) {
+        // Read outside the lock: a slow source (stdin) must not block keepalives.
+        let n = match rd.read(buf.space()) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(Error::io(name, e)),
@@ -303,7 +327,7 @@ fn send_reader<W: Write>(
         if n == 0 {
             break;
         }
-        hasher.update(&buf[..n]);
+        hasher.update(&buf.space()[..n]);
         sent += n as u64;
         if size.is_some_and(|s| sent > s) {
             return Err(Error::Usage(format!(
@@ -311,7 +335,7 @@ fn send_reader<W: Write>(
                 name.display()
             )));
         }
-        w.send_data(n)?;
+        w.lock().send(buf.record(n))?;
         progress.add(n, obs);
     }
     if size.is_some_and(|s| sent != s) {
@@ -320,7 +344,8 @@ fn send_reader<W: Write>(
             name.display()
         )));
     }
-    w.send(&Message::FileEnd(*hasher.finalize().as_bytes()).to_vec())
+    w.lock()
+        .send(&Message::FileEnd(*hasher.finalize().as_bytes()).to_vec())
 }
 
 /// Where received bytes go.
@@ -535,7 +560,9 @@ pub(crate) fn run_receive(
     let mut s = stream;
     let (sealer, opener) = handshake(&mut s, key, context, false)?;
     let rd = s.try_clone().map_err(Error::ConnectionLost)?;
-    let mut w = RecordWriter::new(s, sealer);
+    let w = SharedWriter::new(RecordWriter::new(s, sealer));
+    // Keepalives also cover the time a person takes to decide.
+    let _keepalive = Keepalive::start(w.clone(), idle / 3);
     let mut r = RecordReader::new(rd, opener);
     let mut rx = Receiver::new();
     loop {
@@ -544,8 +571,7 @@ pub(crate) fn run_receive(
             Ok(RxEvent::OfferReady) => break,
             Ok(_) => {}
             Err(e) => {
-                let _ = w.send(&Message::Error(e.to_string()).to_vec());
-                let _ = w.flush();
+                let _ = w.send_now(&Message::Error(e.to_string()).to_vec());
                 return Err(e.into());
             }
         }
@@ -560,27 +586,23 @@ pub(crate) fn run_receive(
         existing: Vec::new(),
         free: None,
     };
-    let refuse = |w: &mut RecordWriter<TcpStream>, reason: &str| {
-        let _ = w.send(&Message::Reject(reason.to_owned()).to_vec());
-        let _ = w.flush();
+    let refuse = |w: &SharedWriter, reason: &str| {
+        let _ = w.send_now(&Message::Reject(reason.to_owned()).to_vec());
     };
     if let Err(e) = plan(&mut info, sink) {
-        refuse(&mut w, &format!("the receiver cannot take this: {e}"));
+        refuse(&w, &format!("the receiver cannot take this: {e}"));
         return Err(e);
     }
     let overwrite = match obs.decide(&info) {
         Decision::Accept => overwrite,
         Decision::AcceptOverwrite => true,
         Decision::Reject(reason) => {
-            refuse(&mut w, &reason);
+            refuse(&w, &reason);
             return Err(Error::Declined(reason));
         }
     };
     if !overwrite && !info.existing.is_empty() {
-        refuse(
-            &mut w,
-            "files with these names already exist on the receiving side",
-        );
+        refuse(&w, "files with these names already exist on the receiving side");
         return Err(Error::Exists(info.existing));
     }
     let mut out = match (info.kind, sink) {
@@ -608,8 +630,7 @@ pub(crate) fn run_receive(
     };
     let resumable: u64 = proposals.iter().map(|p| p.1).sum();
     let accept = rx.accept_resuming(proposals)?;
-    w.send(&accept)?;
-    w.flush()?;
+    w.send_now(&accept)?;
     let total = (info.kind != OfferKind::Stream).then_some(info.total);
     obs.event(Event::Started {
         files: info.files,
@@ -637,8 +658,7 @@ pub(crate) fn run_receive(
                     }
                 }
                 RxEvent::Finished => {
-                    w.send(&rx.ack())?;
-                    w.flush()?;
+                    w.send_now(&rx.ack())?;
                     return Ok(());
                 }
                 RxEvent::Nothing | RxEvent::OfferReady => {}
@@ -647,8 +667,7 @@ pub(crate) fn run_receive(
     })();
     if let Err(e) = res {
         out.abort(&e, info.kind == OfferKind::Files);
-        let _ = w.send(&Message::Error(format!("receiver: {e}")).to_vec());
-        let _ = w.flush();
+        let _ = w.send_now(&Message::Error(format!("receiver: {e}")).to_vec());
         return Err(e);
     }
     progress.finish(obs);

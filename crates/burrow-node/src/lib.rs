@@ -57,6 +57,9 @@ pub use error::{Error, ErrorKind};
 use relay_client::RelayClient;
 use rendezvous::RendezvousOptions;
 
+/// Default for [`TransferBuilder::idle_timeout`].
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// What to send.
 pub enum Source {
     /// Files and folders.
@@ -260,7 +263,8 @@ impl TransferBuilder {
         self
     }
 
-    /// A transfer whose peer sends nothing for this long fails (default 60 s).
+    /// The other side is reported gone after this long without data or a
+    /// keepalive (default 15 s); keepalives go out every third of it.
     pub fn idle_timeout(mut self, d: Duration) -> Self {
         self.idle_timeout = Some(d);
         self
@@ -281,7 +285,10 @@ impl TransferBuilder {
                 wait_for_peer: self.wait_for_peer,
                 step_timeout: self.step_timeout.unwrap_or(d.step_timeout),
             },
-            idle_timeout: self.idle_timeout.unwrap_or(Duration::from_secs(60)),
+            idle_timeout: self
+                .idle_timeout
+                .unwrap_or(DEFAULT_IDLE_TIMEOUT)
+                .max(Duration::from_millis(300)),
         })
     }
 }

@@ -5,11 +5,17 @@
 //! buffers are reused (no allocation per record).
 
 use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use burrow_proto::pake::SessionKey;
 use burrow_proto::session::{
     Handshake, LEN_PREFIX, MAX_PLAINTEXT, MAX_RECORD, Opener, Sealer, peek_record_len,
 };
+use burrow_proto::transfer::Message;
 
 use crate::error::Error;
 
@@ -64,7 +70,7 @@ pub struct RecordWriter<W: Write> {
     w: W,
     sealer: Sealer,
     out: Vec<u8>,
-    plain: Vec<u8>,
+    last_write: Instant,
 }
 
 impl<W: Write> RecordWriter<W> {
@@ -74,25 +80,18 @@ impl<W: Write> RecordWriter<W> {
             w,
             sealer,
             out: Vec::with_capacity(FLUSH_AT + MAX_RECORD + LEN_PREFIX),
-            plain: vec![0u8; MAX_PLAINTEXT],
+            last_write: Instant::now(),
         }
+    }
+
+    /// Time since bytes were last written to the stream.
+    pub fn idle(&self) -> Duration {
+        self.last_write.elapsed()
     }
 
     /// Queues one message (one record); writes when enough is buffered.
     pub fn send(&mut self, msg: &[u8]) -> Result<(), Error> {
         self.sealer.seal(msg, &mut self.out)?;
-        self.maybe_flush()
-    }
-
-    /// Space for file bytes of one `Data` record: fill it, then call [`RecordWriter::send_data`].
-    pub fn data_buf(&mut self) -> &mut [u8] {
-        self.plain[0] = 0x06;
-        &mut self.plain[1..]
-    }
-
-    /// Seals a `Data` record of the first `n` bytes of [`RecordWriter::data_buf`].
-    pub fn send_data(&mut self, n: usize) -> Result<(), Error> {
-        self.sealer.seal(&self.plain[..1 + n], &mut self.out)?;
         self.maybe_flush()
     }
 
@@ -109,8 +108,95 @@ impl<W: Write> RecordWriter<W> {
         if !self.out.is_empty() {
             self.w.write_all(&self.out).map_err(lost)?;
             self.out.clear();
+            self.last_write = Instant::now();
         }
         self.w.flush().map_err(lost)
+    }
+}
+
+/// A reusable plaintext buffer for `Data` records: fill [`DataBuf::space`],
+/// then seal [`DataBuf::record`]. Filling happens outside any lock.
+pub struct DataBuf(Vec<u8>);
+
+impl Default for DataBuf {
+    fn default() -> Self {
+        let mut v = vec![0u8; MAX_PLAINTEXT];
+        v[0] = 0x06;
+        Self(v)
+    }
+}
+
+impl DataBuf {
+    /// Where the file bytes go.
+    pub fn space(&mut self) -> &mut [u8] {
+        &mut self.0[1..]
+    }
+
+    /// The `Data` record holding the first `n` bytes of [`DataBuf::space`].
+    pub fn record(&self, n: usize) -> &[u8] {
+        &self.0[..1 + n]
+    }
+}
+
+/// The writing half, shared by the engine and the keepalive thread.
+#[derive(Clone)]
+pub struct SharedWriter(Arc<Mutex<RecordWriter<TcpStream>>>);
+
+impl SharedWriter {
+    /// Shares `w`.
+    pub fn new(w: RecordWriter<TcpStream>) -> Self {
+        Self(Arc::new(Mutex::new(w)))
+    }
+
+    /// Locks the writer (a panic elsewhere does not poison it for us).
+    pub fn lock(&self) -> MutexGuard<'_, RecordWriter<TcpStream>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends one message and flushes.
+    pub fn send_now(&self, msg: &[u8]) -> Result<(), Error> {
+        let mut g = self.lock();
+        g.send(msg)?;
+        g.flush()
+    }
+}
+
+/// Sends a `Keepalive` record whenever nothing was written for `every`, so
+/// the other side can tell "slow" from "gone". Stops when dropped.
+pub struct Keepalive {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Keepalive {
+    /// Starts the keepalive thread.
+    pub fn start(w: SharedWriter, every: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let tick = (every / 4).max(Duration::from_millis(20));
+        let thread = std::thread::spawn(move || {
+            let ka = Message::Keepalive.to_vec();
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(tick);
+                let mut g = w.lock();
+                if g.idle() >= every && (g.send(&ka).is_err() || g.flush().is_err()) {
+                    return;
+                }
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Keepalive {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

@@ -33,6 +33,7 @@
 //! | 0x09 | Ack | — |
 //! | 0x0a | Error | message: len:u16 + UTF-8 |
 //! | 0x0b | Skip | offset:u64 — the file continues from here (a resume proposal was accepted) |
+//! | 0x0c | Keepalive | — (either side, whenever it has sent nothing for a third of the idle timeout) |
 //!
 //! **Resume.** A receiver that has a partial file from an earlier transfer
 //! (its hidden temporary file) proposes in `Accept` to continue it at
@@ -143,6 +144,8 @@ pub enum Message<'a> {
     Error(String),
     /// The current file continues at this offset (resume accepted).
     Skip(u64),
+    /// "Still here": sent when a side has nothing else to send.
+    Keepalive,
 }
 
 fn clip(s: &str, max: usize) -> &str {
@@ -211,6 +214,7 @@ impl Message<'_> {
                 out.push(0x0b);
                 out.extend_from_slice(&offset.to_be_bytes());
             }
+            Message::Keepalive => out.push(0x0c),
         }
     }
 
@@ -311,6 +315,7 @@ impl<'a> Message<'a> {
             0x09 => Message::Ack,
             0x0a => Message::Error(r.str_u16("message", MAX_MESSAGE)?.to_owned()),
             0x0b => Message::Skip(r.u64()?),
+            0x0c => Message::Keepalive,
             t => {
                 return Err(DecodeError::Unknown {
                     what: "message type",
@@ -661,6 +666,8 @@ impl Receiver {
             Err(e) => return self.fail(e.into()),
         };
         match (self.state, msg) {
+            (RxState::Failed, _) => Err(TransferError::Unexpected("message after failure")),
+            (_, Message::Keepalive) => Ok(RxEvent::Nothing),
             (_, Message::Error(m)) => self.fail(TransferError::Peer(escape_display(&m))),
             (RxState::AwaitOffer, Message::Offer { kind, entries, total }) => {
                 let bad = entries > MAX_ENTRIES
@@ -752,7 +759,6 @@ impl Receiver {
                 self.state = RxState::Finished;
                 Ok(RxEvent::Finished)
             }
-            (RxState::Failed, _) => Err(TransferError::Unexpected("message after failure")),
             (_, _) => self.fail(TransferError::Unexpected("message out of order")),
         }
     }
@@ -1016,7 +1022,7 @@ mod tests {
                 Message::Error(s),
                 Message::Accept(vec![ResumeAt { index: n as u32, offset: t, prefix: h }]),
                 Message::Skip(t),
-                Message::OfferEnd, Message::Accept(vec![]), Message::Done, Message::Ack,
+                Message::OfferEnd, Message::Accept(vec![]), Message::Done, Message::Ack, Message::Keepalive,
             ];
             for m in msgs {
                 let enc = m.to_vec();
