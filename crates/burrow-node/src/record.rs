@@ -6,8 +6,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -162,22 +161,21 @@ impl SharedWriter {
 }
 
 /// Sends a `Keepalive` record whenever nothing was written for `every`, so
-/// the other side can tell "slow" from "gone". Stops when dropped.
+/// the other side can tell "slow" from "gone". Stops, at once, when dropped.
 pub struct Keepalive {
-    stop: Arc<AtomicBool>,
+    stop: Option<mpsc::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Keepalive {
     /// Starts the keepalive thread.
     pub fn start(w: SharedWriter, every: Duration) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let (stop, stopped) = mpsc::channel::<()>();
         let tick = (every / 4).max(Duration::from_millis(20));
         let thread = std::thread::spawn(move || {
             let ka = Message::Keepalive.to_vec();
-            while !flag.load(Ordering::Relaxed) {
-                std::thread::sleep(tick);
+            // Wakes every tick, or immediately when the handle is dropped.
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(tick) {
                 let mut g = w.lock();
                 if g.idle() >= every && (g.send(&ka).is_err() || g.flush().is_err()) {
                     return;
@@ -185,7 +183,7 @@ impl Keepalive {
             }
         });
         Self {
-            stop,
+            stop: Some(stop),
             thread: Some(thread),
         }
     }
@@ -193,7 +191,7 @@ impl Keepalive {
 
 impl Drop for Keepalive {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        drop(self.stop.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
