@@ -84,6 +84,11 @@ pub struct SendArgs {
     #[arg(long, value_name = "CODE")]
     pub code: Option<String>,
 
+    /// Leave out files and folders matching this shell pattern (e.g. '*.o',
+    /// 'node_modules', 'build/*'); matched against names and relative paths. Repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+
     /// Send this text message instead of files.
     #[arg(long, value_name = "TEXT", conflicts_with = "paths")]
     pub text: Option<String>,

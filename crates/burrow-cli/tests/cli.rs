@@ -123,8 +123,21 @@ fn a_64mib_file_and_a_nested_folder_arrive_identical() {
     std::fs::create_dir_all(tree.join("a/b/empty-folder")).unwrap();
     std::fs::write(tree.join("a/empty-file"), b"").unwrap();
     std::fs::write(tree.join("a/b/c.txt"), b"nested").unwrap();
+    std::fs::write(tree.join("a/b/junk.o"), b"build output").unwrap();
+    std::fs::create_dir_all(tree.join("node_modules/x")).unwrap();
+    std::fs::write(tree.join("node_modules/x/y.js"), b"//").unwrap();
     let mut s = burrow(home.path());
-    s.args(["send", "--relay", &addr]).arg(&big).arg(&tree);
+    s.args([
+        "send",
+        "--relay",
+        &addr,
+        "--exclude",
+        "*.o",
+        "--exclude",
+        "node_modules",
+    ])
+    .arg(&big)
+    .arg(&tree);
     let sender = spawn(s);
     let code = sender.line("code:");
     let dst = tempfile::tempdir().unwrap();
@@ -149,6 +162,8 @@ fn a_64mib_file_and_a_nested_folder_arrive_identical() {
         0
     );
     assert!(dst.path().join("tree/a/b/empty-folder").is_dir());
+    assert!(!dst.path().join("tree/a/b/junk.o").exists());
+    assert!(!dst.path().join("tree/node_modules").exists());
 }
 
 #[test]

@@ -35,16 +35,49 @@ fn display_name(p: &Path) -> Result<String, Error> {
         .map_err(|n| Error::Usage(format!("{}: the name is not valid UTF-8", n.to_string_lossy())))
 }
 
+/// Shell patterns (`*.o`, `node_modules`, `build/*`) of things not to send.
+#[derive(Debug, Clone, Default)]
+pub struct Exclude(Vec<glob::Pattern>);
+
+impl Exclude {
+    /// Parses the patterns; an invalid one is a usage error.
+    pub fn new(patterns: &[String]) -> Result<Self, Error> {
+        patterns
+            .iter()
+            .map(|p| glob::Pattern::new(p).map_err(|e| Error::Usage(format!("--exclude {p:?}: {e}"))))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Self)
+    }
+
+    /// Whether `rel` (a `/`-separated path as it will be sent) is excluded:
+    /// a pattern matches its last component or the whole path.
+    pub fn matches(&self, rel: &str) -> bool {
+        let name = rel.rsplit('/').next().unwrap_or(rel);
+        let opts = glob::MatchOptions {
+            case_sensitive: true,
+            require_literal_separator: true,
+            require_literal_leading_dot: false,
+        };
+        self.0
+            .iter()
+            .any(|p| p.matches_with(name, opts) || p.matches_with(rel, opts))
+    }
+}
+
 /// Walks the paths the user named. Folders are walked in sorted order without
 /// following symbolic links; links and special files inside folders are
 /// skipped (reported in `skipped`), as are names that are not UTF-8.
-pub fn collect(paths: &[PathBuf], skipped: &mut Vec<String>) -> Result<Vec<Item>, Error> {
+/// Anything `exclude` matches is left out silently (a folder with all it holds).
+pub fn collect(paths: &[PathBuf], exclude: &Exclude, skipped: &mut Vec<String>) -> Result<Vec<Item>, Error> {
     let mut items = Vec::new();
     let mut top = HashSet::new();
     for p in paths {
         // The user named it: follow a link given on the command line.
         let meta = fs::metadata(p).map_err(|e| Error::io(p, e))?;
         let name = display_name(p)?;
+        if exclude.matches(&name) {
+            continue;
+        }
         if !top.insert(name.clone()) {
             return Err(Error::Usage(format!(
                 "two of the paths are both named {}",
@@ -62,7 +95,7 @@ pub fn collect(paths: &[PathBuf], skipped: &mut Vec<String>) -> Result<Vec<Item>
                 source: Some(p.clone()),
             });
         } else if meta.is_dir() {
-            walk_dir(p, name, &mut items, skipped)?;
+            walk_dir(p, name, exclude, &mut items, skipped)?;
         } else {
             return Err(Error::Usage(format!(
                 "{}: not a regular file or folder",
@@ -76,6 +109,7 @@ pub fn collect(paths: &[PathBuf], skipped: &mut Vec<String>) -> Result<Vec<Item>
 fn walk_dir(
     root: &Path,
     name: String,
+    exclude: &Exclude,
     items: &mut Vec<Item>,
     skipped: &mut Vec<String>,
 ) -> Result<(), Error> {
@@ -102,6 +136,9 @@ fn walk_dir(
         let mut subdirs = Vec::new();
         for (n, path) in children {
             let child_rel = format!("{rel}/{n}");
+            if exclude.matches(&child_rel) {
+                continue;
+            }
             let meta = fs::symlink_metadata(&path).map_err(|e| Error::io(&path, e))?;
             let ft = meta.file_type();
             if ft.is_symlink() {
@@ -198,11 +235,18 @@ mod tests {
         fs::write(root.join("a"), b"a").unwrap();
         std::os::unix::fs::symlink("/etc/passwd", root.join("link")).unwrap();
         let mut skipped = Vec::new();
-        let items = collect(&[root], &mut skipped).unwrap();
+        let items = collect(std::slice::from_ref(&root), &Exclude::default(), &mut skipped).unwrap();
         let paths: Vec<&str> = items.iter().map(|i| i.entry.path.as_str()).collect();
         // Per folder: its files (sorted), then its subfolders (sorted).
         assert_eq!(paths, ["top", "top/a", "top/b", "top/b/z", "top/b/empty"]);
         assert_eq!(skipped, ["top/link (symbolic link)"]);
+        let ex = Exclude::new(&["empty".into(), "top/a".into()]).unwrap();
+        let items = collect(std::slice::from_ref(&root), &ex, &mut Vec::new()).unwrap();
+        let paths: Vec<&str> = items.iter().map(|i| i.entry.path.as_str()).collect();
+        assert_eq!(paths, ["top", "top/b", "top/b/z"]);
+        let ex = Exclude::new(&["*".into()]).unwrap();
+        assert!(collect(&[root], &ex, &mut Vec::new()).unwrap().is_empty());
+        assert!(Exclude::new(&["[".into()]).is_err());
     }
 
     #[test]

@@ -212,6 +212,7 @@ pub struct Transfer {
     overwrite: bool,
     rendezvous: RendezvousOptions,
     idle_timeout: Duration,
+    exclude: files::Exclude,
 }
 
 /// Builder for [`Transfer`].
@@ -224,6 +225,7 @@ pub struct TransferBuilder {
     wait_for_peer: Option<Duration>,
     step_timeout: Option<Duration>,
     idle_timeout: Option<Duration>,
+    exclude: Vec<String>,
 }
 
 impl TransferBuilder {
@@ -270,6 +272,13 @@ impl TransferBuilder {
         self
     }
 
+    /// Sender: leave out files and folders matching these shell patterns
+    /// (matched against each name and each relative path).
+    pub fn exclude(mut self, patterns: Vec<String>) -> Self {
+        self.exclude = patterns;
+        self
+    }
+
     /// Checks the settings.
     pub fn build(self) -> Result<Transfer, Error> {
         let relay = self
@@ -285,6 +294,7 @@ impl TransferBuilder {
                 wait_for_peer: self.wait_for_peer,
                 step_timeout: self.step_timeout.unwrap_or(d.step_timeout),
             },
+            exclude: files::Exclude::new(&self.exclude)?,
             idle_timeout: self
                 .idle_timeout
                 .unwrap_or(DEFAULT_IDLE_TIMEOUT)
@@ -315,14 +325,20 @@ impl Transfer {
                     return Err(Error::Usage("nothing to send".into()));
                 }
                 let mut skipped = Vec::new();
+                let exclude = self.exclude.clone();
                 let items = tokio::task::spawn_blocking(move || {
-                    let r = files::collect(&paths, &mut skipped);
+                    let r = files::collect(&paths, &exclude, &mut skipped);
                     r.map(|i| (i, skipped))
                 })
                 .await
                 .map_err(|e| Error::Usage(format!("collecting files failed: {e}")))??;
                 if !items.1.is_empty() {
                     obs.event(Event::Skipped(items.1));
+                }
+                if items.0.is_empty() {
+                    return Err(Error::Usage(
+                        "nothing to send: everything was excluded or skipped".into(),
+                    ));
                 }
                 engine::Payload::Items(items.0)
             }

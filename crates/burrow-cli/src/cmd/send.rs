@@ -14,7 +14,8 @@ pub async fn run(args: SendArgs, cfg: &Config) -> Result<(), Error> {
     let (relay, tell) = super::resolve_relay(&args.relay, cfg).ok_or(Error::NoRelay)?;
     let mut b = Transfer::builder()
         .relay(relay.clone())
-        .idle_timeout(args.timeout.duration());
+        .idle_timeout(args.timeout.duration())
+        .exclude(args.exclude.clone());
     if let Some(c) = &args.code {
         let code = Code::parse(c).map_err(|e| Error::Usage(format!("--code: {e}")))?;
         if code.secret_bits() < 30.0 && args.json.then_some(()).is_none() {
