@@ -49,6 +49,11 @@ pub enum Command {
     Receive(ReceiveArgs),
     /// Run a relay: the meeting point both sides connect to. It sees only ciphertext.
     Relay(RelayArgs),
+    /// Print a shell completion script: `burrow completions bash > /etc/bash_completion.d/burrow`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Where the relay is.
@@ -104,6 +109,10 @@ pub struct SendArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// Also show the receive command as a QR code (for a phone's camera).
+    #[arg(long)]
+    pub qr: bool,
+
     /// Files and folders to send; '-' sends standard input.
     #[arg(value_name = "PATH", required_unless_present = "text")]
     pub paths: Vec<PathBuf>,
@@ -134,9 +143,10 @@ pub struct ReceiveArgs {
     #[arg(long, requires = "yes")]
     pub json: bool,
 
-    /// The code the sender printed, e.g. 7-purple-sausage-river.
+    /// The code the sender printed, e.g. 7-purple-sausage-river. Without it,
+    /// burrow asks for it (Tab completes the words).
     #[arg(value_name = "CODE")]
-    pub code: String,
+    pub code: Option<String>,
 }
 
 /// `burrow relay`.

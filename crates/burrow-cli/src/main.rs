@@ -69,5 +69,10 @@ async fn run(cli: Cli) -> Result<(), (String, i32)> {
         Command::Send(a) => cmd::send::run(a, &cfg).await.map_err(node),
         Command::Receive(a) => cmd::receive::run(a, &cfg).await.map_err(node),
         Command::Relay(a) => cmd::relay::run(a).await.map_err(|e| (format!("{e:#}"), 1)),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "burrow", &mut std::io::stdout());
+            Ok(())
+        }
     }
 }

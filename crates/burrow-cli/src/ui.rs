@@ -49,6 +49,8 @@ pub struct Ui {
     overwrite: bool,
     bar: Option<ProgressBar>,
     last_line: Instant,
+    /// Show the receive command as a QR code too.
+    pub qr: bool,
 }
 
 impl Ui {
@@ -61,6 +63,7 @@ impl Ui {
             overwrite,
             bar: None,
             last_line: Instant::now(),
+            qr: false,
         }
     }
 
@@ -134,7 +137,11 @@ impl Observer for Ui {
                         .as_deref()
                         .map(|r| format!("--relay {r} "))
                         .unwrap_or_default();
-                    eprintln!("On the other machine, run:\n\n    burrow receive {relay}{code}\n");
+                    let command = format!("burrow receive {relay}{code}");
+                    eprintln!("On the other machine, run:\n\n    {command}\n");
+                    if self.qr {
+                        eprintln!("{}", qr_text(&command));
+                    }
                 }
                 Event::Skipped(items) => {
                     for i in items {
@@ -254,4 +261,81 @@ fn ask(question: &str) -> bool {
         return false;
     }
     matches!(line.trim().to_ascii_lowercase().as_str(), "y" | "yes")
+}
+
+/// A QR code of `text` drawn with Unicode half blocks (two rows per line).
+pub fn qr_text(text: &str) -> String {
+    match qrcode::QrCode::new(text.as_bytes()) {
+        Ok(code) => code
+            .render::<qrcode::render::unicode::Dense1x2>()
+            .dark_color(qrcode::render::unicode::Dense1x2::Light)
+            .light_color(qrcode::render::unicode::Dense1x2::Dark)
+            .build(),
+        Err(e) => format!("(no QR code: {e})"),
+    }
+}
+
+/// Tab completion of code words for the code prompt: completes the word
+/// being typed to the list word it starts (then adds `-`), or as far as
+/// the candidates agree.
+pub struct CodeCompletion;
+
+impl dialoguer::Completion for CodeCompletion {
+    fn get(&self, input: &str) -> Option<String> {
+        let cut = input.rfind(['-', ' '])? + 1;
+        let (head, last) = input.split_at(cut);
+        if last.is_empty() {
+            return None;
+        }
+        let cands = burrow_proto::code::complete_word(last);
+        match cands.as_slice() {
+            [] => None,
+            [one] => Some(format!("{head}{one}-")),
+            many => {
+                let first = many[0];
+                let common = (last.len()..=first.len())
+                    .rev()
+                    .find(|&n| many.iter().all(|w| w.get(..n) == first.get(..n)))?;
+                (common > last.len()).then(|| format!("{head}{}", &first[..common]))
+            }
+        }
+    }
+}
+
+/// Asks for the code on the terminal, with Tab completion.
+pub fn prompt_code() -> Option<String> {
+    dialoguer::Input::<String>::new()
+        .with_prompt("Code (Tab completes words)")
+        .completion_with(&CodeCompletion)
+        .interact_text()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dialoguer::Completion;
+
+    #[test]
+    fn completes_words_of_the_code() {
+        let c = CodeCompletion;
+        assert_eq!(c.get("7-abso").as_deref(), Some("7-absorb-"));
+        assert_eq!(c.get("7-absorb-zeb").as_deref(), Some("7-absorb-zebra-"));
+        assert_eq!(c.get("7-acti").as_deref(), Some("7-action-"));
+        // Several candidates that share nothing more: no change.
+        assert_eq!(c.get("7-ab"), None);
+        assert_eq!(c.get("7"), None);
+        assert_eq!(c.get("7-qqq"), None);
+        // Several candidates sharing more than was typed: extend to what they
+        // share (equal, equip).
+        assert_eq!(c.get("7-eq").as_deref(), Some("7-equ"));
+        assert_eq!(c.get("7-abov").as_deref(), Some("7-above-"));
+    }
+
+    #[test]
+    fn qr_codes_render() {
+        let q = qr_text("burrow receive 7-absorb-zebra-captain");
+        assert!(q.lines().count() > 10);
+        assert!(q.contains('█') || q.contains('▀') || q.contains('▄'));
+    }
 }

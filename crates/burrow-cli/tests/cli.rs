@@ -413,3 +413,40 @@ fn a_full_disk_is_refused_up_front_or_reported_cleanly() {
     assert_eq!(sc, 8, "{serr}");
     assert!(serr.contains("No space left"), "{serr}");
 }
+
+#[test]
+fn completions_qr_and_a_missing_code() {
+    let home = tempfile::tempdir().unwrap();
+    for shell in ["bash", "zsh", "fish"] {
+        let out = burrow(home.path()).args(["completions", shell]).output().unwrap();
+        assert!(out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("receive"),
+            "{shell}"
+        );
+    }
+    // No code and no terminal to ask on: a usage error, not a hang.
+    let out = burrow(home.path())
+        .args(["receive", "--relay", "127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no code given"));
+    // --qr draws the receive command.
+    let (_relay, addr) = relay(home.path());
+    let mut s = burrow(home.path());
+    s.args(["send", "--relay", &addr, "--qr", "--text", "hi"]);
+    let sender = spawn(s);
+    let code = sender.line("code:");
+    let mut qr_lines = 0;
+    while qr_lines < 10 {
+        let l = sender.line("");
+        if l.contains('█') || l.contains('▀') || l.contains('▄') {
+            qr_lines += 1;
+        }
+    }
+    let mut r = burrow(home.path());
+    r.args(["receive", "--relay", &addr, "--yes", &code]);
+    assert_eq!(spawn(r).finish().0, 0);
+    assert_eq!(sender.finish().0, 0);
+}

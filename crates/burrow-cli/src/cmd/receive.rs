@@ -11,8 +11,16 @@ use crate::ui::{Mode, Ui, emit};
 
 /// Runs `burrow receive`.
 pub async fn run(args: ReceiveArgs, cfg: &Config) -> Result<(), Error> {
+    let typed = match &args.code {
+        Some(c) => c.clone(),
+        None if std::io::stdin().is_terminal() && std::io::stderr().is_terminal() => {
+            crate::ui::prompt_code().ok_or_else(|| Error::Usage("no code entered".into()))?
+        }
+        None => return Err(Error::Usage("no code given: burrow receive CODE".into())),
+    };
+    let code = Code::parse(typed.trim().trim_end_matches('-'))
+        .map_err(|e| Error::Usage(format!("invalid code: {e}")))?;
     let (relay, _) = super::resolve_relay(&args.relay, cfg).ok_or(Error::NoRelay)?;
-    let code = Code::parse(&args.code).map_err(|e| Error::Usage(format!("invalid code: {e}")))?;
     let sink = match &args.out {
         Some(p) if p == Path::new("-") => {
             if args.json {

@@ -39,7 +39,8 @@ pub async fn run(args: SendArgs, cfg: &Config) -> Result<(), Error> {
         }
         Source::Paths(args.paths)
     };
-    let ui = Ui::new(Mode::detect(args.json), tell.then_some(relay), false, false);
+    let mut ui = Ui::new(Mode::detect(args.json), tell.then_some(relay), false, false);
+    ui.qr = args.qr;
     t.send(source, ui).await?;
     Ok(())
 }
