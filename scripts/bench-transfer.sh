@@ -5,6 +5,8 @@
 #   wormhole   magic-wormhole (PyPI) with a local mailbox server and transit
 #              relay, both sides --no-listen so the transit relay carries the bytes
 # Prints MB/s for each, the ratios, and every burrow process's peak RSS.
+# Then, burrow alone: 20,000 files of 4 KiB (files/s) and the end-to-end time
+# of one 1 KiB file (median of 20).
 #
 # Usage: scripts/bench-transfer.sh [SIZE_MIB]      (default 1024)
 # Runs itself inside a private network namespace (unshare --net, lo only), so
@@ -96,6 +98,47 @@ t1=$(now)
 check out.wh/data.bin; rm -rf out.wh
 WORM=$(mbps "$t0" "$t1")
 echo "magic-wormhole via transit:  $WORM MB/s"
+
+# --- many small files: 20,000 x 4 KiB -----------------------------------------
+python3 - <<'PY'
+import os
+for i in range(20000):
+    d = f"many/d{i // 1000:02d}"
+    os.makedirs(d, exist_ok=True)
+    with open(f"{d}/f{i:05d}", "wb") as f:
+        f.write(os.urandom(4096))
+PY
+"$BIN" relay --listen 127.0.0.1:7300 2> relay2.err & RP=$!; PIDS+=($RP)
+wait_for relay2.err "listening on"
+mkdir -p out.many
+/usr/bin/time -v timeout 300 "$BIN" send --relay 127.0.0.1:7300 many 2> many-send.err & SP=$!; PIDS+=($SP)
+wait_for many-send.err "^code:"
+CODE=$(grep '^code:' many-send.err | cut -d' ' -f2)
+t0=$(now)
+/usr/bin/time -v timeout 300 "$BIN" receive --relay 127.0.0.1:7300 --yes --out out.many "$CODE" 2> many-recv.err
+wait "$SP"
+t1=$(now)
+diff -r many out.many/many > /dev/null || { echo "MISMATCH in many files" >&2; exit 1; }
+FILES=$(python3 -c "print(f'{20000 / ($t1 - $t0):.0f}')")
+echo "burrow 20,000 x 4 KiB files:  $FILES files/s   (peak RSS: sender $(rss many-send.err), receiver $(rss many-recv.err))"
+
+# --- latency: one 1 KiB file, end to end, median of 20 -------------------------
+head -c 1024 /dev/urandom > small.bin
+LAT=()
+for i in $(seq 1 20); do
+    rm -rf out.small; mkdir out.small
+    timeout 30 "$BIN" send --relay 127.0.0.1:7300 --code "9$i-absorb-zebra-captain" small.bin 2> small-send.err & SP=$!
+    wait_for small-send.err "^code:"
+    t0=$(now)
+    timeout 30 "$BIN" receive --relay 127.0.0.1:7300 --yes --out out.small "9$i-absorb-zebra-captain" 2> /dev/null
+    wait "$SP"
+    t1=$(now)
+    cmp -s small.bin out.small/small.bin || { echo "MISMATCH in small file" >&2; exit 1; }
+    LAT+=("$(python3 -c "print(($t1 - $t0) * 1000)")")
+done
+pkill -TERM -P "$RP" 2>/dev/null || kill "$RP"
+MEDIAN=$(printf '%s\n' "${LAT[@]}" | sort -n | awk '{a[NR]=$1} END {printf "%.1f", (a[int((NR+1)/2)] + a[int(NR/2)+1]) / 2}')
+echo "burrow 1 KiB end to end:      $MEDIAN ms (median of 20; receiver start to both done)"
 
 python3 - "$BURROW" "$PLAIN" "$WORM" <<'PY'
 import sys

@@ -29,6 +29,8 @@ use crate::relay_client::RelayClient;
 
 /// Reason text a peer posts when key confirmation fails.
 const WRONG_CODE: &str = "wrong code";
+/// How long a recipient waits for a sender to open its channel.
+const SENDER_GRACE: Duration = Duration::from_secs(5);
 /// One long-poll's length.
 const POLL_MS: u64 = 25_000;
 
@@ -250,23 +252,33 @@ pub async fn recipient(
     code: &Code,
     opts: &RendezvousOptions,
 ) -> Result<Rendezvous, Error> {
-    let joined = relay
-        .join(&JoinRequest {
-            channel: Some(code.channel().to_owned()),
-            curve: None,
-            role: Role::Recipient,
-        })
-        .await
-        .map_err(|e| match e {
-            Error::Relay { kind, .. } if kind == "unknown_channel" => Error::Relay {
-                kind,
-                message: format!(
-                    "nobody is sending on channel {}: check the code (the part before the first '-')",
-                    code.channel()
-                ),
-            },
-            other => other,
-        })?;
+    // Both sides may start at once with a chosen code: give the sender a
+    // moment to open the channel before calling the code wrong.
+    let patience = Instant::now() + SENDER_GRACE;
+    let joined = loop {
+        let res = relay
+            .join(&JoinRequest {
+                channel: Some(code.channel().to_owned()),
+                curve: None,
+                role: Role::Recipient,
+            })
+            .await;
+        match res {
+            Err(Error::Relay { kind, .. }) if kind == "unknown_channel" => {
+                if Instant::now() >= patience {
+                    return Err(Error::Relay {
+                        kind,
+                        message: format!(
+                            "nobody is sending on channel {}: check the code (the part before the first '-')",
+                            code.channel()
+                        ),
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            other => break other?,
+        }
+    };
     let h = ChannelHandle {
         relay: relay.clone(),
         channel: joined.channel,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 mod common;
 
-use burrow_node::{Code, Decision, Error, Event, Observer, OfferInfo, Sink, Source};
+use burrow_node::{Code, Decision, Error, Event, Observer, OfferInfo, Sink, Source, Transfer};
 use common::{relay_with, transfer};
 
 #[derive(Clone, Default)]
@@ -228,4 +228,26 @@ async fn existing_files_need_consent() {
         assert_eq!(sres.is_ok(), decision == Decision::AcceptOverwrite);
         assert_eq!(std::fs::read(dst.path().join("f")).unwrap(), expect);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_may_start_a_moment_before_the_sender() {
+    let r = relay().await;
+    let addr = r.addr().to_string();
+    let code = Code::parse("4711-absorb-zebra-captain").unwrap();
+    let (robs, _, _) = obs(Decision::Accept);
+    let t = transfer(&addr);
+    let c = code.clone();
+    let receiver = tokio::spawn(async move { t.receive(&c, Sink::Stdout, robs).await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (sobs, _, _) = obs(Decision::Accept);
+    let sender = Transfer::builder().relay(&addr).code(code).build().unwrap();
+    sender
+        .send(Source::Text("early bird".into()), sobs)
+        .await
+        .unwrap();
+    assert_eq!(
+        receiver.await.unwrap().unwrap().text.as_deref(),
+        Some("early bird")
+    );
 }
