@@ -64,6 +64,17 @@ pub struct RelayOpt {
     pub relay: Option<String>,
 }
 
+/// `--compress`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CompressArg {
+    /// Compress files whose first chunk shrinks by at least a tenth.
+    Auto,
+    /// Try every chunk.
+    Always,
+    /// Never compress.
+    Never,
+}
+
 /// Liveness.
 #[derive(Debug, Args)]
 pub struct TimeoutOpt {
@@ -108,6 +119,10 @@ pub struct SendArgs {
     /// Print one JSON object per event on stdout instead of human output.
     #[arg(long)]
     pub json: bool,
+
+    /// Compress with zstd: 'auto' compresses a file when a sample of it shrinks.
+    #[arg(long, value_enum, default_value_t = CompressArg::Auto, value_name = "WHEN")]
+    pub compress: CompressArg,
 
     /// Also show the receive command as a QR code (for a phone's camera).
     #[arg(long)]

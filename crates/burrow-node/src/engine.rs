@@ -18,14 +18,14 @@ use std::time::{Duration, Instant};
 
 use burrow_proto::pake::SessionKey;
 use burrow_proto::transfer::{
-    Entry, EntryKind, MAX_RESUME, Message, OfferKind, Receiver, ResumeAt, RxEvent, UNKNOWN_SIZE,
+    Entry, EntryKind, MAX_CHUNK, MAX_RESUME, Message, OfferKind, Receiver, ResumeAt, RxEvent, UNKNOWN_SIZE,
     escape_display, offer_records,
 };
 
 use crate::error::Error;
 use crate::files::{self, Item};
 use crate::record::{DataBuf, Keepalive, RecordReader, RecordWriter, SharedWriter, handshake};
-use crate::{Decision, Event, Observer, OfferInfo, ReceiveReport, SendReport, Sink};
+use crate::{Compress, Decision, Event, Observer, OfferInfo, ReceiveReport, SendReport, Sink};
 
 /// Files at least this large are synced to disk one by one.
 const SYNC_EACH: u64 = 1 << 20;
@@ -139,6 +139,7 @@ pub(crate) fn run_send(
     payload: Payload,
     obs: &mut dyn Observer,
     idle: Duration,
+    compress: Compress,
 ) -> Result<SendReport, Error> {
     setup(&stream, idle)?;
     let mut s = stream;
@@ -195,7 +196,7 @@ pub(crate) fn run_send(
     let started = Instant::now();
     let mut progress = Progress::new(total);
     let mut skipped = 0u64;
-    let mut buf = DataBuf::default();
+    let mut buf = Chunker::new(compress);
     let res = (|| -> Result<(), Error> {
         match payload {
             Payload::Items(items) => {
@@ -280,6 +281,73 @@ fn text_entry(len: u64) -> Entry {
     }
 }
 
+/// Reads file bytes into records, compressing them when that pays.
+pub(crate) struct Chunker {
+    buf: DataBuf,
+    zip: Option<Zip>,
+}
+
+struct Zip {
+    c: zstd::bulk::Compressor<'static>,
+    out: Vec<u8>,
+    always: bool,
+}
+
+/// What to do about compression for the file being sent.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FileZip {
+    Off,
+    /// `auto`: the first chunk decides.
+    Undecided,
+    On,
+}
+
+impl Chunker {
+    pub(crate) fn new(mode: Compress) -> Self {
+        let zip = match mode {
+            Compress::Never => None,
+            m => zstd::bulk::Compressor::new(1).ok().map(|c| Zip {
+                c,
+                out: vec![0u8; MAX_CHUNK + 1],
+                always: m == Compress::Always,
+            }),
+        };
+        Self {
+            buf: DataBuf::default(),
+            zip,
+        }
+    }
+
+    fn start_file(&self) -> FileZip {
+        match &self.zip {
+            None => FileZip::Off,
+            Some(z) if z.always => FileZip::On,
+            Some(_) => FileZip::Undecided,
+        }
+    }
+
+    /// Sends the first `n` bytes of the buffer, compressed if that saves at
+    /// least a tenth. Returns whether it compressed.
+    fn send(&mut self, w: &SharedWriter, n: usize, state: FileZip) -> Result<bool, Error> {
+        if state != FileZip::Off
+            && let Some(z) = &mut self.zip
+        {
+            let limit = n * 9 / 10;
+            if limit > 64 {
+                z.out[0] = 0x0d;
+                if let Ok(m) =
+                    z.c.compress_to_buffer(&self.buf.record(n)[1..], &mut z.out[1..1 + limit])
+                {
+                    w.lock().send(&z.out[..1 + m])?;
+                    return Ok(true);
+                }
+            }
+        }
+        w.lock().send(self.buf.record(n))?;
+        Ok(false)
+    }
+}
+
 /// Where a file's data starts: 0, or a verified resume point with the
 /// hasher state over the bytes before it.
 #[derive(Default)]
@@ -307,7 +375,7 @@ fn verify_prefix(f: &mut File, src: &Path, r: &ResumeAt) -> Result<Start, Error>
 #[allow(clippy::too_many_arguments)]
 fn send_reader(
     w: &SharedWriter,
-    buf: &mut DataBuf,
+    chunker: &mut Chunker,
     mut rd: impl Read,
     size: Option<u64>,
     name: &Path,
@@ -319,9 +387,10 @@ fn send_reader(
         offset: mut sent,
         mut hasher,
     } = start;
+    let mut zip = chunker.start_file();
     loop {
         // Read outside the lock: a slow source (stdin) must not block keepalives.
-        let n = match rd.read(buf.space()) {
+        let n = match rd.read(chunker.buf.space()) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(Error::io(name, e)),
@@ -329,7 +398,7 @@ fn send_reader(
         if n == 0 {
             break;
         }
-        hasher.update(&buf.space()[..n]);
+        hasher.update(&chunker.buf.record(n)[1..]);
         sent += n as u64;
         if size.is_some_and(|s| sent > s) {
             return Err(Error::Usage(format!(
@@ -337,7 +406,10 @@ fn send_reader(
                 name.display()
             )));
         }
-        w.lock().send(buf.record(n))?;
+        let compressed = chunker.send(w, n, zip)?;
+        if zip == FileZip::Undecided {
+            zip = if compressed { FileZip::On } else { FileZip::Off };
+        }
         progress.add(n, obs);
     }
     if size.is_some_and(|s| sent != s) {
@@ -655,6 +727,9 @@ pub(crate) fn run_receive(
     let started = Instant::now();
     let mut progress = Progress::new(total);
     let mut saved = Vec::new();
+    // A frame may not expand past one chunk: no decompression bombs.
+    let mut plain = vec![0u8; MAX_CHUNK];
+    let mut unzip = zstd::bulk::Decompressor::new().map_err(|e| Error::Protocol(format!("zstd: {e}")))?;
     let res = (|| -> Result<(), Error> {
         loop {
             let rec = expect_msg(&mut r, "finishing the transfer")?;
@@ -663,6 +738,15 @@ pub(crate) fn run_receive(
                     let n = bytes.len();
                     out.write(index, rx.entries(), bytes)?;
                     progress.add(n, obs);
+                }
+                RxEvent::Compressed { frame, .. } => {
+                    let n = unzip
+                        .decompress_to_buffer(frame, &mut plain[..])
+                        .map_err(|e| Error::Protocol(format!("bad compressed data from the sender: {e}")))?;
+                    if let RxEvent::Data { index, bytes } = rx.data(&plain[..n])? {
+                        out.write(index, rx.entries(), bytes)?;
+                        progress.add(n, obs);
+                    }
                 }
                 RxEvent::Resumed { index, offset } => {
                     out.resume(index, rx.entries(), offset)?;

@@ -80,6 +80,18 @@ impl std::fmt::Debug for Source {
     }
 }
 
+/// Whether the sender compresses (zstd).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compress {
+    /// Compress a file when its first chunk shrinks by at least a tenth.
+    #[default]
+    Auto,
+    /// Try every chunk (a chunk that does not shrink still goes as is).
+    Always,
+    /// Never compress.
+    Never,
+}
+
 /// Where received data goes.
 #[derive(Debug, Clone)]
 pub enum Sink {
@@ -213,6 +225,7 @@ pub struct Transfer {
     rendezvous: RendezvousOptions,
     idle_timeout: Duration,
     exclude: files::Exclude,
+    compress: Compress,
 }
 
 /// Builder for [`Transfer`].
@@ -226,6 +239,7 @@ pub struct TransferBuilder {
     step_timeout: Option<Duration>,
     idle_timeout: Option<Duration>,
     exclude: Vec<String>,
+    compress: Compress,
 }
 
 impl TransferBuilder {
@@ -279,6 +293,12 @@ impl TransferBuilder {
         self
     }
 
+    /// Sender: compression (default [`Compress::Auto`]).
+    pub fn compress(mut self, c: Compress) -> Self {
+        self.compress = c;
+        self
+    }
+
     /// Checks the settings.
     pub fn build(self) -> Result<Transfer, Error> {
         let relay = self
@@ -295,6 +315,7 @@ impl TransferBuilder {
                 step_timeout: self.step_timeout.unwrap_or(d.step_timeout),
             },
             exclude: files::Exclude::new(&self.exclude)?,
+            compress: self.compress,
             idle_timeout: self
                 .idle_timeout
                 .unwrap_or(DEFAULT_IDLE_TIMEOUT)
@@ -361,9 +382,10 @@ impl Transfer {
         });
         let handle = rv.handle.clone();
         let idle = self.idle_timeout;
+        let compress = self.compress;
         let res = tokio::task::spawn_blocking(move || {
             let stream = rv.stream.into_std().map_err(Error::ConnectionLost)?;
-            engine::run_send(stream, &rv.key, &rv.channel, payload, &mut obs, idle)
+            engine::run_send(stream, &rv.key, &rv.channel, payload, &mut obs, idle, compress)
         })
         .await
         .map_err(|e| Error::Protocol(format!("transfer thread failed: {e}")))?;

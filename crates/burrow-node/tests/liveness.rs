@@ -79,7 +79,13 @@ async fn a_peer_that_stops_answering_is_reported_within_the_timeout() {
     let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
     let file = src.path().join("f.bin");
-    std::fs::write(&file, vec![1u8; 8 << 20]).unwrap();
+    // Incompressible, so that the stall point is really reached on the wire.
+    let mut data = vec![0u8; 8 << 20];
+    blake3::Hasher::new()
+        .update(b"stall")
+        .finalize_xof()
+        .fill(&mut data);
+    std::fs::write(&file, data).unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let t = quick(&proxy);
     let started = Instant::now();

@@ -84,7 +84,13 @@ async fn a_flipped_byte_is_an_integrity_error_and_leaves_no_file() {
     let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
     let file = src.path().join("data.bin");
-    std::fs::write(&file, vec![7u8; 3_000_000]).unwrap();
+    // Incompressible, so that the flipped offset is really reached on the wire.
+    let mut data = vec![0u8; 3_000_000];
+    blake3::Hasher::new()
+        .update(b"flip")
+        .finalize_xof()
+        .fill(&mut data);
+    std::fs::write(&file, data).unwrap();
     let (s, rcv) = round_trip(&proxy.to_string(), &file, dst.path()).await;
     assert!(flipped.load(Ordering::SeqCst), "the proxy never flipped a byte");
     let err = rcv.unwrap_err();

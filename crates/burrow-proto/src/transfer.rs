@@ -34,6 +34,7 @@
 //! | 0x0a | Error | message: len:u16 + UTF-8 |
 //! | 0x0b | Skip | offset:u64 — the file continues from here (a resume proposal was accepted) |
 //! | 0x0c | Keepalive | — (either side, whenever it has sent nothing for a third of the idle timeout) |
+//! | 0x0d | ZData | one zstd frame: file bytes that decompress to at most [`MAX_CHUNK`] bytes |
 //!
 //! **Resume.** A receiver that has a partial file from an earlier transfer
 //! (its hidden temporary file) proposes in `Accept` to continue it at
@@ -63,6 +64,8 @@ pub const MAX_ENTRIES: u64 = 1 << 22;
 pub const MAX_MESSAGE: usize = 1024;
 /// Size value meaning "unknown until the end" (stdin streams).
 pub const UNKNOWN_SIZE: u64 = u64::MAX;
+/// Most file bytes one `Data` or `ZData` record may carry (after decompression).
+pub const MAX_CHUNK: usize = crate::session::MAX_PLAINTEXT - 1;
 /// Most resume proposals in one `Accept`.
 pub const MAX_RESUME: usize = 4096;
 /// Encoded size of one resume proposal.
@@ -146,6 +149,8 @@ pub enum Message<'a> {
     Skip(u64),
     /// "Still here": sent when a side has nothing else to send.
     Keepalive,
+    /// Compressed file bytes (one zstd frame).
+    ZData(&'a [u8]),
 }
 
 fn clip(s: &str, max: usize) -> &str {
@@ -215,6 +220,10 @@ impl Message<'_> {
                 out.extend_from_slice(&offset.to_be_bytes());
             }
             Message::Keepalive => out.push(0x0c),
+            Message::ZData(d) => {
+                out.push(0x0d);
+                out.extend_from_slice(d);
+            }
         }
     }
 
@@ -316,6 +325,7 @@ impl<'a> Message<'a> {
             0x0a => Message::Error(r.str_u16("message", MAX_MESSAGE)?.to_owned()),
             0x0b => Message::Skip(r.u64()?),
             0x0c => Message::Keepalive,
+            0x0d => Message::ZData(r.rest()),
             t => {
                 return Err(DecodeError::Unknown {
                     what: "message type",
@@ -448,6 +458,14 @@ pub enum RxEvent<'a> {
         index: usize,
         /// The bytes.
         bytes: &'a [u8],
+    },
+    /// Compressed bytes for the current file: decompress them (to at most
+    /// [`MAX_CHUNK`] bytes) and pass the result to [`Receiver::data`].
+    Compressed {
+        /// Entry index.
+        index: usize,
+        /// One zstd frame.
+        frame: &'a [u8],
     },
     /// The file at `index` continues at `offset`: reopen its partial file there.
     Resumed {
@@ -717,22 +735,14 @@ impl Receiver {
                     )),
                 }
             }
-            (RxState::Receiving, Message::Data(bytes)) => {
-                self.started = true;
-                self.resume.remove(&self.current);
-                let Some(e) = self.entries.get(self.current) else {
+            (RxState::Receiving, Message::Data(bytes)) => self.data(bytes),
+            (RxState::Receiving, Message::ZData(frame)) => {
+                if self.current >= self.entries.len() {
                     return self.fail(TransferError::Unexpected("data after the last file"));
-                };
-                let new_len = self.in_file.saturating_add(bytes.len() as u64);
-                if e.size != UNKNOWN_SIZE && new_len > e.size {
-                    return self.fail(TransferError::Unexpected("more data than the file's size"));
                 }
-                self.in_file = new_len;
-                self.received += bytes.len() as u64;
-                self.hasher.update(bytes);
-                Ok(RxEvent::Data {
+                Ok(RxEvent::Compressed {
                     index: self.current,
-                    bytes,
+                    frame,
                 })
             }
             (RxState::Receiving, Message::FileEnd(hash)) => {
@@ -761,6 +771,30 @@ impl Receiver {
             }
             (_, _) => self.fail(TransferError::Unexpected("message out of order")),
         }
+    }
+
+    /// File bytes for the current file: from a `Data` record, or what a
+    /// `ZData` frame decompressed to ([`RxEvent::Compressed`]).
+    pub fn data<'a>(&mut self, bytes: &'a [u8]) -> Result<RxEvent<'a>, TransferError> {
+        if self.state != RxState::Receiving {
+            return self.fail(TransferError::Unexpected("data out of order"));
+        }
+        self.started = true;
+        self.resume.remove(&self.current);
+        let Some(e) = self.entries.get(self.current) else {
+            return self.fail(TransferError::Unexpected("data after the last file"));
+        };
+        let new_len = self.in_file.saturating_add(bytes.len() as u64);
+        if e.size != UNKNOWN_SIZE && new_len > e.size {
+            return self.fail(TransferError::Unexpected("more data than the file's size"));
+        }
+        self.in_file = new_len;
+        self.received += bytes.len() as u64;
+        self.hasher.update(bytes);
+        Ok(RxEvent::Data {
+            index: self.current,
+            bytes,
+        })
     }
 
     /// The message to send once [`RxEvent::Finished`] was returned.
@@ -1022,7 +1056,7 @@ mod tests {
                 Message::Error(s),
                 Message::Accept(vec![ResumeAt { index: n as u32, offset: t, prefix: h }]),
                 Message::Skip(t),
-                Message::OfferEnd, Message::Accept(vec![]), Message::Done, Message::Ack, Message::Keepalive,
+                Message::OfferEnd, Message::Accept(vec![]), Message::Done, Message::Ack, Message::Keepalive, Message::ZData(&data),
             ];
             for m in msgs {
                 let enc = m.to_vec();

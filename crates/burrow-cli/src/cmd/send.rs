@@ -3,9 +3,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use burrow_node::{Code, Error, Source, Transfer};
+use burrow_node::{Code, Compress, Error, Source, Transfer};
 
-use crate::args::SendArgs;
+use crate::args::{CompressArg, SendArgs};
 use crate::config::Config;
 use crate::ui::{Mode, Ui};
 
@@ -15,7 +15,12 @@ pub async fn run(args: SendArgs, cfg: &Config) -> Result<(), Error> {
     let mut b = Transfer::builder()
         .relay(relay.clone())
         .idle_timeout(args.timeout.duration())
-        .exclude(args.exclude.clone());
+        .exclude(args.exclude.clone())
+        .compress(match args.compress {
+            CompressArg::Auto => Compress::Auto,
+            CompressArg::Always => Compress::Always,
+            CompressArg::Never => Compress::Never,
+        });
     if let Some(c) = &args.code {
         let code = Code::parse(c).map_err(|e| Error::Usage(format!("--code: {e}")))?;
         if code.secret_bits() < 30.0 && args.json.then_some(()).is_none() {
