@@ -15,8 +15,7 @@ use crate::error::Error;
 
 /// The relay's default port.
 pub const DEFAULT_PORT: u16 = 9009;
-/// Longest relay answer read.
-const MAX_RESPONSE: usize = 64 * 1024;
+use burrow_proto::http::MAX_RESPONSE;
 /// Deadline for one short API call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -196,30 +195,17 @@ impl RelayClient {
 }
 
 fn parse_response<R: DeserializeOwned>(resp: &[u8]) -> Result<R, Error> {
-    if resp.len() > MAX_RESPONSE {
-        return Err(Error::RelayProtocol("answer too large".into()));
-    }
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut r = httparse::Response::new(&mut headers);
-    let head = match r.parse(resp) {
-        Ok(httparse::Status::Complete(n)) => n,
-        _ => {
-            return Err(Error::RelayProtocol(
-                "not an HTTP answer (is this a burrow relay?)".into(),
-            ));
-        }
-    };
-    let status = r.code.unwrap_or(0);
-    let body = &resp[head..];
-    if status == 200 {
-        serde_json::from_slice(body).map_err(|e| Error::RelayProtocol(format!("bad JSON: {e}")))
+    let r = burrow_proto::http::parse_response(resp)
+        .map_err(|_| Error::RelayProtocol("not an HTTP answer (is this a burrow relay?)".into()))?;
+    if r.status == 200 {
+        serde_json::from_slice(r.body).map_err(|e| Error::RelayProtocol(format!("bad JSON: {e}")))
     } else {
-        match serde_json::from_slice::<ErrorBody>(body) {
+        match serde_json::from_slice::<ErrorBody>(r.body) {
             Ok(e) => Err(Error::Relay {
                 kind: e.kind,
                 message: burrow_proto::transfer::escape_display(&e.error),
             }),
-            Err(_) => Err(Error::RelayProtocol(format!("HTTP status {status}"))),
+            Err(_) => Err(Error::RelayProtocol(format!("HTTP status {}", r.status))),
         }
     }
 }

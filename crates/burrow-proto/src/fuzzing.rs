@@ -25,6 +25,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("api_json", api_json),
     ("channel_table", channel_table),
     ("record", record),
+    ("http_request", http_request),
+    ("http_response", http_response),
 ];
 
 /// The stapling hello decoder.
@@ -148,6 +150,21 @@ pub fn channel_table(data: &[u8]) {
             }
         }
         assert!(t.len() <= 16);
+    }
+}
+
+/// The relay's request-head parser.
+pub fn http_request(data: &[u8]) {
+    if let Ok(Some(h)) = crate::http::parse_request_head(data) {
+        assert!(h.head_len <= data.len() && h.head_len <= crate::http::MAX_HEAD);
+        assert!(h.content_length <= crate::api::MAX_BODY);
+    }
+}
+
+/// A peer's response parser.
+pub fn http_response(data: &[u8]) {
+    if let Ok(r) = crate::http::parse_response(data) {
+        assert!(r.body.len() <= data.len());
     }
 }
 

@@ -7,9 +7,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use burrow_proto::api::{ErrorBody, MAX_BODY};
 
-/// Largest request head (request line + headers).
-pub const MAX_HEAD: usize = 8 * 1024;
-const MAX_HEADERS: usize = 32;
+pub use burrow_proto::http::MAX_HEAD;
+use burrow_proto::http::{HeadError, parse_request_head};
 
 /// A parsed request.
 #[derive(Debug)]
@@ -46,6 +45,17 @@ pub enum HttpError {
     Io(#[from] std::io::Error),
 }
 
+impl From<HeadError> for HttpError {
+    fn from(e: HeadError) -> Self {
+        match e {
+            HeadError::HeadTooLarge => HttpError::HeadTooLarge,
+            HeadError::BodyTooLarge => HttpError::BodyTooLarge,
+            HeadError::LengthRequired => HttpError::LengthRequired,
+            _ => HttpError::Malformed,
+        }
+    }
+}
+
 impl HttpError {
     /// The status to answer with, if the connection can still be answered.
     pub fn status(&self) -> Option<u16> {
@@ -71,21 +81,16 @@ impl HttpError {
     }
 }
 
-fn find_head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
-}
-
 /// Reads one request. `buf` holds bytes already read (the sniffed prefix).
 pub async fn read_request<S: AsyncRead + Unpin>(
     stream: &mut S,
     mut buf: Vec<u8>,
 ) -> Result<Request, HttpError> {
-    let head_len = loop {
-        if let Some(end) = find_head_end(&buf) {
-            break end;
-        }
-        if buf.len() >= MAX_HEAD {
-            return Err(HttpError::HeadTooLarge);
+    let head = loop {
+        match parse_request_head(&buf) {
+            Ok(Some(h)) => break h,
+            Ok(None) => {}
+            Err(e) => return Err(e.into()),
         }
         let mut chunk = [0u8; 2048];
         let n = stream.read(&mut chunk).await?;
@@ -94,53 +99,23 @@ pub async fn read_request<S: AsyncRead + Unpin>(
         }
         buf.extend_from_slice(&chunk[..n]);
     };
-    if head_len > MAX_HEAD {
-        return Err(HttpError::HeadTooLarge);
-    }
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(&buf[..head_len]) {
-        Ok(httparse::Status::Complete(_)) => {}
-        _ => return Err(HttpError::Malformed),
-    }
-    let method = req.method.ok_or(HttpError::Malformed)?.to_owned();
-    let target = req.path.ok_or(HttpError::Malformed)?;
-    let path = target.split('?').next().unwrap_or_default().to_owned();
-    let mut content_length: Option<usize> = None;
-    for h in req.headers.iter() {
-        if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(HttpError::LengthRequired);
-        }
-        if h.name.eq_ignore_ascii_case("content-length") {
-            let v = std::str::from_utf8(h.value).map_err(|_| HttpError::Malformed)?;
-            let n: usize = v.trim().parse().map_err(|_| HttpError::Malformed)?;
-            if content_length.is_some_and(|old| old != n) {
-                return Err(HttpError::Malformed);
-            }
-            content_length = Some(n);
-        }
-    }
-    let len = match (method.as_str(), content_length) {
-        (_, Some(n)) => n,
-        ("POST", None) => return Err(HttpError::LengthRequired),
-        (_, None) => 0,
-    };
-    if len > MAX_BODY {
-        return Err(HttpError::BodyTooLarge);
-    }
-    let mut body = buf.split_off(head_len);
-    if body.len() > len {
+    let mut body = buf.split_off(head.head_len);
+    if body.len() > head.content_length {
         // Pipelined bytes after the body: one request per connection.
         return Err(HttpError::Malformed);
     }
     let have = body.len();
-    body.resize(len, 0);
+    body.resize(head.content_length, 0);
     match stream.read_exact(&mut body[have..]).await {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(HttpError::Eof),
         Err(e) => return Err(e.into()),
     }
-    Ok(Request { method, path, body })
+    Ok(Request {
+        method: head.method,
+        path: head.path,
+        body,
+    })
 }
 
 fn reason(status: u16) -> &'static str {
