@@ -5,7 +5,7 @@
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use burrow_proto::api::{ErrorBody, MAX_BODY};
+use burrow_proto::api::ErrorBody;
 
 pub use burrow_proto::http::MAX_HEAD;
 use burrow_proto::http::{HeadError, parse_request_head};
@@ -25,18 +25,12 @@ pub struct Request {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum HttpError {
-    /// The head is not valid HTTP/1.x.
-    #[error("malformed HTTP request")]
-    Malformed,
-    /// The head is larger than [`MAX_HEAD`].
-    #[error("request head too large")]
-    HeadTooLarge,
-    /// The body is larger than allowed.
-    #[error("request body too large (max {MAX_BODY} bytes)")]
-    BodyTooLarge,
-    /// A POST without Content-Length, or a chunked body.
-    #[error("a Content-Length body is required (chunked bodies are not supported)")]
-    LengthRequired,
+    /// The head was refused (malformed, too large, no length).
+    #[error("{0}")]
+    Head(#[from] HeadError),
+    /// Bytes after the body: one request per connection.
+    #[error("malformed HTTP request: bytes after the body")]
+    Pipelined,
     /// The peer closed the connection mid-request.
     #[error("connection closed mid-request")]
     Eof,
@@ -45,25 +39,14 @@ pub enum HttpError {
     Io(#[from] std::io::Error),
 }
 
-impl From<HeadError> for HttpError {
-    fn from(e: HeadError) -> Self {
-        match e {
-            HeadError::HeadTooLarge => HttpError::HeadTooLarge,
-            HeadError::BodyTooLarge => HttpError::BodyTooLarge,
-            HeadError::LengthRequired => HttpError::LengthRequired,
-            _ => HttpError::Malformed,
-        }
-    }
-}
-
 impl HttpError {
     /// The status to answer with, if the connection can still be answered.
     pub fn status(&self) -> Option<u16> {
         match self {
-            HttpError::Malformed => Some(400),
-            HttpError::HeadTooLarge => Some(431),
-            HttpError::BodyTooLarge => Some(413),
-            HttpError::LengthRequired => Some(411),
+            HttpError::Head(HeadError::HeadTooLarge) => Some(431),
+            HttpError::Head(HeadError::BodyTooLarge) => Some(413),
+            HttpError::Head(HeadError::LengthRequired) => Some(411),
+            HttpError::Head(_) | HttpError::Pipelined => Some(400),
             HttpError::Eof | HttpError::Io(_) => None,
         }
     }
@@ -71,10 +54,10 @@ impl HttpError {
     /// Stable kind for metrics and error bodies.
     pub fn kind(&self) -> &'static str {
         match self {
-            HttpError::Malformed => "malformed_http",
-            HttpError::HeadTooLarge => "head_too_large",
-            HttpError::BodyTooLarge => "body_too_large",
-            HttpError::LengthRequired => "length_required",
+            HttpError::Head(HeadError::HeadTooLarge) => "head_too_large",
+            HttpError::Head(HeadError::BodyTooLarge) => "body_too_large",
+            HttpError::Head(HeadError::LengthRequired) => "length_required",
+            HttpError::Head(_) | HttpError::Pipelined => "malformed_http",
             HttpError::Eof => "eof",
             HttpError::Io(_) => "io",
         }
@@ -90,7 +73,7 @@ pub async fn read_request<S: AsyncRead + Unpin>(
         match parse_request_head(&buf) {
             Ok(Some(h)) => break h,
             Ok(None) => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(HttpError::Head(e)),
         }
         let mut chunk = [0u8; 2048];
         let n = stream.read(&mut chunk).await?;
@@ -102,7 +85,7 @@ pub async fn read_request<S: AsyncRead + Unpin>(
     let mut body = buf.split_off(head.head_len);
     if body.len() > head.content_length {
         // Pipelined bytes after the body: one request per connection.
-        return Err(HttpError::Malformed);
+        return Err(HttpError::Pipelined);
     }
     let have = body.len();
     body.resize(head.content_length, 0);
@@ -190,29 +173,29 @@ mod tests {
         );
         assert!(matches!(
             parse(b"POST /join HTTP/1.1\r\n\r\n").await,
-            Err(HttpError::LengthRequired)
+            Err(HttpError::Head(HeadError::LengthRequired))
         ));
         assert!(matches!(
             parse(b"POST /join HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").await,
-            Err(HttpError::LengthRequired)
+            Err(HttpError::Head(HeadError::LengthRequired))
         ));
         assert!(matches!(
             parse(b"POST /join HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n").await,
-            Err(HttpError::BodyTooLarge)
+            Err(HttpError::Head(HeadError::BodyTooLarge))
         ));
         assert!(matches!(
             parse(b"\x00\x01garbage\r\n\r\n").await,
-            Err(HttpError::Malformed)
+            Err(HttpError::Head(HeadError::Malformed))
         ));
         assert!(matches!(parse(b"GET / HTTP/1.1\r\n").await, Err(HttpError::Eof)));
         let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD));
         assert!(matches!(
             parse(big.as_bytes()).await,
-            Err(HttpError::HeadTooLarge)
+            Err(HttpError::Head(HeadError::HeadTooLarge))
         ));
         assert!(matches!(
             parse(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab").await,
-            Err(HttpError::Malformed)
+            Err(HttpError::Head(HeadError::Malformed))
         ));
     }
 }
