@@ -163,3 +163,97 @@ async fn garbage_and_slow_bytes_on_the_stapling_path() {
     assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 408"));
     clean_transfer_still_works(&a.to_string()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_polls_wait_for_a_change_and_only_when_asked() {
+    let r = relay_with(|_| {}).await;
+    let a = r.addr();
+    let ip = [127, 0, 0, 1];
+    let (_, body) = raw_http(a, ip, &post("/join", r#"{"role":"sender","channel":"55"}"#)).await;
+    let uuid = json(&body)["uuid"].as_str().unwrap().to_owned();
+    let read = |extra: &str| format!(r#"{{"channel":"55","uuid":"{uuid}"{extra}}}"#);
+    let (_, body) = raw_http(a, ip, &post("/channel", &read(""))).await;
+    let v = json(&body)["version"].as_u64().unwrap();
+    // Without `seen`, wait_ms does not delay the answer.
+    let t = std::time::Instant::now();
+    raw_http(a, ip, &post("/channel", &read(r#","wait_ms":3000"#))).await;
+    assert!(t.elapsed() < Duration::from_millis(1500));
+    // With `seen` = current and no change: answers after wait_ms.
+    let t = std::time::Instant::now();
+    let (_, body) = raw_http(
+        a,
+        ip,
+        &post("/channel", &read(&format!(r#","wait_ms":400,"seen":{v}"#))),
+    )
+    .await;
+    assert!(t.elapsed() >= Duration::from_millis(350));
+    assert_eq!(json(&body)["version"].as_u64(), Some(v));
+    // With `seen` = current: a change (the recipient joins) answers at once.
+    let waiter = {
+        let q = post("/channel", &read(&format!(r#","wait_ms":10000,"seen":{v}"#)));
+        tokio::spawn(async move { raw_http(a, ip, &q).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t = std::time::Instant::now();
+    raw_http(
+        a,
+        [127, 0, 0, 2],
+        &post("/join", r#"{"role":"recipient","channel":"55"}"#),
+    )
+    .await;
+    let (_, body) = waiter.await.unwrap();
+    assert!(t.elapsed() < Duration::from_secs(2));
+    assert_eq!(json(&body)["recipient"], true);
+    assert!(json(&body)["version"].as_u64().unwrap() > v);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_stapling_connection_is_refused_after_the_staple_timeout() {
+    let r = relay_with(|c| c.staple_timeout = Duration::from_millis(400)).await;
+    let a = r.addr();
+    let ip = [127, 0, 0, 1];
+    // Walk a channel through the key exchange by hand, so stapling is allowed.
+    let (_, s) = raw_http(a, ip, &post("/join", r#"{"role":"sender","channel":"66"}"#)).await;
+    let su = json(&s)["uuid"].as_str().unwrap().to_owned();
+    let (_, rj) = raw_http(a, ip, &post("/join", r#"{"role":"recipient","channel":"66"}"#)).await;
+    let ru = json(&rj)["uuid"].as_str().unwrap().to_owned();
+    let step = |uuid: &str, extra: &str| {
+        post(
+            "/channel",
+            &format!(r#"{{"channel":"66","uuid":"{uuid}",{extra}}}"#),
+        )
+    };
+    assert_eq!(
+        raw_http(a, ip, &step(&su, &format!(r#""x":"{}""#, "aa".repeat(33))))
+            .await
+            .0,
+        200
+    );
+    let yh = format!(r#""y":"{}","hh_k":"{}""#, "bb".repeat(33), "cc".repeat(32));
+    assert_eq!(raw_http(a, ip, &step(&ru, &yh)).await.0, 200);
+    assert_eq!(
+        raw_http(a, ip, &step(&su, &format!(r#""h_k":"{}""#, "dd".repeat(32))))
+            .await
+            .0,
+        200
+    );
+    let mut hello = b"BRWS\x01\x0266".to_vec();
+    let mut raw = [0u8; 16];
+    for (i, b) in raw.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&su[2 * i..2 * i + 2], 16).unwrap();
+    }
+    hello.extend_from_slice(&raw);
+    let mut c = tokio::net::TcpStream::connect(a).await.unwrap();
+    c.write_all(&hello).await.unwrap();
+    let mut out = Vec::new();
+    let t = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(350));
+    assert_eq!(out[0], 0x01, "first Waiting");
+    assert_eq!(out[1], 0xff, "then Refused");
+    assert!(String::from_utf8_lossy(&out).contains("did not connect in time"));
+    clean_transfer_still_works(&a.to_string()).await;
+}
