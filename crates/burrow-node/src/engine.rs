@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::{Shutdown, TcpStream};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -27,6 +28,8 @@ use crate::files::{self, Item};
 use crate::record::{DataBuf, Keepalive, RecordReader, RecordWriter, SharedWriter, handshake};
 use crate::{Compress, Decision, Event, Observer, OfferInfo, ReceiveReport, SendReport, Sink};
 
+/// `O_NOFOLLOW`: partial files are reopened only if they are not links.
+const NOFOLLOW: i32 = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
 /// Files at least this large are synced to disk one by one.
 const SYNC_EACH: u64 = 1 << 20;
 /// Largest text message a receiver accepts.
@@ -519,6 +522,7 @@ impl Out {
             }
             let mut f = OpenOptions::new()
                 .write(true)
+                .custom_flags(NOFOLLOW)
                 .open(&part)
                 .map_err(|e| Error::io(&part, e))?;
             f.set_len(offset).map_err(|e| Error::io(&part, e))?;
@@ -808,7 +812,11 @@ fn resume_proposals(root: &Path, entries: &[Entry]) -> Result<Vec<(usize, u64, b
             continue;
         }
         let offset = meta.len().min(e.size);
-        let f = File::open(&part).map_err(|err| Error::io(&part, err))?;
+        let f = OpenOptions::new()
+            .read(true)
+            .custom_flags(NOFOLLOW)
+            .open(&part)
+            .map_err(|err| Error::io(&part, err))?;
         let mut hasher = blake3::Hasher::new();
         let n = std::io::copy(&mut f.take(offset), &mut hasher).map_err(|err| Error::io(&part, err))?;
         if n == offset {

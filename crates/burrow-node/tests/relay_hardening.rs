@@ -257,3 +257,42 @@ async fn a_lone_stapling_connection_is_refused_after_the_staple_timeout() {
     assert!(String::from_utf8_lossy(&out).contains("did not connect in time"));
     clean_transfer_still_works(&a.to_string()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stapling_peer_that_hangs_up_can_come_back() {
+    let r = relay_with(|_| {}).await;
+    let a = r.addr();
+    let ip = [127, 0, 0, 1];
+    let (_, s) = raw_http(a, ip, &post("/join", r#"{"role":"sender","channel":"67"}"#)).await;
+    let su = json(&s)["uuid"].as_str().unwrap().to_owned();
+    let (_, rj) = raw_http(a, ip, &post("/join", r#"{"role":"recipient","channel":"67"}"#)).await;
+    let ru = json(&rj)["uuid"].as_str().unwrap().to_owned();
+    let step = |uuid: &str, extra: &str| {
+        post(
+            "/channel",
+            &format!(r#"{{"channel":"67","uuid":"{uuid}",{extra}}}"#),
+        )
+    };
+    raw_http(a, ip, &step(&su, &format!(r#""x":"{}""#, "aa".repeat(33)))).await;
+    raw_http(
+        a,
+        ip,
+        &step(
+            &ru,
+            &format!(r#""y":"{}","hh_k":"{}""#, "bb".repeat(33), "cc".repeat(32)),
+        ),
+    )
+    .await;
+    raw_http(a, ip, &step(&su, &format!(r#""h_k":"{}""#, "dd".repeat(32)))).await;
+    let mut hello = b"BRWS\x01\x0267".to_vec();
+    hello.extend((0..16).map(|i| u8::from_str_radix(&su[2 * i..2 * i + 2], 16).unwrap()));
+    for attempt in 0..2 {
+        let mut c = tokio::net::TcpStream::connect(a).await.unwrap();
+        c.write_all(&hello).await.unwrap();
+        let mut b = [0u8; 1];
+        c.read_exact(&mut b).await.unwrap();
+        assert_eq!(b[0], 0x01, "attempt {attempt}: expected Waiting, not a refusal");
+        drop(c); // hang up while waiting
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -174,3 +174,25 @@ async fn a_corrupt_partial_file_is_not_trusted() {
         "content differs"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planted_link_at_the_partial_name_is_not_followed() {
+    let r = relay_with(|_| {}).await;
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let victim = outside.path().join("victim");
+    std::fs::write(&victim, b"do not touch").unwrap();
+    std::os::unix::fs::symlink(&victim, dst.path().join(".f.bin.burrow-part")).unwrap();
+    let file = src.path().join("f.bin");
+    std::fs::write(&file, b"do not touch, and more").unwrap();
+    let (s, rcv) = round_trip(&r.addr().to_string(), &file, dst.path()).await;
+    s.unwrap();
+    let rep = rcv.unwrap();
+    assert_eq!(rep.resumed, 0, "a link is not partial data");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"do not touch");
+    assert_eq!(
+        std::fs::read(dst.path().join("f.bin")).unwrap(),
+        b"do not touch, and more"
+    );
+}

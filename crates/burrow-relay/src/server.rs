@@ -491,9 +491,41 @@ async fn wait_for_partner(
         lock(&shared.pending).remove(&ch);
         return;
     }
-    let partner = match tokio::time::timeout(shared.cfg.staple_timeout, rx).await {
-        Ok(Ok(p)) => p,
-        _ => {
+    // Wait for the partner, but notice if this peer hangs up meanwhile (so
+    // that it can come back without being refused as "already connected"),
+    // or talks before it is stapled.
+    enum Waited {
+        Partner(TcpStream),
+        Gone,
+        Chatter,
+        Expired,
+    }
+    let waited = tokio::time::timeout(shared.cfg.staple_timeout, async {
+        let mut probe = [0u8; 1];
+        tokio::select! {
+            p = rx => match p {
+                Ok(p) => Waited::Partner(p),
+                Err(_) => Waited::Expired,
+            },
+            n = stream.peek(&mut probe) => match n {
+                Ok(0) | Err(_) => Waited::Gone,
+                Ok(_) => Waited::Chatter,
+            },
+        }
+    })
+    .await;
+    let partner = match waited {
+        Ok(Waited::Partner(p)) => p,
+        Ok(Waited::Gone) => {
+            lock(&shared.pending).remove(&ch);
+            shared.metrics.error("staple_gone");
+            return;
+        }
+        Ok(Waited::Chatter) => {
+            lock(&shared.pending).remove(&ch);
+            return refuse(&shared, &mut stream, "bad_hello", "bytes sent before stapling").await;
+        }
+        Ok(Waited::Expired) | Err(_) => {
             lock(&shared.pending).remove(&ch);
             return refuse(
                 &shared,
