@@ -27,6 +27,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("record", record),
     ("http_request", http_request),
     ("http_response", http_response),
+    ("lobby_packet", lobby_packet),
 ];
 
 /// The stapling hello decoder.
@@ -165,6 +166,20 @@ pub fn http_request(data: &[u8]) {
 pub fn http_response(data: &[u8]) {
     if let Ok(r) = crate::http::parse_response(data) {
         assert!(r.body.len() <= data.len());
+    }
+}
+
+/// The lobby packet decoder: decode, and re-encode what decoded.
+pub fn lobby_packet(data: &[u8]) {
+    if let Ok(Some((p, n))) = crate::lobby::Packet::decode(data) {
+        assert!(n <= data.len() && n <= crate::lobby::MAX_PACKET);
+        assert_eq!(
+            crate::lobby::Packet::decode(&p.to_vec())
+                .ok()
+                .flatten()
+                .map(|x| x.0),
+            Some(p)
+        );
     }
 }
 

@@ -551,15 +551,20 @@ async fn wait_for_partner(
 }
 
 /// Copies bytes both ways until both directions are finished. End of stream
-/// in one direction is passed on as a half-close; an error on either side
-/// ends both.
+/// (or an error) in one direction is passed on as a half-close.
 async fn pipe(shared: &Shared, a: TcpStream, b: TcpStream) {
     let (ar, aw) = a.into_split();
     let (br, bw) = b.into_split();
     let size = shared.cfg.pipe_buffer;
-    let r = tokio::try_join!(copy_half(shared, ar, bw, size), copy_half(shared, br, aw, size));
-    if let Err(e) = r {
-        tracing::debug!("pipe ended: {e}");
+    // Each direction runs to its own end: when one side fails (say, writing to
+    // a receiver that closed), the other direction must still deliver what
+    // that receiver said last (its error message). It ends promptly anyway,
+    // since the failed side's socket is closed.
+    let (r1, r2) = tokio::join!(copy_half(shared, ar, bw, size), copy_half(shared, br, aw, size));
+    for r in [r1, r2] {
+        if let Err(e) = r {
+            tracing::debug!("pipe direction ended: {e}");
+        }
     }
 }
 
@@ -570,18 +575,23 @@ async fn copy_half(
     size: usize,
 ) -> std::io::Result<()> {
     let mut buf = vec![0u8; size];
-    loop {
-        let n = from.read(&mut buf).await?;
-        if n == 0 {
-            let _ = to.shutdown().await;
-            return Ok(());
+    let res = async {
+        loop {
+            let n = from.read(&mut buf).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            to.write_all(&buf[..n]).await?;
+            shared
+                .metrics
+                .bytes_relayed
+                .fetch_add(n as u64, Ordering::Relaxed);
         }
-        to.write_all(&buf[..n]).await?;
-        shared
-            .metrics
-            .bytes_relayed
-            .fetch_add(n as u64, Ordering::Relaxed);
     }
+    .await;
+    // Pass the end on, clean or not, so the other peer is not left waiting.
+    let _ = to.shutdown().await;
+    res
 }
 
 impl std::fmt::Debug for Relay {
