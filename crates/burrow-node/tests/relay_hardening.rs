@@ -211,38 +211,7 @@ async fn long_polls_wait_for_a_change_and_only_when_asked() {
 async fn a_lone_stapling_connection_is_refused_after_the_staple_timeout() {
     let r = relay_with(|c| c.staple_timeout = Duration::from_millis(400)).await;
     let a = r.addr();
-    let ip = [127, 0, 0, 1];
-    // Walk a channel through the key exchange by hand, so stapling is allowed.
-    let (_, s) = raw_http(a, ip, &post("/join", r#"{"role":"sender","channel":"66"}"#)).await;
-    let su = json(&s)["uuid"].as_str().unwrap().to_owned();
-    let (_, rj) = raw_http(a, ip, &post("/join", r#"{"role":"recipient","channel":"66"}"#)).await;
-    let ru = json(&rj)["uuid"].as_str().unwrap().to_owned();
-    let step = |uuid: &str, extra: &str| {
-        post(
-            "/channel",
-            &format!(r#"{{"channel":"66","uuid":"{uuid}",{extra}}}"#),
-        )
-    };
-    assert_eq!(
-        raw_http(a, ip, &step(&su, &format!(r#""x":"{}""#, "aa".repeat(33))))
-            .await
-            .0,
-        200
-    );
-    let yh = format!(r#""y":"{}","hh_k":"{}""#, "bb".repeat(33), "cc".repeat(32));
-    assert_eq!(raw_http(a, ip, &step(&ru, &yh)).await.0, 200);
-    assert_eq!(
-        raw_http(a, ip, &step(&su, &format!(r#""h_k":"{}""#, "dd".repeat(32))))
-            .await
-            .0,
-        200
-    );
-    let mut hello = b"BRWS\x01\x0266".to_vec();
-    let mut raw = [0u8; 16];
-    for (i, b) in raw.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&su[2 * i..2 * i + 2], 16).unwrap();
-    }
-    hello.extend_from_slice(&raw);
+    let hello = confirmed_channel(a, "66").await;
     let mut c = tokio::net::TcpStream::connect(a).await.unwrap();
     c.write_all(&hello).await.unwrap();
     let mut out = Vec::new();
@@ -262,30 +231,7 @@ async fn a_lone_stapling_connection_is_refused_after_the_staple_timeout() {
 async fn a_stapling_peer_that_hangs_up_can_come_back() {
     let r = relay_with(|_| {}).await;
     let a = r.addr();
-    let ip = [127, 0, 0, 1];
-    let (_, s) = raw_http(a, ip, &post("/join", r#"{"role":"sender","channel":"67"}"#)).await;
-    let su = json(&s)["uuid"].as_str().unwrap().to_owned();
-    let (_, rj) = raw_http(a, ip, &post("/join", r#"{"role":"recipient","channel":"67"}"#)).await;
-    let ru = json(&rj)["uuid"].as_str().unwrap().to_owned();
-    let step = |uuid: &str, extra: &str| {
-        post(
-            "/channel",
-            &format!(r#"{{"channel":"67","uuid":"{uuid}",{extra}}}"#),
-        )
-    };
-    raw_http(a, ip, &step(&su, &format!(r#""x":"{}""#, "aa".repeat(33)))).await;
-    raw_http(
-        a,
-        ip,
-        &step(
-            &ru,
-            &format!(r#""y":"{}","hh_k":"{}""#, "bb".repeat(33), "cc".repeat(32)),
-        ),
-    )
-    .await;
-    raw_http(a, ip, &step(&su, &format!(r#""h_k":"{}""#, "dd".repeat(32)))).await;
-    let mut hello = b"BRWS\x01\x0267".to_vec();
-    hello.extend((0..16).map(|i| u8::from_str_radix(&su[2 * i..2 * i + 2], 16).unwrap()));
+    let hello = confirmed_channel(a, "67").await;
     for attempt in 0..2 {
         let mut c = tokio::net::TcpStream::connect(a).await.unwrap();
         c.write_all(&hello).await.unwrap();
@@ -295,4 +241,32 @@ async fn a_stapling_peer_that_hangs_up_can_come_back() {
         drop(c); // hang up while waiting
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Walks channel `ch` through join, x, y + hh_k and h_k by hand (so stapling
+/// is allowed) and returns the sender's stapling hello.
+async fn confirmed_channel(a: std::net::SocketAddr, ch: &str) -> Vec<u8> {
+    let ip = [127, 0, 0, 1];
+    let join = |role: &str| post("/join", &format!(r#"{{"role":"{role}","channel":"{ch}"}}"#));
+    let (_, s) = raw_http(a, ip, &join("sender")).await;
+    let su = json(&s)["uuid"].as_str().unwrap().to_owned();
+    let (_, r) = raw_http(a, ip, &join("recipient")).await;
+    let ru = json(&r)["uuid"].as_str().unwrap().to_owned();
+    let step = |uuid: &str, extra: String| {
+        post(
+            "/channel",
+            &format!(r#"{{"channel":"{ch}","uuid":"{uuid}",{extra}}}"#),
+        )
+    };
+    let x = format!(r#""x":"{}""#, "aa".repeat(33));
+    assert_eq!(raw_http(a, ip, &step(&su, x)).await.0, 200);
+    let yh = format!(r#""y":"{}","hh_k":"{}""#, "bb".repeat(33), "cc".repeat(32));
+    assert_eq!(raw_http(a, ip, &step(&ru, yh)).await.0, 200);
+    let hk = format!(r#""h_k":"{}""#, "dd".repeat(32));
+    assert_eq!(raw_http(a, ip, &step(&su, hk)).await.0, 200);
+    let mut hello = b"BRWS\x01".to_vec();
+    hello.push(ch.len() as u8);
+    hello.extend_from_slice(ch.as_bytes());
+    hello.extend((0..16).map(|i| u8::from_str_radix(&su[2 * i..2 * i + 2], 16).unwrap()));
+    hello
 }
