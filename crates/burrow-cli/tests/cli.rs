@@ -70,6 +70,15 @@ fn burrow(home: &Path) -> Command {
     c
 }
 
+/// `burrow receive --yes` into `dst`.
+fn receive_into(home: &Path, addr: &str, dst: &Path, code: &str) -> Command {
+    let mut r = burrow(home);
+    r.args(["receive", "--relay", addr, "--yes", "--out"])
+        .arg(dst)
+        .arg(code);
+    r
+}
+
 fn spawn(mut c: Command) -> Proc {
     let mut child = c.spawn().unwrap();
     let err = child.stderr.take().unwrap();
@@ -141,11 +150,7 @@ fn a_64mib_file_and_a_nested_folder_arrive_identical() {
     let sender = spawn(s);
     let code = sender.line("code:");
     let dst = tempfile::tempdir().unwrap();
-    let mut r = burrow(home.path());
-    r.args(["receive", "--relay", &addr, "--yes", "--out"])
-        .arg(dst.path())
-        .arg(&code);
-    let (rc, rerr) = spawn(r).finish();
+    let (rc, rerr) = spawn(receive_into(home.path(), &addr, dst.path(), &code)).finish();
     assert_eq!(rc, 0, "receiver: {rerr}");
     let (sc, serr) = sender.finish();
     assert_eq!(sc, 0, "sender: {serr}");
@@ -179,11 +184,8 @@ fn a_wrong_code_fails_both_sides_plainly_and_writes_nothing() {
     let code = sender.line("code:");
     let channel = code.split('-').next().unwrap();
     let dst = tempfile::tempdir().unwrap();
-    let mut r = burrow(home.path());
-    r.args(["receive", "--relay", &addr, "--yes", "--out"])
-        .arg(dst.path())
-        .arg(format!("{channel}-not-the-code"));
-    let (rc, rerr) = spawn(r).finish();
+    let wrong = format!("{channel}-not-the-code");
+    let (rc, rerr) = spawn(receive_into(home.path(), &addr, dst.path(), &wrong)).finish();
     let (sc, serr) = sender.finish();
     assert_eq!(rc, 3, "{rerr}");
     assert_eq!(sc, 3, "{serr}");
@@ -319,11 +321,7 @@ fn a_killed_sender_is_reported_and_leaves_no_file() {
     });
     let code = sender.line("code:");
     let dst = tempfile::tempdir().unwrap();
-    let mut r = burrow(home.path());
-    r.args(["receive", "--relay", &addr, "--yes", "--out"])
-        .arg(dst.path())
-        .arg(&code);
-    let recv = spawn(r);
+    let recv = spawn(receive_into(home.path(), &addr, dst.path(), &code));
     recv.line("connected through relay");
     std::thread::sleep(Duration::from_millis(500));
     drop(sender); // SIGKILL, mid-stream: stdin is still open

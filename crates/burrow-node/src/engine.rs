@@ -93,6 +93,41 @@ fn setup(stream: &TcpStream, idle: Duration) -> Result<(), Error> {
     set(stream.set_nodelay(true))
 }
 
+/// An established session on a stapled (or, later, direct) connection: the
+/// shared writer with its keepalive thread, the reader, and a handle to the
+/// socket for shutting it down.
+struct Session {
+    w: SharedWriter,
+    r: RecordReader<TcpStream>,
+    sock: TcpStream,
+    _keepalive: Keepalive,
+}
+
+impl Session {
+    /// Sets the socket up, runs the Noise handshake (the sender initiates)
+    /// and starts keepalives every idle/3.
+    fn open(
+        stream: TcpStream,
+        key: &SessionKey,
+        context: &str,
+        initiator: bool,
+        idle: Duration,
+    ) -> Result<Self, Error> {
+        setup(&stream, idle)?;
+        let mut s = stream;
+        let (sealer, opener) = handshake(&mut s, key, context, initiator)?;
+        let clone = |s: &TcpStream| s.try_clone().map_err(Error::ConnectionLost);
+        let (rd, sock) = (clone(&s)?, clone(&s)?);
+        let w = SharedWriter::new(RecordWriter::new(s, sealer));
+        Ok(Self {
+            _keepalive: Keepalive::start(w.clone(), idle / 3),
+            w,
+            r: RecordReader::new(rd, opener),
+            sock,
+        })
+    }
+}
+
 fn expect_msg<R: Read>(r: &mut RecordReader<R>, what: &str) -> Result<Vec<u8>, Error> {
     loop {
         match r.next_record()? {
@@ -144,14 +179,12 @@ pub(crate) fn run_send(
     idle: Duration,
     compress: Compress,
 ) -> Result<SendReport, Error> {
-    setup(&stream, idle)?;
-    let mut s = stream;
-    let (sealer, opener) = handshake(&mut s, key, context, true)?;
-    let rd = s.try_clone().map_err(Error::ConnectionLost)?;
-    let sock = s.try_clone().map_err(Error::ConnectionLost)?;
-    let w = SharedWriter::new(RecordWriter::new(s, sealer));
-    let _keepalive = Keepalive::start(w.clone(), idle / 3);
-    let mut r = RecordReader::new(rd, opener);
+    let Session {
+        w,
+        mut r,
+        sock,
+        _keepalive,
+    } = Session::open(stream, key, context, true, idle)?;
 
     let (kind, entries): (OfferKind, Vec<Entry>) = match &payload {
         Payload::Items(items) => (OfferKind::Files, items.iter().map(|i| i.entry.clone()).collect()),
@@ -648,14 +681,10 @@ pub(crate) fn run_receive(
     obs: &mut dyn Observer,
     idle: Duration,
 ) -> Result<ReceiveReport, Error> {
-    setup(&stream, idle)?;
-    let mut s = stream;
-    let (sealer, opener) = handshake(&mut s, key, context, false)?;
-    let rd = s.try_clone().map_err(Error::ConnectionLost)?;
-    let w = SharedWriter::new(RecordWriter::new(s, sealer));
     // Keepalives also cover the time a person takes to decide.
-    let _keepalive = Keepalive::start(w.clone(), idle / 3);
-    let mut r = RecordReader::new(rd, opener);
+    let Session {
+        w, mut r, _keepalive, ..
+    } = Session::open(stream, key, context, false, idle)?;
     let mut rx = Receiver::new();
     loop {
         let rec = expect_msg(&mut r, "sending its offer")?;
