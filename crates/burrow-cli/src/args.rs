@@ -90,6 +90,22 @@ impl TimeoutOpt {
     }
 }
 
+/// How the two sides connect.
+#[derive(Debug, Args)]
+pub struct PathOpt {
+    /// Send every byte through the relay: never connect straight to the other
+    /// side, and don't tell it this machine's addresses (default: race a direct
+    /// connection against the relay and use whichever wins). Also BURROW_RELAY_ONLY=1
+    /// or `relay_only = true` in the config file.
+    #[arg(long, env = "BURROW_RELAY_ONLY", value_parser = clap::builder::BoolishValueParser::new())]
+    pub relay_only: bool,
+
+    /// After a dropped connection, keep reconnecting for this many seconds
+    /// before giving up (0: give up at once).
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub reconnect: u64,
+}
+
 /// `burrow send`.
 #[derive(Debug, Args)]
 pub struct SendArgs {
@@ -115,6 +131,9 @@ pub struct SendArgs {
 
     #[command(flatten)]
     pub timeout: TimeoutOpt,
+
+    #[command(flatten)]
+    pub path: PathOpt,
 
     /// Print one JSON object per event on stdout instead of human output.
     #[arg(long)]
@@ -149,6 +168,9 @@ pub struct ReceiveArgs {
 
     #[command(flatten)]
     pub timeout: TimeoutOpt,
+
+    #[command(flatten)]
+    pub path: PathOpt,
 
     /// Replace existing files with the same names without asking.
     #[arg(long)]

@@ -4,6 +4,7 @@
 //!
 //! ```toml
 //! relay = "relay.example.org:9009"
+//! relay_only = false   # true: never connect straight to the other side
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -17,6 +18,8 @@ use serde::Deserialize;
 pub struct Config {
     /// Default relay, HOST[:PORT].
     pub relay: Option<String>,
+    /// Never use a direct path.
+    pub relay_only: Option<bool>,
 }
 
 /// The default config path, if a home is known.

@@ -4,7 +4,7 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::time::{Duration, Instant};
 
-use burrow_node::{Decision, Event, Observer, OfferInfo, OfferKind, escape_display};
+use burrow_node::{Decision, Event, Observer, OfferInfo, OfferKind, PathKind, escape_display};
 use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
@@ -110,9 +110,12 @@ impl Observer for Ui {
             Mode::Json => match e {
                 Event::Code(code) => emit(json!({"event": "code", "code": code})),
                 Event::Skipped(items) => emit(json!({"event": "skipped", "items": items})),
-                Event::Connected { relay } => {
-                    emit(json!({"event": "connected", "path": "relay", "relay": relay}))
+                Event::Connected { relay, path } => {
+                    emit(json!({"event": "connected", "path": path.as_str(), "relay": relay}))
                 }
+                Event::Reconnecting { reason, for_up_to } => emit(json!({
+                    "event": "reconnecting", "reason": reason, "for_up_to_seconds": for_up_to.as_secs()
+                })),
                 Event::WaitingForAccept => emit(json!({"event": "offered"})),
                 Event::Started { files, total } => {
                     emit(json!({"event": "started", "files": files, "total": total}))
@@ -148,7 +151,19 @@ impl Observer for Ui {
                         eprintln!("skipped: {i}");
                     }
                 }
-                Event::Connected { relay } => eprintln!("connected through relay {relay}"),
+                Event::Connected { relay, path } => match path {
+                    PathKind::Direct => eprintln!("connected directly (relay {relay} not used for data)"),
+                    _ => eprintln!("connected through relay {relay}"),
+                },
+                Event::Reconnecting { reason, for_up_to } => {
+                    if let Some(b) = &self.bar {
+                        b.suspend(|| {
+                            eprintln!("{reason}: reconnecting (for up to {}s)...", for_up_to.as_secs())
+                        });
+                    } else {
+                        eprintln!("{reason}: reconnecting (for up to {}s)...", for_up_to.as_secs());
+                    }
+                }
                 Event::WaitingForAccept => eprintln!("waiting for the other side to accept..."),
                 Event::Started { total, .. } if tty => self.start_bar(total),
                 Event::Progress { done, total } => {

@@ -2,124 +2,15 @@
 //! 127.0.0.1 and sender/receiver processes, as a user would run them. Every
 //! process is killed by PID when its guard drops, and every wait is bounded.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_burrow");
-const WAIT: Duration = Duration::from_secs(60);
+mod common;
 
-/// Kills the process when dropped.
-struct Proc {
-    child: Child,
-    stderr: mpsc::Receiver<String>,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Proc {
-    /// Waits for a stderr line starting with `prefix`; returns the rest.
-    fn line(&self, prefix: &str) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.stderr.recv_timeout(left) {
-                Ok(l) if l.starts_with(prefix) => return l[prefix.len()..].trim().to_owned(),
-                Ok(_) => {}
-                Err(e) => panic!("no line starting with {prefix:?}: {e}"),
-            }
-        }
-    }
-
-    /// Waits for exit (bounded); returns the code and the rest of stderr.
-    fn finish(mut self) -> (i32, String) {
-        let deadline = Instant::now() + WAIT;
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(Instant::now() < deadline, "process did not exit in time");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let mut rest = String::new();
-        while let Ok(l) = self.stderr.recv_timeout(Duration::from_millis(500)) {
-            rest.push_str(&l);
-            rest.push('\n');
-        }
-        (status.code().unwrap_or(-1), rest)
-    }
-}
-
-/// A `burrow` command with a clean environment: its own HOME, no relay set.
-fn burrow(home: &Path) -> Command {
-    let mut c = Command::new(BIN);
-    c.env_remove("BURROW_RELAY")
-        .env_remove("BURROW_CONFIG")
-        .env("HOME", home)
-        .env("XDG_CONFIG_HOME", home.join(".config"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    c
-}
-
-/// `burrow receive --yes` into `dst`.
-fn receive_into(home: &Path, addr: &str, dst: &Path, code: &str) -> Command {
-    let mut r = burrow(home);
-    r.args(["receive", "--relay", addr, "--yes", "--out"])
-        .arg(dst)
-        .arg(code);
-    r
-}
-
-fn spawn(mut c: Command) -> Proc {
-    let mut child = c.spawn().unwrap();
-    let err = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(err).lines() {
-            let Ok(l) = l else { break };
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
-    Proc { child, stderr: rx }
-}
-
-fn relay(home: &Path) -> (Proc, String) {
-    let mut c = burrow(home);
-    c.args(["relay", "--listen", "127.0.0.1:0"]);
-    let p = spawn(c);
-    let addr = p.line("burrow relay listening on");
-    (p, addr)
-}
-
-fn pseudo_random(len: usize, seed: &str) -> Vec<u8> {
-    let mut out = vec![0u8; len];
-    blake3::Hasher::new()
-        .update(seed.as_bytes())
-        .finalize_xof()
-        .fill(&mut out);
-    out
-}
-
-fn hash(p: &Path) -> blake3::Hash {
-    blake3::hash(&std::fs::read(p).unwrap())
-}
-
-fn stdout_of(p: &mut Proc) -> Vec<u8> {
-    let mut v = Vec::new();
-    p.child.stdout.take().unwrap().read_to_end(&mut v).unwrap();
-    v
-}
+use common::*;
 
 #[test]
 fn a_64mib_file_and_a_nested_folder_arrive_identical() {
@@ -358,6 +249,7 @@ fn receive_on_tiny_disk(home: &Path, addr: &str, code: &str) -> Option<(i32, Str
     let bin = burrow(home).get_program().to_owned();
     let mut cmd = Command::new("unshare");
     cmd.env_remove("BURROW_RELAY")
+        .env("BURROW_RELAY_ONLY", "1")
         .env("HOME", home)
         .args(["--mount", "--propagation", "private", "sh", "-c", script, "sh"])
         .arg(&dir)

@@ -17,7 +17,6 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use burrow_proto::pake::SessionKey;
 use burrow_proto::transfer::{
     Entry, EntryKind, MAX_CHUNK, MAX_RESUME, Message, OfferKind, Receiver, ResumeAt, RxEvent, UNKNOWN_SIZE,
     escape_display, offer_records,
@@ -25,7 +24,8 @@ use burrow_proto::transfer::{
 
 use crate::error::Error;
 use crate::files::{self, Item};
-use crate::record::{DataBuf, Keepalive, RecordReader, RecordWriter, SharedWriter, handshake};
+use crate::paths::Conn;
+use crate::record::{DataBuf, Keepalive, RecordReader, RecordWriter, SharedWriter};
 use crate::{Compress, Decision, Event, Observer, OfferInfo, ReceiveReport, SendReport, Sink};
 
 /// `O_NOFOLLOW`: partial files are reopened only if they are not links.
@@ -93,9 +93,9 @@ fn setup(stream: &TcpStream, idle: Duration) -> Result<(), Error> {
     set(stream.set_nodelay(true))
 }
 
-/// An established session on a stapled (or, later, direct) connection: the
-/// shared writer with its keepalive thread, the reader, and a handle to the
-/// socket for shutting it down.
+/// An established session on a relay or direct connection: the shared
+/// writer with its keepalive thread, the reader, and a handle to the socket
+/// for shutting it down.
 struct Session {
     w: SharedWriter,
     r: RecordReader<TcpStream>,
@@ -104,18 +104,16 @@ struct Session {
 }
 
 impl Session {
-    /// Sets the socket up, runs the Noise handshake (the sender initiates)
-    /// and starts keepalives every idle/3.
-    fn open(
-        stream: TcpStream,
-        key: &SessionKey,
-        context: &str,
-        initiator: bool,
-        idle: Duration,
-    ) -> Result<Self, Error> {
-        setup(&stream, idle)?;
-        let mut s = stream;
-        let (sealer, opener) = handshake(&mut s, key, context, initiator)?;
+    /// Sets the socket of an authenticated connection up and starts
+    /// keepalives every idle/3.
+    fn open(conn: Conn, idle: Duration) -> Result<Self, Error> {
+        let Conn {
+            stream: s,
+            sealer,
+            opener,
+            ..
+        } = conn;
+        setup(&s, idle)?;
         let clone = |s: &TcpStream| s.try_clone().map_err(Error::ConnectionLost);
         let (rd, sock) = (clone(&s)?, clone(&s)?);
         let w = SharedWriter::new(RecordWriter::new(s, sealer));
@@ -170,23 +168,45 @@ fn watch_receiver(mut r: RecordReader<TcpStream>, sock: TcpStream) -> mpsc::Rece
     rx
 }
 
+/// What a sender remembers between the connections of one session.
+#[derive(Default)]
+pub(crate) struct SendState {
+    /// Connections used so far (0 before the first).
+    pub runs: u32,
+    /// File bytes sent, over every connection.
+    pub sent: u64,
+    /// Bytes the receiver had from an earlier session (first connection only).
+    pub resumed: u64,
+    /// When data started to flow.
+    pub started: Option<Instant>,
+}
+
+impl Payload {
+    /// Whether the payload can be offered again on a new connection (a
+    /// stream cannot be rewound).
+    pub(crate) fn repeatable(&self) -> bool {
+        !matches!(self, Payload::Stream(_))
+    }
+}
+
 pub(crate) fn run_send(
-    stream: TcpStream,
-    key: &SessionKey,
-    context: &str,
-    payload: Payload,
+    conn: Conn,
+    payload: &mut Payload,
     obs: &mut dyn Observer,
     idle: Duration,
     compress: Compress,
+    state: &mut SendState,
 ) -> Result<SendReport, Error> {
     let Session {
         w,
         mut r,
         sock,
         _keepalive,
-    } = Session::open(stream, key, context, true, idle)?;
+    } = Session::open(conn, idle)?;
+    let first_run = state.runs == 0;
+    state.runs += 1;
 
-    let (kind, entries): (OfferKind, Vec<Entry>) = match &payload {
+    let (kind, entries): (OfferKind, Vec<Entry>) = match &*payload {
         Payload::Items(items) => (OfferKind::Files, items.iter().map(|i| i.entry.clone()).collect()),
         Payload::Text(t) => (OfferKind::Text, vec![text_entry(t.len() as u64)]),
         Payload::Stream(_) => (
@@ -206,16 +226,26 @@ pub(crate) fn run_send(
         }
         g.flush()?;
     }
-    obs.event(Event::WaitingForAccept);
+    if first_run {
+        obs.event(Event::WaitingForAccept);
+    }
     // A person may take their time: the receiver's keepalives prove it is still there.
     let answer = expect_msg(&mut r, "answering the offer")?;
-    let resume: HashMap<u32, ResumeAt> =
+    let (from, resume): (usize, HashMap<u32, ResumeAt>) =
         match Message::decode(&answer).map_err(|e| Error::Protocol(e.to_string()))? {
-            Message::Accept(list) => list.into_iter().map(|r| (r.index, r)).collect(),
+            Message::Accept(list) => (0, list.into_iter().map(|r| (r.index, r)).collect()),
+            Message::Continue { from, resume } if !first_run => {
+                (from as usize, resume.into_iter().map(|r| (r.index, r)).collect())
+            }
             Message::Reject(reason) => return Err(Error::Declined(escape_display(&reason))),
             Message::Error(m) => return Err(Error::PeerClosed(escape_display(&m))),
             _ => return Err(Error::Protocol("unexpected answer to the offer".into())),
         };
+    if from > entries.len() {
+        return Err(Error::Protocol(
+            "the receiver continues past the last file".into(),
+        ));
+    }
     let watcher = watch_receiver(r, sock);
     let total = match kind {
         OfferKind::Stream => None,
@@ -228,15 +258,25 @@ pub(crate) fn run_send(
         ),
     };
     let files = entries.iter().filter(|e| e.kind == EntryKind::File).count();
-    obs.event(Event::Started { files, total });
-    let started = Instant::now();
+    if first_run {
+        obs.event(Event::Started { files, total });
+    }
+    let started = *state.started.get_or_insert_with(Instant::now);
     let mut progress = Progress::new(total);
+    // Files the receiver completed on an earlier connection of this session.
+    progress.skip(
+        entries[..from]
+            .iter()
+            .filter(|e| e.kind == EntryKind::File)
+            .map(|e| e.size)
+            .sum(),
+    );
     let mut skipped = 0u64;
     let mut buf = Chunker::new(compress);
     let res = (|| -> Result<(), Error> {
         match payload {
             Payload::Items(items) => {
-                for (index, item) in items.iter().enumerate() {
+                for (index, item) in items.iter().enumerate().skip(from) {
                     let Some(src) = item
                         .source
                         .as_ref()
@@ -255,7 +295,10 @@ pub(crate) fn run_send(
                         progress.skip(start.offset);
                     }
                     let size = Some(item.entry.size);
-                    send_reader(&w, &mut buf, f, size, src, start, &mut progress, obs)?;
+                    let sent_before = progress.done;
+                    let r = send_reader(&w, &mut buf, f, size, src, start, &mut progress, obs);
+                    state.sent += progress.done - sent_before;
+                    r?;
                 }
             }
             Payload::Text(t) => {
@@ -270,14 +313,19 @@ pub(crate) fn run_send(
                     &mut progress,
                     obs,
                 )?;
+                state.sent += t.len() as u64;
             }
             Payload::Stream(rd) => {
                 let name = Path::new("stdin");
-                send_reader(&w, &mut buf, rd, None, name, Start::default(), &mut progress, obs)?
+                send_reader(&w, &mut buf, rd, None, name, Start::default(), &mut progress, obs)?;
+                state.sent = progress.done;
             }
         }
         w.send_now(&Message::Done.to_vec())
     })();
+    if first_run {
+        state.resumed = skipped;
+    }
     if let Err(e) = res {
         if matches!(e, Error::Io { .. } | Error::Usage(_)) {
             // A local problem: tell the receiver why.
@@ -296,8 +344,8 @@ pub(crate) fn run_send(
         .map_err(|_| Error::Protocol("the receiver watcher stopped".into()))??;
     let report = SendReport {
         files,
-        bytes: progress.done - skipped,
-        resumed: skipped,
+        bytes: state.sent,
+        resumed: state.resumed,
         elapsed: started.elapsed(),
     };
     obs.event(Event::Finished {
@@ -672,19 +720,42 @@ fn plan(info: &mut OfferInfo, sink: &Sink) -> Result<(), Error> {
     }
 }
 
+/// What a receiver remembers between the connections of one session.
+#[derive(Default)]
+pub(crate) struct RecvState {
+    /// The offer accepted on the first connection, and whether existing
+    /// files may be replaced; a later connection must offer the same.
+    accepted: Option<(OfferKind, Vec<Entry>, bool)>,
+    /// Entries before this one are complete and verified.
+    from: usize,
+    saved: Vec<PathBuf>,
+    /// File bytes received, over every connection.
+    received: u64,
+    /// Bytes already here from an earlier session.
+    resumed: u64,
+    started: Option<Instant>,
+}
+
+impl RecvState {
+    /// Whether a dropped connection may be continued on a new one: only a
+    /// file transfer that got past the offer.
+    pub(crate) fn continuable(&self) -> bool {
+        matches!(&self.accepted, Some((OfferKind::Files, _, _)))
+    }
+}
+
 pub(crate) fn run_receive(
-    stream: TcpStream,
-    key: &SessionKey,
-    context: &str,
+    conn: Conn,
     sink: &Sink,
     overwrite: bool,
     obs: &mut dyn Observer,
     idle: Duration,
+    state: &mut RecvState,
 ) -> Result<ReceiveReport, Error> {
     // Keepalives also cover the time a person takes to decide.
     let Session {
         w, mut r, _keepalive, ..
-    } = Session::open(stream, key, context, false, idle)?;
+    } = Session::open(conn, idle)?;
     let mut rx = Receiver::new();
     loop {
         let rec = expect_msg(&mut r, "sending its offer")?;
@@ -698,6 +769,14 @@ pub(crate) fn run_receive(
         }
     }
     let offer = rx.offer();
+    let again = state.accepted.is_some();
+    if let Some((kind, entries, _)) = &state.accepted
+        && (*kind != offer.kind || *entries != offer.entries)
+    {
+        let e = Error::Protocol("the sender offered something else after reconnecting".into());
+        let _ = w.send_now(&Message::Error(e.to_string()).to_vec());
+        return Err(e);
+    }
     let mut info = OfferInfo {
         kind: offer.kind,
         files: offer.files(),
@@ -710,22 +789,29 @@ pub(crate) fn run_receive(
     let refuse = |w: &SharedWriter, reason: &str| {
         let _ = w.send_now(&Message::Reject(reason.to_owned()).to_vec());
     };
-    if let Err(e) = plan(&mut info, sink) {
-        refuse(&w, &format!("the receiver cannot take this: {e}"));
-        return Err(e);
-    }
-    let overwrite = match obs.decide(&info) {
-        Decision::Accept => overwrite,
-        Decision::AcceptOverwrite => true,
-        Decision::Reject(reason) => {
-            refuse(&w, &reason);
-            return Err(Error::Declined(reason));
+    let overwrite = match &state.accepted {
+        // Accepted on an earlier connection of this session: don't ask again.
+        Some((_, _, overwrite)) => *overwrite,
+        None => {
+            if let Err(e) = plan(&mut info, sink) {
+                refuse(&w, &format!("the receiver cannot take this: {e}"));
+                return Err(e);
+            }
+            let overwrite = match obs.decide(&info) {
+                Decision::Accept => overwrite,
+                Decision::AcceptOverwrite => true,
+                Decision::Reject(reason) => {
+                    refuse(&w, &reason);
+                    return Err(Error::Declined(reason));
+                }
+            };
+            if !overwrite && !info.existing.is_empty() {
+                refuse(&w, "files with these names already exist on the receiving side");
+                return Err(Error::Exists(info.existing));
+            }
+            overwrite
         }
     };
-    if !overwrite && !info.existing.is_empty() {
-        refuse(&w, "files with these names already exist on the receiving side");
-        return Err(Error::Exists(info.existing));
-    }
     let mut out = match (info.kind, sink) {
         (OfferKind::Text, _) => Out::Memory(Vec::new()),
         (OfferKind::Stream, Sink::Auto(_)) | (_, Sink::Stdout) => Out::Stdout,
@@ -745,24 +831,43 @@ pub(crate) fn run_receive(
             }
         }
     };
+    let from = if again { state.from } else { 0 };
     let proposals = match &out {
-        Out::Dir { root, .. } if info.kind == OfferKind::Files => resume_proposals(root, &info.entries)?,
+        Out::Dir { root, .. } if info.kind == OfferKind::Files => {
+            resume_proposals(root, &info.entries, from, again)?
+        }
         _ => Vec::new(),
     };
     let resumable: u64 = proposals.iter().map(|p| p.1).sum();
-    let accept = rx.accept_resuming(proposals)?;
-    w.send_now(&accept)?;
+    let answer = if again {
+        rx.continue_from(from, proposals)?
+    } else {
+        rx.accept_resuming(proposals)?
+    };
+    w.send_now(&answer)?;
+    if !again {
+        state.accepted = Some((info.kind, info.entries.clone(), overwrite));
+    }
     let total = (info.kind != OfferKind::Stream).then_some(info.total);
-    obs.event(Event::Started {
-        files: info.files,
-        total,
-    });
-    let started = Instant::now();
+    if !again {
+        obs.event(Event::Started {
+            files: info.files,
+            total,
+        });
+    }
+    let started = *state.started.get_or_insert_with(Instant::now);
     let mut progress = Progress::new(total);
-    let mut saved = Vec::new();
+    progress.skip(
+        info.entries[..from.min(info.entries.len())]
+            .iter()
+            .filter(|e| e.kind == EntryKind::File)
+            .map(|e| e.size)
+            .sum(),
+    );
     // A frame may not expand past one chunk: no decompression bombs.
     let mut plain = vec![0u8; MAX_CHUNK];
     let mut unzip = zstd::bulk::Decompressor::new().map_err(|e| Error::Protocol(format!("zstd: {e}")))?;
+    let mut resumed_here = 0u64;
     let res = (|| -> Result<(), Error> {
         loop {
             let rec = expect_msg(&mut r, "finishing the transfer")?;
@@ -784,11 +889,13 @@ pub(crate) fn run_receive(
                 RxEvent::Resumed { index, offset } => {
                     out.resume(index, rx.entries(), offset)?;
                     progress.skip(offset);
+                    resumed_here += offset;
                 }
                 RxEvent::FileVerified { index } => {
                     if let Some(p) = out.finish(index, rx.entries())? {
-                        saved.push(p);
+                        state.saved.push(p);
                     }
+                    state.from = index + 1;
                 }
                 RxEvent::Finished => {
                     out.sync_all()?;
@@ -799,9 +906,16 @@ pub(crate) fn run_receive(
             }
         }
     })();
+    state.received += rx.received();
+    if !again {
+        state.resumed = resumable.min(resumed_here);
+    }
     if let Err(e) = res {
         out.abort(&e, info.kind == OfferKind::Files);
-        let _ = w.send_now(&Message::Error(format!("receiver: {e}")).to_vec());
+        // A dropped connection may be continued: only a real failure is told.
+        if !e.is_transient() {
+            let _ = w.send_now(&Message::Error(format!("receiver: {e}")).to_vec());
+        }
         return Err(e);
     }
     progress.finish(obs);
@@ -811,10 +925,10 @@ pub(crate) fn run_receive(
     };
     let report = ReceiveReport {
         files: info.files,
-        bytes: rx.received(),
-        resumed: resumable.min(progress.done.saturating_sub(rx.received())),
+        bytes: state.received,
+        resumed: state.resumed,
         elapsed: started.elapsed(),
-        saved,
+        saved: std::mem::take(&mut state.saved),
         text,
     };
     obs.event(Event::Finished {
@@ -826,10 +940,24 @@ pub(crate) fn run_receive(
 }
 
 /// Partial files from an earlier transfer, as resume proposals: the bytes
-/// present and a hasher over them (the sender checks the hash).
-fn resume_proposals(root: &Path, entries: &[Entry]) -> Result<Vec<(usize, u64, blake3::Hasher)>, Error> {
+/// present and a hasher over them (the sender checks the hash). After a
+/// reconnect (`in_flight`) only the first unfinished file can have one.
+fn resume_proposals(
+    root: &Path,
+    entries: &[Entry],
+    from: usize,
+    in_flight: bool,
+) -> Result<Vec<(usize, u64, blake3::Hasher)>, Error> {
     let mut out = Vec::new();
-    for (index, e) in entries.iter().enumerate() {
+    let last = if in_flight {
+        first_file(entries, from)
+    } else {
+        usize::MAX
+    };
+    for (index, e) in entries.iter().enumerate().skip(from) {
+        if index > last {
+            break;
+        }
         if out.len() >= MAX_RESUME || e.kind != EntryKind::File || e.size == 0 {
             continue;
         }
@@ -853,4 +981,14 @@ fn resume_proposals(root: &Path, entries: &[Entry]) -> Result<Vec<(usize, u64, b
         }
     }
     Ok(out)
+}
+
+/// The index of the first file entry at or after `from`.
+fn first_file(entries: &[Entry], from: usize) -> usize {
+    entries
+        .iter()
+        .enumerate()
+        .skip(from)
+        .find(|(_, e)| e.kind == EntryKind::File)
+        .map_or(entries.len(), |(i, _)| i)
 }

@@ -94,6 +94,20 @@ pub enum Error {
     /// The peer broke the protocol.
     #[error("{0}")]
     Protocol(String),
+    /// A connection dropped and no new one could be made in time.
+    #[error(
+        "{cause}; reconnecting failed for {}s: {last}. Run the same transfer again with a new code: \
+         finished files are kept and the interrupted one resumes",
+        .waited.as_secs()
+    )]
+    Reconnect {
+        /// What ended the connection.
+        cause: Box<Error>,
+        /// Why the last attempt failed.
+        last: Box<Error>,
+        /// How long it tried.
+        waited: std::time::Duration,
+    },
     /// The peer's connection dropped.
     #[error("the connection to the other side was lost: {0}")]
     ConnectionLost(std::io::Error),
@@ -121,6 +135,11 @@ pub enum Error {
 }
 
 impl Error {
+    /// A dropped or silent connection: worth connecting again within the session.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::ConnectionLost(_) | Error::Timeout(_))
+    }
+
     /// The coarse kind.
     pub fn kind(&self) -> ErrorKind {
         match self {
@@ -132,9 +151,11 @@ impl Error {
             Error::Declined(_) => ErrorKind::Declined,
             Error::Integrity(_) => ErrorKind::Integrity,
             Error::Io { .. } | Error::NoSpace { .. } | Error::Exists(_) => ErrorKind::Local,
-            Error::PeerClosed(_) | Error::Timeout(_) | Error::Protocol(_) | Error::ConnectionLost(_) => {
-                ErrorKind::Peer
-            }
+            Error::PeerClosed(_)
+            | Error::Timeout(_)
+            | Error::Protocol(_)
+            | Error::ConnectionLost(_)
+            | Error::Reconnect { .. } => ErrorKind::Peer,
         }
     }
 

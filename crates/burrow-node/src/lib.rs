@@ -30,7 +30,8 @@
 //! |---|---|
 //! | [`relay_client`] | HTTP API calls and the stapling connection |
 //! | [`rendezvous`] | seed 001 steps 1–17 for each side |
-//! | [`record`] | blocking Noise handshake and record I/O |
+//! | [`paths`] | relay and direct connections, the race between them, reconnects |
+//! | [`record`] | blocking record I/O |
 //! | [`files`] | what a sender offers, where a receiver writes |
 //! | `engine` | the send and receive loops |
 //!
@@ -41,6 +42,7 @@
 mod engine;
 pub mod error;
 pub mod files;
+pub mod paths;
 pub mod record;
 pub mod relay_client;
 pub mod rendezvous;
@@ -48,11 +50,12 @@ pub mod rendezvous;
 use std::io::Read;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use burrow_proto::code::Code;
 pub use burrow_proto::transfer::{Entry, EntryKind, OfferKind, escape_display};
 pub use error::{Error, ErrorKind};
+pub use paths::PathKind;
 
 use relay_client::RelayClient;
 use rendezvous::RendezvousOptions;
@@ -112,10 +115,19 @@ pub enum Event {
     Code(String),
     /// Items skipped while collecting files (links, special files).
     Skipped(Vec<String>),
-    /// Both sides are connected through the relay.
+    /// Both sides are connected (again, after [`Event::Reconnecting`]).
     Connected {
         /// The relay address.
         relay: String,
+        /// Whether the bytes go through the relay or straight to the peer.
+        path: PathKind,
+    },
+    /// The connection dropped; trying to connect again.
+    Reconnecting {
+        /// What happened to the connection.
+        reason: String,
+        /// How long it keeps trying.
+        for_up_to: Duration,
     },
     /// Sender: the offer is out; waiting for the other person to accept.
     WaitingForAccept,
@@ -226,6 +238,8 @@ pub struct Transfer {
     idle_timeout: Duration,
     exclude: files::Exclude,
     compress: Compress,
+    relay_only: bool,
+    reconnect_for: Duration,
 }
 
 /// Builder for [`Transfer`].
@@ -240,9 +254,28 @@ pub struct TransferBuilder {
     idle_timeout: Option<Duration>,
     exclude: Vec<String>,
     compress: Compress,
+    relay_only: bool,
+    reconnect_for: Option<Duration>,
 }
 
+/// Default for [`TransferBuilder::reconnect_for`].
+pub const DEFAULT_RECONNECT: Duration = Duration::from_secs(60);
+
 impl TransferBuilder {
+    /// Never connect straight to the other peer, and tell it not to try:
+    /// every byte goes through the relay (default: race a direct path).
+    pub fn relay_only(mut self, yes: bool) -> Self {
+        self.relay_only = yes;
+        self
+    }
+
+    /// After a dropped connection, keep trying to connect again for this
+    /// long (default 60 s; zero gives up at once).
+    pub fn reconnect_for(mut self, d: Duration) -> Self {
+        self.reconnect_for = Some(d);
+        self
+    }
+
     /// The relay, `HOST[:PORT]` (default port 9009).
     pub fn relay(mut self, addr: impl Into<String>) -> Self {
         self.relay = Some(addr.into());
@@ -316,6 +349,8 @@ impl TransferBuilder {
             },
             exclude: files::Exclude::new(&self.exclude)?,
             compress: self.compress,
+            relay_only: self.relay_only,
+            reconnect_for: self.reconnect_for.unwrap_or(DEFAULT_RECONNECT),
             idle_timeout: self
                 .idle_timeout
                 .unwrap_or(DEFAULT_IDLE_TIMEOUT)
@@ -377,22 +412,82 @@ impl Transfer {
             obs.event(Event::Code(c.reveal()));
         })
         .await?;
-        obs.event(Event::Connected {
-            relay: self.relay.addr().to_owned(),
-        });
         let handle = rv.handle.clone();
-        let idle = self.idle_timeout;
-        let compress = self.compress;
-        let res = tokio::task::spawn_blocking(move || {
-            let stream = rv.stream.into_std().map_err(Error::ConnectionLost)?;
-            engine::run_send(stream, &rv.key, &rv.channel, payload, &mut obs, idle, compress)
-        })
-        .await
-        .map_err(|e| Error::Protocol(format!("transfer thread failed: {e}")))?;
+        let res = self.drive_send(rv, payload, obs).await;
         if let Err(e) = &res {
             handle.close(&format!("sender failed: {e}")).await;
         }
         res
+    }
+
+    async fn drive_send<O: Observer + 'static>(
+        &self,
+        rv: rendezvous::Rendezvous,
+        mut payload: engine::Payload,
+        mut obs: O,
+    ) -> Result<SendReport, Error> {
+        let (mut paths, mut conn) = self.connect(rv, burrow_proto::api::Role::Sender).await?;
+        let mut state = engine::SendState::default();
+        loop {
+            obs.event(Event::Connected {
+                relay: self.relay.addr().to_owned(),
+                path: conn.kind,
+            });
+            let (idle, compress) = (self.idle_timeout, self.compress);
+            let (res, back) = tokio::task::spawn_blocking(move || {
+                let r = engine::run_send(conn, &mut payload, &mut obs, idle, compress, &mut state);
+                (r, (payload, obs, state))
+            })
+            .await
+            .map_err(|e| Error::Protocol(format!("transfer thread failed: {e}")))?;
+            (payload, obs, state) = back;
+            match res {
+                Err(e) if e.is_transient() && payload.repeatable() && !self.reconnect_for.is_zero() => {
+                    conn = self.reconnect(&mut paths, e, &mut obs).await?;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The session's first connection: the relay's, or a direct one that won the race.
+    async fn connect(
+        &self,
+        rv: rendezvous::Rendezvous,
+        role: burrow_proto::api::Role,
+    ) -> Result<(paths::Paths, paths::Conn), Error> {
+        let mut paths = paths::Paths::new(
+            rv.key,
+            role,
+            self.relay.clone(),
+            self.relay_only,
+            self.idle_timeout,
+        )
+        .await;
+        let conn = paths.first(rv.stream, &rv.channel).await?;
+        Ok((paths, conn))
+    }
+
+    /// Reports the drop and connects again, or fails with both reasons.
+    async fn reconnect(
+        &self,
+        paths: &mut paths::Paths,
+        cause: Error,
+        obs: &mut dyn Observer,
+    ) -> Result<paths::Conn, Error> {
+        obs.event(Event::Reconnecting {
+            reason: cause.to_string(),
+            for_up_to: self.reconnect_for,
+        });
+        let start = Instant::now();
+        paths
+            .reconnect(start + self.reconnect_for)
+            .await
+            .map_err(|last| Error::Reconnect {
+                cause: Box::new(cause),
+                last: Box::new(last),
+                waited: start.elapsed(),
+            })
     }
 
     /// Receives with `code` into `sink`. `obs.decide` is asked before any byte is written.
@@ -400,26 +495,47 @@ impl Transfer {
         &self,
         code: &Code,
         sink: Sink,
-        mut obs: O,
+        obs: O,
     ) -> Result<ReceiveReport, Error> {
         let rv = rendezvous::recipient(&self.relay, code, &self.rendezvous).await?;
-        obs.event(Event::Connected {
-            relay: self.relay.addr().to_owned(),
-        });
         let handle = rv.handle.clone();
-        let idle = self.idle_timeout;
-        let overwrite = self.overwrite;
-        let res = tokio::task::spawn_blocking(move || {
-            let stream = rv.stream.into_std().map_err(Error::ConnectionLost)?;
-            engine::run_receive(stream, &rv.key, &rv.channel, &sink, overwrite, &mut obs, idle)
-        })
-        .await
-        .map_err(|e| Error::Protocol(format!("transfer thread failed: {e}")))?;
+        let res = self.drive_receive(rv, sink, obs).await;
         // Step 18: the recipient closes the channel.
         match &res {
             Ok(_) => handle.close("transfer complete").await,
             Err(e) => handle.close(&format!("recipient failed: {e}")).await,
         }
         res
+    }
+
+    async fn drive_receive<O: Observer + 'static>(
+        &self,
+        rv: rendezvous::Rendezvous,
+        sink: Sink,
+        mut obs: O,
+    ) -> Result<ReceiveReport, Error> {
+        let (mut paths, mut conn) = self.connect(rv, burrow_proto::api::Role::Recipient).await?;
+        let mut state = engine::RecvState::default();
+        let sink = std::sync::Arc::new(sink);
+        loop {
+            obs.event(Event::Connected {
+                relay: self.relay.addr().to_owned(),
+                path: conn.kind,
+            });
+            let (idle, overwrite, sink2) = (self.idle_timeout, self.overwrite, sink.clone());
+            let (res, back) = tokio::task::spawn_blocking(move || {
+                let r = engine::run_receive(conn, &sink2, overwrite, &mut obs, idle, &mut state);
+                (r, (obs, state))
+            })
+            .await
+            .map_err(|e| Error::Protocol(format!("transfer thread failed: {e}")))?;
+            (obs, state) = back;
+            match res {
+                Err(e) if e.is_transient() && state.continuable() && !self.reconnect_for.is_zero() => {
+                    conn = self.reconnect(&mut paths, e, &mut obs).await?;
+                }
+                other => return other,
+            }
+        }
     }
 }

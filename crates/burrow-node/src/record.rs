@@ -10,10 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use burrow_proto::pake::SessionKey;
-use burrow_proto::session::{
-    Handshake, LEN_PREFIX, MAX_PLAINTEXT, MAX_RECORD, Opener, Sealer, peek_record_len,
-};
+use burrow_proto::session::{LEN_PREFIX, MAX_PLAINTEXT, MAX_RECORD, Opener, Sealer, peek_record_len};
 use burrow_proto::transfer::Message;
 
 use crate::error::Error;
@@ -30,38 +27,6 @@ fn lost(e: std::io::Error) -> Error {
         }
         _ => Error::ConnectionLost(e),
     }
-}
-
-fn read_frame<R: Read>(r: &mut R) -> Result<Vec<u8>, Error> {
-    let mut len = [0u8; LEN_PREFIX];
-    r.read_exact(&mut len).map_err(lost)?;
-    let n = usize::from(u16::from_be_bytes(len));
-    let mut msg = vec![0u8; n];
-    r.read_exact(&mut msg).map_err(lost)?;
-    Ok(msg)
-}
-
-/// Runs the Noise handshake on a blocking stream. The sender initiates.
-pub fn handshake<S: Read + Write>(
-    s: &mut S,
-    key: &SessionKey,
-    context: &str,
-    initiator: bool,
-) -> Result<(Sealer, Opener), Error> {
-    let t = if initiator {
-        let mut hs = Handshake::initiator(key, context)?;
-        s.write_all(&hs.write_message()?).map_err(lost)?;
-        s.flush().map_err(lost)?;
-        hs.read_message(&read_frame(s)?)?;
-        hs.into_transport()?
-    } else {
-        let mut hs = Handshake::responder(key, context)?;
-        hs.read_message(&read_frame(s)?)?;
-        s.write_all(&hs.write_message()?).map_err(lost)?;
-        s.flush().map_err(lost)?;
-        hs.into_transport()?
-    };
-    Ok(t.split())
 }
 
 /// Writes sealed records.
@@ -259,6 +224,7 @@ impl<R: Read> RecordReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burrow_proto::pake::SessionKey;
     use burrow_proto::session::pair_in_memory;
 
     #[test]

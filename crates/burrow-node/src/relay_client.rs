@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 use burrow_proto::api::{ChannelRequest, ChannelState, ErrorBody, JoinRequest, JoinResponse};
-use burrow_proto::staple::{StapleHello, StapleReply};
+use burrow_proto::staple::{StapleHello, StapleReply, TokenHello};
 
 use crate::error::Error;
 
@@ -146,10 +146,17 @@ impl RelayClient {
     /// Opens the stapling connection and waits until the relay staples it to
     /// the other peer (or `timeout` passes).
     pub async fn staple(&self, hello: &StapleHello, timeout: Duration) -> Result<TcpStream, Error> {
+        self.staple_raw(&hello.encode(), timeout).await
+    }
+
+    /// Reconnect stapling under a session-derived token (see [`TokenHello`]).
+    pub async fn staple_token(&self, hello: &TokenHello, timeout: Duration) -> Result<TcpStream, Error> {
+        self.staple_raw(&hello.encode(), timeout).await
+    }
+
+    async fn staple_raw(&self, hello: &[u8], timeout: Duration) -> Result<TcpStream, Error> {
         let mut s = self.connect().await?;
-        s.write_all(&hello.encode())
-            .await
-            .map_err(Error::ConnectionLost)?;
+        s.write_all(hello).await.map_err(Error::ConnectionLost)?;
         let fut = async {
             let mut buf = Vec::new();
             loop {

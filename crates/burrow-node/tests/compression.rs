@@ -28,6 +28,7 @@ async fn send_with(addr: std::net::SocketAddr, data: &[u8], mode: Compress) -> u
         .relay(addr.to_string())
         .compress(mode)
         .idle_timeout(Duration::from_secs(10))
+        .relay_only(true)
         .build()
         .unwrap();
     let sender = tokio::spawn(async move {

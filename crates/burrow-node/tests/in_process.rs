@@ -241,7 +241,12 @@ async fn a_receiver_may_start_a_moment_before_the_sender() {
     let receiver = tokio::spawn(async move { t.receive(&c, Sink::Stdout, robs).await });
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (sobs, _, _) = obs(Decision::Accept);
-    let sender = Transfer::builder().relay(&addr).code(code).build().unwrap();
+    let sender = Transfer::builder()
+        .relay(&addr)
+        .code(code)
+        .relay_only(true)
+        .build()
+        .unwrap();
     sender
         .send(Source::Text("early bird".into()), sobs)
         .await

@@ -19,6 +19,8 @@ fn quick(addr: &str) -> Transfer {
         .relay(addr)
         .step_timeout(Duration::from_secs(10))
         .idle_timeout(IDLE)
+        .relay_only(true)
+        .reconnect_for(Duration::ZERO)
         .build()
         .unwrap()
 }

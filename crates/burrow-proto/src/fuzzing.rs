@@ -39,6 +39,16 @@ pub fn staple_hello(data: &[u8]) {
             Some(h)
         );
     }
+    if let Ok(Some((h, n))) = crate::staple::TokenHello::decode(data) {
+        assert_eq!(n, crate::staple::TOKEN_HELLO_LEN);
+        assert_eq!(
+            crate::staple::TokenHello::decode(&h.encode())
+                .ok()
+                .flatten()
+                .map(|x| x.0),
+            Some(h)
+        );
+    }
 }
 
 /// The stapling reply decoder.

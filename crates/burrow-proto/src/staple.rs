@@ -9,6 +9,7 @@
 //!
 //! ```text
 //! hello  = "BRWS" | version:u8 (=1) | channel_len:u8 | channel | uuid:16
+//! token  = "BRWT" | version:u8 (=1) | role:u8 (0 sender, 1 recipient) | token:32
 //! reply  = 0x00                           Stapled: start talking
 //!        | 0x01                           Waiting: accepted, the other peer is not here yet
 //!        | 0xff | len:u16 | reason:utf8   Refused: the relay closes the connection
@@ -33,6 +34,72 @@ pub struct StapleHello {
     pub channel: String,
     /// The UUID from `/join`.
     pub uuid: [u8; 16],
+}
+
+/// The first four bytes of a reconnecting (token) stapling connection.
+pub const TOKEN_MAGIC: &[u8; 4] = b"BRWT";
+/// Length of a token hello.
+pub const TOKEN_HELLO_LEN: usize = 4 + 1 + 1 + 32;
+
+/// A reconnect hello: two peers that already share a session meet again
+/// under a token derived from their session key. The relay pairs a sender
+/// with a recipient presenting the same token; it keeps no other state, so
+/// this works after a relay restart. A newer connection with the same token
+/// and role replaces a waiting one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenHello {
+    /// Which side this is.
+    pub role: crate::api::Role,
+    /// BLAKE3-derived from the session key; reveals nothing about it.
+    pub token: [u8; 32],
+}
+
+impl TokenHello {
+    /// Encodes the hello (including the magic).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(TOKEN_HELLO_LEN);
+        out.extend_from_slice(TOKEN_MAGIC);
+        out.push(STAPLE_VERSION);
+        out.push(match self.role {
+            crate::api::Role::Sender => 0,
+            crate::api::Role::Recipient => 1,
+        });
+        out.extend_from_slice(&self.token);
+        out
+    }
+
+    /// Decodes a hello from the start of `buf` (which begins with the magic).
+    pub fn decode(buf: &[u8]) -> Partial<Self> {
+        partial(buf, |r| {
+            if r.array::<4>()? != *TOKEN_MAGIC {
+                return Err(DecodeError::Invalid {
+                    what: "token magic",
+                    reason: "not BRWT",
+                });
+            }
+            let v = r.u8()?;
+            if v != STAPLE_VERSION {
+                return Err(DecodeError::Unknown {
+                    what: "staple version",
+                    value: v.into(),
+                });
+            }
+            let role = match r.u8()? {
+                0 => crate::api::Role::Sender,
+                1 => crate::api::Role::Recipient,
+                other => {
+                    return Err(DecodeError::Unknown {
+                        what: "role",
+                        value: other.into(),
+                    });
+                }
+            };
+            Ok(Self {
+                role,
+                token: r.array()?,
+            })
+        })
+    }
 }
 
 /// Decodes something that may still be arriving: `Ok(None)` means "need more bytes".
@@ -154,6 +221,21 @@ mod tests {
     }
 
     #[test]
+    fn token_hello_bytes_are_exact() {
+        let h = TokenHello {
+            role: crate::api::Role::Recipient,
+            token: [7; 32],
+        };
+        let enc = h.encode();
+        assert_eq!(hex::encode(&enc[..6]), "425257540101");
+        assert_eq!(enc.len(), TOKEN_HELLO_LEN);
+        assert_eq!(TokenHello::decode(&enc).unwrap(), Some((h, enc.len())));
+        assert_eq!(TokenHello::decode(&enc[..20]).unwrap(), None);
+        assert!(TokenHello::decode(b"BRWT\x01\x02").is_err());
+        assert!(TokenHello::decode(b"BRWS\x01\x00").is_err());
+    }
+
+    #[test]
     fn reply_bytes_are_exact() {
         assert_eq!(StapleReply::Stapled.encode(), vec![0]);
         assert_eq!(StapleReply::Waiting.encode(), vec![1]);
@@ -182,6 +264,7 @@ mod tests {
         fn decoders_are_total(data in proptest::collection::vec(any::<u8>(), 0..80)) {
             let _ = StapleHello::decode(&data);
             let _ = StapleReply::decode(&data);
+            let _ = TokenHello::decode(&data);
         }
     }
 }

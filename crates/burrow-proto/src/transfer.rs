@@ -35,6 +35,24 @@
 //! | 0x0b | Skip | offset:u64 — the file continues from here (a resume proposal was accepted) |
 //! | 0x0c | Keepalive | — (either side, whenever it has sent nothing for a third of the idle timeout) |
 //! | 0x0d | ZData | one zstd frame: file bytes that decompress to at most [`MAX_CHUNK`] bytes |
+//! | 0x0e | Hints | flags:u8 (bit 0: direct paths allowed), n:u8 (≤ [`MAX_HINTS`]), n × (family:u8 4\|6, address:4\|16, port:u16) |
+//! | 0x0f | Use | — (sender: "this connection carries the session from here on") |
+//! | 0x10 | Continue | from:u32, then a resume list as in `Accept` |
+//!
+//! **Paths.** Right after the handshake on the relay, each side sends
+//! `Hints` (the addresses it listens on for a direct connection, possibly
+//! none). If both allow direct paths and at least one has addresses, both
+//! race direct connections; the sender picks the connection and sends `Use`
+//! as its first record on it (on the relay connection if no direct one
+//! completed its handshake in time). The receiver takes the first connection
+//! that delivers `Use`; everything after it (the offer first) runs there.
+//!
+//! **Reconnect.** When a connection drops mid-transfer, both sides connect
+//! again (within the same session key), the sender sends `Use` and the same
+//! offer again, and the receiver, which accepted this very offer already,
+//! answers `Continue{from, resume}` instead of asking its user again: files
+//! before entry `from` are complete and verified, and the resume list
+//! proposes where the file in flight continues.
 //!
 //! **Resume.** A receiver that has a partial file from an earlier transfer
 //! (its hidden temporary file) proposes in `Accept` to continue it at
@@ -68,6 +86,8 @@ pub const UNKNOWN_SIZE: u64 = u64::MAX;
 pub const MAX_CHUNK: usize = crate::session::MAX_PLAINTEXT - 1;
 /// Most resume proposals in one `Accept`.
 pub const MAX_RESUME: usize = 4096;
+/// Most addresses in one `Hints`.
+pub const MAX_HINTS: usize = 16;
 /// Encoded size of one resume proposal.
 const RESUME_LEN: usize = 4 + 8 + 32;
 
@@ -151,6 +171,58 @@ pub enum Message<'a> {
     Keepalive,
     /// Compressed file bytes (one zstd frame).
     ZData(&'a [u8]),
+    /// The addresses this side listens on for direct connections.
+    Hints {
+        /// Whether this side takes part in direct paths at all.
+        direct: bool,
+        /// Where it listens (at most [`MAX_HINTS`]).
+        addrs: Vec<std::net::SocketAddr>,
+    },
+    /// Sender: the session continues on this connection.
+    Use,
+    /// Receiver, after a reconnect: files before `from` are done; resume the
+    /// one in flight as proposed.
+    Continue {
+        /// The first entry not yet complete.
+        from: u32,
+        /// Resume proposals (as in `Accept`).
+        resume: Vec<ResumeAt>,
+    },
+}
+
+fn put_resume(out: &mut Vec<u8>, resume: &[ResumeAt]) {
+    let n = resume.len().min(MAX_RESUME);
+    out.extend_from_slice(&(n as u32).to_be_bytes());
+    for r in &resume[..n] {
+        out.extend_from_slice(&r.index.to_be_bytes());
+        out.extend_from_slice(&r.offset.to_be_bytes());
+        out.extend_from_slice(&r.prefix);
+    }
+}
+
+fn read_resume(r: &mut Reader<'_>) -> Result<Vec<ResumeAt>, DecodeError> {
+    let n = r.u32()? as usize;
+    if n > MAX_RESUME {
+        return Err(DecodeError::TooLong {
+            what: "resume list",
+            len: n,
+            max: MAX_RESUME,
+        });
+    }
+    if n * RESUME_LEN > r.remaining() {
+        return Err(DecodeError::Truncated {
+            needed: n * RESUME_LEN - r.remaining(),
+        });
+    }
+    let mut list = Vec::with_capacity(n);
+    for _ in 0..n {
+        list.push(ResumeAt {
+            index: r.u32()?,
+            offset: r.u64()?,
+            prefix: r.array()?,
+        });
+    }
+    Ok(list)
 }
 
 fn clip(s: &str, max: usize) -> &str {
@@ -189,13 +261,7 @@ impl Message<'_> {
             Message::OfferEnd => out.push(0x03),
             Message::Accept(resume) => {
                 out.push(0x04);
-                let n = resume.len().min(MAX_RESUME);
-                out.extend_from_slice(&(n as u32).to_be_bytes());
-                for r in &resume[..n] {
-                    out.extend_from_slice(&r.index.to_be_bytes());
-                    out.extend_from_slice(&r.offset.to_be_bytes());
-                    out.extend_from_slice(&r.prefix);
-                }
+                put_resume(out, resume);
             }
             Message::Reject(r) => {
                 out.push(0x05);
@@ -223,6 +289,31 @@ impl Message<'_> {
             Message::ZData(d) => {
                 out.push(0x0d);
                 out.extend_from_slice(d);
+            }
+            Message::Hints { direct, addrs } => {
+                out.push(0x0e);
+                out.push(u8::from(*direct));
+                let n = addrs.len().min(MAX_HINTS);
+                out.push(n as u8);
+                for a in &addrs[..n] {
+                    match a.ip() {
+                        std::net::IpAddr::V4(ip) => {
+                            out.push(4);
+                            out.extend_from_slice(&ip.octets());
+                        }
+                        std::net::IpAddr::V6(ip) => {
+                            out.push(6);
+                            out.extend_from_slice(&ip.octets());
+                        }
+                    }
+                    out.extend_from_slice(&a.port().to_be_bytes());
+                }
+            }
+            Message::Use => out.push(0x0f),
+            Message::Continue { from, resume } => {
+                out.push(0x10);
+                out.extend_from_slice(&from.to_be_bytes());
+                put_resume(out, resume);
             }
         }
     }
@@ -293,30 +384,7 @@ impl<'a> Message<'a> {
                 })
             }
             0x03 => Message::OfferEnd,
-            0x04 => {
-                let n = r.u32()? as usize;
-                if n > MAX_RESUME {
-                    return Err(DecodeError::TooLong {
-                        what: "resume list",
-                        len: n,
-                        max: MAX_RESUME,
-                    });
-                }
-                if n * RESUME_LEN > r.remaining() {
-                    return Err(DecodeError::Truncated {
-                        needed: n * RESUME_LEN - r.remaining(),
-                    });
-                }
-                let mut list = Vec::with_capacity(n);
-                for _ in 0..n {
-                    list.push(ResumeAt {
-                        index: r.u32()?,
-                        offset: r.u64()?,
-                        prefix: r.array()?,
-                    });
-                }
-                Message::Accept(list)
-            }
+            0x04 => Message::Accept(read_resume(&mut r)?),
             0x05 => Message::Reject(r.str_u16("reason", MAX_MESSAGE)?.to_owned()),
             0x06 => Message::Data(r.rest()),
             0x07 => Message::FileEnd(r.array()?),
@@ -326,6 +394,49 @@ impl<'a> Message<'a> {
             0x0b => Message::Skip(r.u64()?),
             0x0c => Message::Keepalive,
             0x0d => Message::ZData(r.rest()),
+            0x0e => {
+                let flags = r.u8()?;
+                if flags > 1 {
+                    return Err(DecodeError::Invalid {
+                        what: "hints flags",
+                        reason: "unknown bits",
+                    });
+                }
+                let n = usize::from(r.u8()?);
+                if n > MAX_HINTS {
+                    return Err(DecodeError::TooLong {
+                        what: "hints",
+                        len: n,
+                        max: MAX_HINTS,
+                    });
+                }
+                let mut addrs = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let ip: std::net::IpAddr = match r.u8()? {
+                        4 => std::net::Ipv4Addr::from(r.array::<4>()?).into(),
+                        6 => std::net::Ipv6Addr::from(r.array::<16>()?).into(),
+                        other => {
+                            return Err(DecodeError::Unknown {
+                                what: "address family",
+                                value: other.into(),
+                            });
+                        }
+                    };
+                    addrs.push(std::net::SocketAddr::new(ip, r.u16()?));
+                }
+                Message::Hints {
+                    direct: flags == 1,
+                    addrs,
+                }
+            }
+            0x0f => Message::Use,
+            0x10 => {
+                let from = r.u32()?;
+                Message::Continue {
+                    from,
+                    resume: read_resume(&mut r)?,
+                }
+            }
             t => {
                 return Err(DecodeError::Unknown {
                     what: "message type",
@@ -574,14 +685,44 @@ impl Receiver {
         &mut self,
         proposals: Vec<(usize, u64, blake3::Hasher)>,
     ) -> Result<Vec<u8>, TransferError> {
+        let wire = self.start_receiving(0, proposals)?;
+        Ok(Message::Accept(wire).to_vec())
+    }
+
+    /// After a reconnect: the offer (sent again) was accepted before, and
+    /// every file before entry `from` is complete. Returns the `Continue`
+    /// message; `proposals` as for [`Receiver::accept_resuming`].
+    pub fn continue_from(
+        &mut self,
+        from: usize,
+        proposals: Vec<(usize, u64, blake3::Hasher)>,
+    ) -> Result<Vec<u8>, TransferError> {
+        let wire_from = u32::try_from(from)
+            .ok()
+            .filter(|_| from <= self.entries.len())
+            .ok_or(TransferError::Unexpected("continue past the last entry"))?;
+        let resume = self.start_receiving(from, proposals)?;
+        Ok(Message::Continue {
+            from: wire_from,
+            resume,
+        }
+        .to_vec())
+    }
+
+    fn start_receiving(
+        &mut self,
+        from: usize,
+        proposals: Vec<(usize, u64, blake3::Hasher)>,
+    ) -> Result<Vec<ResumeAt>, TransferError> {
         if self.state != RxState::AwaitDecision {
             return Err(TransferError::Unexpected("accept before the offer is complete"));
         }
         let mut wire = Vec::new();
         for (index, offset, hasher) in proposals.into_iter().take(MAX_RESUME) {
-            let ok = self.entries.get(index).is_some_and(|e| {
-                e.kind == EntryKind::File && e.size != UNKNOWN_SIZE && offset <= e.size && offset > 0
-            });
+            let ok = index >= from
+                && self.entries.get(index).is_some_and(|e| {
+                    e.kind == EntryKind::File && e.size != UNKNOWN_SIZE && offset <= e.size && offset > 0
+                });
             let Ok(idx32) = u32::try_from(index) else { continue };
             if ok && !self.resume.contains_key(&index) {
                 wire.push(ResumeAt {
@@ -593,9 +734,9 @@ impl Receiver {
             }
         }
         self.state = RxState::Receiving;
-        self.current = 0;
+        self.current = from.min(self.entries.len());
         self.skip_dirs();
-        Ok(Message::Accept(wire).to_vec())
+        Ok(wire)
     }
 
     /// Declines the offer; returns the message to send.
@@ -831,7 +972,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn file(path: &str, size: u64) -> Entry {
+    pub(super) fn file(path: &str, size: u64) -> Entry {
         Entry {
             kind: EntryKind::File,
             executable: false,
@@ -840,7 +981,7 @@ mod tests {
         }
     }
 
-    fn dir(path: &str) -> Entry {
+    pub(super) fn dir(path: &str) -> Entry {
         Entry {
             kind: EntryKind::Dir,
             executable: false,
@@ -884,6 +1025,29 @@ mod tests {
             "04000000010000000200000000000000".to_owned() + "05"
         );
         assert_eq!(hex::encode(Message::Skip(9).to_vec()), "0b0000000000000009");
+        let hints = Message::Hints {
+            direct: true,
+            addrs: vec!["10.0.0.1:9".parse().unwrap(), "[::1]:258".parse().unwrap()],
+        };
+        assert_eq!(
+            hex::encode(hints.to_vec()),
+            "0e0102040a000001000906000000000000000000000000000000010102"
+        );
+        assert_eq!(Message::decode(&hints.to_vec()).unwrap(), hints);
+        assert!(Message::decode(&[0x0e, 2, 0]).is_err());
+        assert!(Message::decode(&[0x0e, 1, 17]).is_err());
+        assert!(Message::decode(&[0x0e, 1, 1, 5, 0, 0, 0, 0, 0, 0]).is_err());
+        assert_eq!(Message::Use.to_vec(), [0x0f]);
+        assert_eq!(
+            hex::encode(
+                Message::Continue {
+                    from: 3,
+                    resume: vec![]
+                }
+                .to_vec()
+            ),
+            "100000000300000000"
+        );
         // A resume list longer than its bytes is refused before allocating.
         assert!(Message::decode(&[4, 0, 0, 0x0f, 0xff]).is_err());
         assert_eq!(hex::encode(Message::Reject("no".into()).to_vec()), "0500026e6f");
@@ -1057,6 +1221,9 @@ mod tests {
                 Message::Accept(vec![ResumeAt { index: n as u32, offset: t, prefix: h }]),
                 Message::Skip(t),
                 Message::OfferEnd, Message::Accept(vec![]), Message::Done, Message::Ack, Message::Keepalive, Message::ZData(&data),
+                Message::Use,
+                Message::Continue { from: n as u32, resume: vec![ResumeAt { index: t as u32, offset: n, prefix: h }] },
+                Message::Hints { direct: n % 2 == 0, addrs: vec![std::net::SocketAddr::new(std::net::Ipv6Addr::from(h[..16].try_into().unwrap_or([0u8; 16])).into(), t as u16), std::net::SocketAddr::from((std::net::Ipv4Addr::from(n as u32), 7))] },
             ];
             for m in msgs {
                 let enc = m.to_vec();
@@ -1118,6 +1285,46 @@ mod resume_tests {
         let end = Message::FileEnd(*blake3::hash(data).as_bytes()).to_vec();
         assert_eq!(rx.handle(&end).unwrap(), RxEvent::FileVerified { index: 0 });
         assert_eq!(rx.received(), (data.len() - 6) as u64);
+    }
+
+    #[test]
+    fn continue_skips_finished_files_and_resumes_the_one_in_flight() {
+        let mut rx = Receiver::new();
+        let entries = vec![
+            tests::file("a", 3),
+            tests::dir("d"),
+            tests::file("d/b", 10),
+            tests::file("c", 2),
+        ];
+        for rec in offer_records(OfferKind::Files, &entries) {
+            rx.handle(&rec).unwrap();
+        }
+        assert!(rx.continue_from(5, vec![]).is_err());
+        let msg = rx
+            .continue_from(1, vec![(2, 6, prefix_hasher(b"012345"))])
+            .unwrap();
+        let Ok(Message::Continue { from: 1, resume }) = Message::decode(&msg) else {
+            panic!("not a Continue")
+        };
+        assert_eq!((resume.len(), resume[0].index, resume[0].offset), (1, 2, 6));
+        // The folder is skipped; the file in flight continues at 6.
+        assert_eq!(
+            rx.handle(&Message::Skip(6).to_vec()).unwrap(),
+            RxEvent::Resumed { index: 2, offset: 6 }
+        );
+        rx.handle(&Message::Data(b"6789").to_vec()).unwrap();
+        let h = *blake3::hash(b"0123456789").as_bytes();
+        assert_eq!(
+            rx.handle(&Message::FileEnd(h).to_vec()).unwrap(),
+            RxEvent::FileVerified { index: 2 }
+        );
+        rx.handle(&Message::Data(b"xy").to_vec()).unwrap();
+        let h = *blake3::hash(b"xy").as_bytes();
+        assert_eq!(
+            rx.handle(&Message::FileEnd(h).to_vec()).unwrap(),
+            RxEvent::FileVerified { index: 3 }
+        );
+        assert_eq!(rx.handle(&Message::Done.to_vec()).unwrap(), RxEvent::Finished);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,9 @@ use tokio::task::JoinHandle;
 
 use burrow_proto::api::{ChannelRequest, JoinRequest, MAX_WAIT_MS, Role, decode_json};
 use burrow_proto::channels::{ApiError, ChannelTable, TableConfig};
-use burrow_proto::staple::{MAX_HELLO_LEN, STAPLE_MAGIC, StapleHello, StapleReply};
+use burrow_proto::staple::{
+    MAX_HELLO_LEN, STAPLE_MAGIC, StapleHello, StapleReply, TOKEN_HELLO_LEN, TOKEN_MAGIC, TokenHello,
+};
 
 use crate::http;
 use crate::metrics::Metrics;
@@ -54,8 +56,16 @@ struct Shared {
     table: Mutex<ChannelTable>,
     notify: Mutex<HashMap<String, Arc<Notify>>>,
     /// First stapling connection of a channel, waiting for its partner.
-    pending: Mutex<HashMap<String, (Role, oneshot::Sender<TcpStream>)>>,
+    pending: Mutex<HashMap<String, Pending>>,
+    /// Ids for pending entries, so a replaced waiter never removes its successor.
+    next_id: AtomicU64,
     metrics: Metrics,
+}
+
+struct Pending {
+    role: Role,
+    id: u64,
+    tx: oneshot::Sender<TcpStream>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -71,6 +81,27 @@ impl Shared {
     fn wake(&self, channel: &str) {
         if let Some(n) = lock(&self.notify).get(channel) {
             n.notify_waiters();
+        }
+    }
+
+    /// Registers a waiting connection under `key`; returns its id and receiver.
+    fn wait_under(
+        &self,
+        pending: &mut HashMap<String, Pending>,
+        key: &str,
+        role: Role,
+    ) -> (u64, oneshot::Receiver<TcpStream>) {
+        let (tx, rx) = oneshot::channel();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        pending.insert(key.to_owned(), Pending { role, id, tx });
+        (id, rx)
+    }
+
+    /// Forgets the waiting connection `id` (and only it).
+    fn forget(&self, key: &str, id: u64) {
+        let mut p = lock(&self.pending);
+        if p.get(key).is_some_and(|w| w.id == id) {
+            p.remove(key);
         }
     }
 
@@ -126,6 +157,7 @@ impl Relay {
                 cfg,
                 notify: Mutex::new(HashMap::new()),
                 pending: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(0),
                 metrics: Metrics::default(),
             }),
         })
@@ -214,6 +246,8 @@ async fn handle_connection(shared: Arc<Shared>, mut stream: TcpStream, ip: IpAdd
         handle_http(&shared, stream, ip, head.to_vec()).await;
     } else if &head == STAPLE_MAGIC {
         handle_staple(shared, stream, ip).await;
+    } else if &head == TOKEN_MAGIC {
+        handle_token(shared, stream).await;
     } else {
         shared.metrics.error("unknown_protocol");
         // Say why in the one format a confused client is most likely to read.
@@ -439,21 +473,20 @@ async fn handle_staple(shared: Arc<Shared>, mut stream: TcpStream, ip: IpAddr) {
     // Pair with a waiting partner, or wait to be paired.
     enum Next {
         Pair(oneshot::Sender<TcpStream>),
-        Wait(oneshot::Receiver<TcpStream>),
+        Wait(u64, oneshot::Receiver<TcpStream>),
         Duplicate,
     }
     let next = {
         let mut pending = lock(&shared.pending);
         match pending.remove(&ch) {
-            Some((role, tx)) if role != ticket.role => Next::Pair(tx),
+            Some(w) if w.role != ticket.role => Next::Pair(w.tx),
             Some(other) => {
                 pending.insert(ch.clone(), other);
                 Next::Duplicate
             }
             None => {
-                let (tx, rx) = oneshot::channel();
-                pending.insert(ch.clone(), (ticket.role, tx));
-                Next::Wait(rx)
+                let (id, rx) = shared.wait_under(&mut pending, &ch, ticket.role);
+                Next::Wait(id, rx)
             }
         }
     };
@@ -464,7 +497,7 @@ async fn handle_staple(shared: Arc<Shared>, mut stream: TcpStream, ip: IpAddr) {
                 refuse(&shared, &mut back, "staple_timeout", "the other peer is gone").await;
             }
         }
-        Next::Wait(rx) => wait_for_partner(shared, stream, ch, rx).await,
+        Next::Wait(id, rx) => wait_for_partner(shared, stream, ch, true, (id, rx)).await,
         Next::Duplicate => {
             refuse(
                 &shared,
@@ -477,18 +510,57 @@ async fn handle_staple(shared: Arc<Shared>, mut stream: TcpStream, ip: IpAddr) {
     }
 }
 
-fn hex_uuid(u: &[u8; 16]) -> String {
+/// A reconnecting pair: no channel, just a token both peers derived from
+/// their session key. The newest connection per token and role waits; the
+/// first of the other role staples to it.
+async fn handle_token(shared: Arc<Shared>, mut stream: TcpStream) {
+    let mut buf = [0u8; TOKEN_HELLO_LEN];
+    buf[..4].copy_from_slice(TOKEN_MAGIC);
+    let read = tokio::time::timeout(shared.cfg.handshake_timeout, stream.read_exact(&mut buf[4..])).await;
+    let hello = match read {
+        Ok(Ok(_)) => match TokenHello::decode(&buf) {
+            Ok(Some((h, _))) => h,
+            _ => return refuse(&shared, &mut stream, "bad_hello", "malformed token hello").await,
+        },
+        Ok(Err(_)) => return refuse(&shared, &mut stream, "bad_hello", "closed during hello").await,
+        Err(_) => return refuse(&shared, &mut stream, "timeout", "hello not received in time").await,
+    };
+    // Channel names never contain ':', so token keys cannot collide with them.
+    let key = format!("t:{}", hex_uuid(&hello.token));
+    let next = {
+        let mut pending = lock(&shared.pending);
+        match pending.remove(&key) {
+            Some(w) if w.role != hello.role => Err(w.tx),
+            // A newer connection of the same side replaces the waiting one
+            // (whose wait then ends as expired).
+            _ => Ok(shared.wait_under(&mut pending, &key, hello.role)),
+        }
+    };
+    match next {
+        Err(tx) => {
+            if let Err(mut back) = tx.send(stream) {
+                refuse(&shared, &mut back, "staple_timeout", "the other peer is gone").await;
+            }
+        }
+        Ok(waiter) => wait_for_partner(shared, stream, key, false, waiter).await,
+    }
+}
+
+fn hex_uuid(u: &[u8]) -> String {
     u.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Waits for the partner under `ch` (a channel, or a token key when
+/// `in_table` is false), then pipes.
 async fn wait_for_partner(
     shared: Arc<Shared>,
     mut stream: TcpStream,
     ch: String,
-    rx: oneshot::Receiver<TcpStream>,
+    in_table: bool,
+    (id, rx): (u64, oneshot::Receiver<TcpStream>),
 ) {
     if stream.write_all(&StapleReply::Waiting.encode()).await.is_err() {
-        lock(&shared.pending).remove(&ch);
+        shared.forget(&ch, id);
         return;
     }
     // Wait for the partner, but notice if this peer hangs up meanwhile (so
@@ -517,16 +589,16 @@ async fn wait_for_partner(
     let partner = match waited {
         Ok(Waited::Partner(p)) => p,
         Ok(Waited::Gone) => {
-            lock(&shared.pending).remove(&ch);
+            shared.forget(&ch, id);
             shared.metrics.error("staple_gone");
             return;
         }
         Ok(Waited::Chatter) => {
-            lock(&shared.pending).remove(&ch);
+            shared.forget(&ch, id);
             return refuse(&shared, &mut stream, "bad_hello", "bytes sent before stapling").await;
         }
         Ok(Waited::Expired) | Err(_) => {
-            lock(&shared.pending).remove(&ch);
+            shared.forget(&ch, id);
             return refuse(
                 &shared,
                 &mut stream,
@@ -536,8 +608,10 @@ async fn wait_for_partner(
             .await;
         }
     };
-    lock(&shared.table).set_stapled(Instant::now(), &ch);
-    shared.wake(&ch);
+    if in_table {
+        lock(&shared.table).set_stapled(Instant::now(), &ch);
+        shared.wake(&ch);
+    }
     shared.metrics.staples_total.fetch_add(1, Ordering::Relaxed);
     shared.metrics.staples_active.fetch_add(1, Ordering::Relaxed);
     let mut partner = partner;
@@ -546,8 +620,10 @@ async fn wait_for_partner(
         pipe(&shared, stream, partner).await;
     }
     shared.metrics.staples_active.fetch_sub(1, Ordering::Relaxed);
-    lock(&shared.table).close(Instant::now(), &ch, "the relay connection ended");
-    shared.wake(&ch);
+    if in_table {
+        lock(&shared.table).close(Instant::now(), &ch, "the relay connection ended");
+        shared.wake(&ch);
+    }
 }
 
 /// Copies bytes both ways until both directions are finished. End of stream

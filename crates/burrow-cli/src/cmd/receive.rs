@@ -2,6 +2,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use burrow_node::{Code, Error, Sink, Transfer, escape_display};
 
@@ -36,6 +37,9 @@ pub async fn run(args: ReceiveArgs, cfg: &Config) -> Result<(), Error> {
     let t = Transfer::builder()
         .relay(relay)
         .overwrite(args.overwrite)
+        .idle_timeout(args.timeout.duration())
+        .relay_only(args.path.relay_only || cfg.relay_only.unwrap_or(false))
+        .reconnect_for(Duration::from_secs(args.path.reconnect))
         .build()?;
     let mode = Mode::detect(args.json);
     let ui = Ui::new(mode, None, args.yes, args.overwrite);

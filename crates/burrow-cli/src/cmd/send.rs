@@ -15,6 +15,8 @@ pub async fn run(args: SendArgs, cfg: &Config) -> Result<(), Error> {
     let mut b = Transfer::builder()
         .relay(relay.clone())
         .idle_timeout(args.timeout.duration())
+        .relay_only(args.path.relay_only || cfg.relay_only.unwrap_or(false))
+        .reconnect_for(Duration::from_secs(args.path.reconnect))
         .exclude(args.exclude.clone())
         .compress(match args.compress {
             CompressArg::Auto => Compress::Auto,

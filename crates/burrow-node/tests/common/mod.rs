@@ -42,6 +42,9 @@ pub fn transfer(addr: &str) -> Transfer {
         .relay(addr)
         .step_timeout(Duration::from_secs(10))
         .idle_timeout(Duration::from_secs(10))
+        // This machine has a real interface: only namespace tests may use direct paths.
+        .relay_only(true)
+        .reconnect_for(Duration::ZERO)
         .build()
         .unwrap()
 }

@@ -1,0 +1,167 @@
+//! Paths, tested where the addresses burrow advertises are only the test's
+//! own: every process runs inside network namespaces this test creates
+//! (`ip netns` + veth pairs), never on the host's interfaces.
+//!
+//! ```text
+//!   sender (A) ── 10.91.1.0/24 ── relay (R) ── 10.91.2.0/24 ── receiver (B)
+//!        └──────────────── 10.91.3.0/24 (only in the "direct" layout) ──┘
+//! ```
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+
+/// Sender, relay and receiver namespaces; the A–B link only if `direct`.
+struct Lan {
+    a: Netns,
+    r: Netns,
+    b: Netns,
+}
+
+fn layout(tag: &str, direct: bool) -> Lan {
+    let (a, r, b) = (
+        Netns::new(&format!("{tag}a")),
+        Netns::new(&format!("{tag}r")),
+        Netns::new(&format!("{tag}b")),
+    );
+    veth(&a, "10.91.1.1/24", &r, "10.91.1.2/24");
+    veth(&b, "10.91.2.1/24", &r, "10.91.2.2/24");
+    if direct {
+        veth(&a, "10.91.3.1/24", &b, "10.91.3.2/24");
+    }
+    Lan { a, r, b }
+}
+
+/// Sends `file` from A to B through the relay in R; returns the
+/// `connected` paths the sender and receiver reported.
+fn transfer(lan: &Lan, home: &Path, file: &Path, dst: &Path, extra: &[&str]) -> (String, String) {
+    let mut c = lan.r.burrow(home);
+    c.args(["relay", "--listen", "0.0.0.0:9009"]);
+    let relay = spawn(c);
+    relay.line("burrow relay listening on");
+
+    let mut s = lan.a.burrow(home);
+    s.args(["send", "--json", "--relay", "10.91.1.2:9009"])
+        .args(extra)
+        .arg(file);
+    let sender = spawn_lines(s);
+    let code = sender.event("code", |_| true)["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let mut r = lan.b.burrow(home);
+    r.args(["receive", "--json", "--yes", "--relay", "10.91.2.2:9009", "--out"])
+        .arg(dst)
+        .args(extra)
+        .arg(&code);
+    let receiver = spawn_lines(r);
+    let rpath = receiver.event("connected", |_| true)["path"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let spath = sender.event("connected", |_| true)["path"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    receiver.event("done", |_| true);
+    sender.event("done", |_| true);
+    let (rc, err) = receiver.finish();
+    assert_eq!(rc, 0, "receiver: {err}");
+    let (rc, err) = sender.finish();
+    assert_eq!(rc, 0, "sender: {err}");
+    assert_eq!(hash(&dst.join(file.file_name().unwrap())), hash(file));
+    (spath, rpath)
+}
+
+fn data_file(dir: &Path, name: &str, len: usize) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, pseudo_random(len, name)).unwrap();
+    p
+}
+
+#[test]
+fn the_direct_path_wins_when_it_exists_and_relay_only_forces_the_relay() {
+    let lan = layout("d", true);
+    let home = tempfile::tempdir().unwrap();
+    let file = data_file(home.path(), "direct.bin", 4 << 20);
+
+    let dst = tempfile::tempdir().unwrap();
+    let paths = transfer(&lan, home.path(), &file, dst.path(), &[]);
+    assert_eq!(paths, ("direct".into(), "direct".into()));
+
+    let dst = tempfile::tempdir().unwrap();
+    let paths = transfer(&lan, home.path(), &file, dst.path(), &["--relay-only"]);
+    assert_eq!(paths, ("relay".into(), "relay".into()));
+}
+
+#[test]
+fn the_relay_carries_the_transfer_when_no_direct_path_exists() {
+    // Both sides advertise addresses, but neither can reach the other's.
+    let lan = layout("n", false);
+    let home = tempfile::tempdir().unwrap();
+    let file = data_file(home.path(), "relayed.bin", 4 << 20);
+    let dst = tempfile::tempdir().unwrap();
+    let paths = transfer(&lan, home.path(), &file, dst.path(), &[]);
+    assert_eq!(paths, ("relay".into(), "relay".into()));
+}
+
+#[test]
+fn a_relay_restart_mid_transfer_is_survived_by_reconnecting() {
+    // One namespace, its loopback shaped so that the transfer takes a while.
+    let ns = Netns::new("rc");
+    ns.ip(&["link", "set", "lo", "mtu", "1500"]);
+    ns.exec(
+        "tc",
+        &[
+            "qdisc", "add", "dev", "lo", "root", "tbf", "rate", "300mbit", "burst", "64kb", "latency",
+            "200ms",
+        ],
+    );
+    let home = tempfile::tempdir().unwrap();
+    let size = 24 << 20;
+    let file = data_file(home.path(), "big.bin", size);
+    let start_relay = || {
+        let mut c = ns.burrow(home.path());
+        c.args(["relay", "--listen", "127.0.0.1:9009"]);
+        let p = spawn(c);
+        p.line("burrow relay listening on");
+        p
+    };
+    let relay = start_relay();
+    let mut s = ns.burrow(home.path());
+    s.args(["send", "--json", "--relay", "127.0.0.1:9009"]).arg(&file);
+    let sender = spawn_lines(s);
+    let code = sender.event("code", |_| true)["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let dst = tempfile::tempdir().unwrap();
+    let mut r = ns.burrow(home.path());
+    r.args(["receive", "--json", "--yes", "--relay", "127.0.0.1:9009", "--out"])
+        .arg(dst.path())
+        .arg(&code);
+    let receiver = spawn_lines(r);
+    receiver.event("progress", |v| {
+        v["done"].as_u64().unwrap_or(0) > (size as u64) / 5
+    });
+    drop(relay); // SIGKILL: every connection through it breaks at once
+    std::thread::sleep(Duration::from_millis(300));
+    let _relay = start_relay();
+    let why = receiver.event("reconnecting", |_| true);
+    assert!(why["reason"].as_str().unwrap().contains("lost"), "{why}");
+    sender.event("reconnecting", |_| true);
+    let again = receiver.event("connected", |_| true);
+    assert_eq!(again["path"], "relay");
+    let done = receiver.event("done", |_| true);
+    // Verified bytes were not sent again.
+    assert_eq!(done["bytes"].as_u64(), Some(size as u64), "{done}");
+    let (rc, err) = receiver.finish();
+    assert_eq!(rc, 0, "receiver: {err}");
+    let (rc, err) = sender.finish();
+    assert_eq!(rc, 0, "sender: {err}");
+    assert_eq!(hash(&dst.path().join("big.bin")), hash(&file));
+}

@@ -1,0 +1,514 @@
+//! Paths between two peers that share a session key: the relay connection
+//! from the rendezvous, direct TCP connections raced against it, and new
+//! connections after a drop (reconnect).
+//!
+//! ```text
+//! relay connection (from the rendezvous)
+//!   Noise NNpsk0 handshake (prologue: the channel)
+//!   both: Hints{direct allowed, listen addresses}
+//! if both allow direct paths and one side has addresses:
+//!   both dial every address of the other and accept on their listener;
+//!   each TCP connection runs its own handshake (prologue "direct")
+//! sender: the first direct connection whose handshake completes wins; the
+//!   relay connection only after RELAY_DELAY, or once no direct attempt is
+//!   left; it sends `Use` as its first record on the winner
+//! receiver: takes the first connection that delivers `Use`
+//! ```
+//!
+//! A reconnect is the same race with the relay leg replaced by a token
+//! staple ([`TokenHello`]): the token and the handshakes are derived from
+//! the session key, so only the two peers can complete them, and the relay
+//! needs no memory of the channel (it may have restarted).
+//!
+//! Everything here is bounded in time; losers are aborted when a winner is
+//! chosen. The winner is handed to the blocking engine as a std socket with
+//! its Noise halves; nothing was read past the `Use` record.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use burrow_proto::api::Role;
+use burrow_proto::pake::SessionKey;
+use burrow_proto::session::{Handshake, LEN_PREFIX, MAX_PLAINTEXT, Opener, Sealer};
+use burrow_proto::staple::TokenHello;
+use burrow_proto::transfer::{MAX_HINTS, Message};
+
+use crate::error::Error;
+use crate::relay_client::RelayClient;
+
+/// How long the sender holds a ready relay connection back while direct
+/// attempts are still under way (magic-wormhole waits 2 s; we wait 1).
+pub const RELAY_DELAY: Duration = Duration::from_secs(1);
+/// One direct TCP connect, handshake included.
+const DIRECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// One reconnect attempt, before backing off and trying again.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Backoff between reconnect attempts: doubles from the first to the last.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(4));
+/// Direct connections handshaking at once on the listener (others are dropped).
+const MAX_INCOMING: usize = 32;
+/// Handshake prologue context for direct connections.
+const DIRECT_CONTEXT: &str = "direct";
+/// Handshake prologue context for reconnects through the relay.
+const RECONNECT_CONTEXT: &str = "reconnect";
+/// Token derivation label (BLAKE3 derive_key).
+const TOKEN_LABEL: &str = "burrow v1 reconnect token";
+
+/// Which way the session's bytes go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathKind {
+    /// Through the relay.
+    Relay,
+    /// A TCP connection straight to the other peer.
+    Direct,
+}
+
+impl PathKind {
+    /// `"relay"` or `"direct"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PathKind::Relay => "relay",
+            PathKind::Direct => "direct",
+        }
+    }
+}
+
+/// An authenticated connection, ready for the engine.
+pub(crate) struct Conn {
+    pub stream: std::net::TcpStream,
+    pub sealer: Sealer,
+    pub opener: Opener,
+    pub kind: PathKind,
+}
+
+/// A connection during the race (still async).
+struct Live {
+    stream: TcpStream,
+    sealer: Sealer,
+    opener: Opener,
+    kind: PathKind,
+}
+
+impl Live {
+    fn into_conn(self) -> Result<Conn, Error> {
+        let stream = self.stream.into_std().map_err(Error::ConnectionLost)?;
+        Ok(Conn {
+            stream,
+            sealer: self.sealer,
+            opener: self.opener,
+            kind: self.kind,
+        })
+    }
+}
+
+/// One candidate's outcome during a race.
+enum Cand {
+    /// A direct connection finished its handshake (and, on the receiver,
+    /// delivered `Use`).
+    Direct(Live),
+    /// A direct attempt (a dial) failed.
+    DialFailed,
+    /// The relay leg is ready (receiver: delivered `Use`), or failed.
+    Relay(Result<Live, Error>),
+}
+
+/// Everything needed to (re)connect to the other peer within one session.
+pub(crate) struct Paths {
+    key: Arc<SessionKey>,
+    role: Role,
+    relay: RelayClient,
+    listener: Option<Arc<TcpListener>>,
+    my_addrs: Vec<SocketAddr>,
+    peer_addrs: Vec<SocketAddr>,
+    /// Both sides take part in direct paths.
+    direct: bool,
+    /// Bound on each handshake read.
+    io_timeout: Duration,
+}
+
+/// The addresses of this machine's interfaces that another machine could
+/// dial: not loopback, not link-local, not unspecified.
+pub fn local_addresses() -> Vec<IpAddr> {
+    let Ok(ifs) = if_addrs::get_if_addrs() else {
+        return Vec::new();
+    };
+    let mut out: Vec<IpAddr> = ifs
+        .into_iter()
+        .map(|i| i.ip())
+        .filter(|ip| match ip {
+            IpAddr::V4(v4) => !(v4.is_loopback() || v4.is_link_local() || v4.is_unspecified()),
+            IpAddr::V6(v6) => {
+                !(v6.is_loopback() || v6.is_unspecified() || v6.is_unicast_link_local() || v6.is_multicast())
+            }
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+async fn bind_listener() -> Option<TcpListener> {
+    // One dual-stack socket if the host has IPv6, else IPv4 only.
+    if let Ok(l) = TcpListener::bind((Ipv6Addr::UNSPECIFIED, 0)).await {
+        return Some(l);
+    }
+    TcpListener::bind(("0.0.0.0", 0)).await.ok()
+}
+
+fn timeout_err(what: &str) -> Error {
+    Error::Timeout(format!("the other side did not answer during {what}"))
+}
+
+async fn read_exact_or_lost(s: &mut TcpStream, buf: &mut [u8]) -> Result<(), Error> {
+    s.read_exact(buf).await.map(|_| ()).map_err(Error::ConnectionLost)
+}
+
+/// Runs the Noise handshake on an async stream (the sender initiates).
+async fn handshake(
+    s: &mut TcpStream,
+    key: &SessionKey,
+    context: &str,
+    initiator: bool,
+    limit: Duration,
+) -> Result<(Sealer, Opener), Error> {
+    let run = async {
+        let read_frame = async |s: &mut TcpStream| -> Result<Vec<u8>, Error> {
+            let mut len = [0u8; LEN_PREFIX];
+            read_exact_or_lost(s, &mut len).await?;
+            let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            read_exact_or_lost(s, &mut msg).await?;
+            Ok(msg)
+        };
+        let t = if initiator {
+            let mut hs = Handshake::initiator(key, context)?;
+            s.write_all(&hs.write_message()?)
+                .await
+                .map_err(Error::ConnectionLost)?;
+            hs.read_message(&read_frame(s).await?)?;
+            hs.into_transport()?
+        } else {
+            let mut hs = Handshake::responder(key, context)?;
+            hs.read_message(&read_frame(s).await?)?;
+            s.write_all(&hs.write_message()?)
+                .await
+                .map_err(Error::ConnectionLost)?;
+            hs.into_transport()?
+        };
+        Ok::<_, Error>(t.split())
+    };
+    tokio::time::timeout(limit, run)
+        .await
+        .map_err(|_| timeout_err("the handshake"))?
+}
+
+/// Sends one record.
+async fn send_record(s: &mut TcpStream, sealer: &mut Sealer, msg: &[u8]) -> Result<(), Error> {
+    let mut out = Vec::with_capacity(msg.len() + 64);
+    sealer.seal(msg, &mut out)?;
+    s.write_all(&out).await.map_err(Error::ConnectionLost)
+}
+
+/// Reads one record, exactly (nothing after it is consumed), skipping keepalives.
+async fn read_record(s: &mut TcpStream, opener: &mut Opener, limit: Duration) -> Result<Vec<u8>, Error> {
+    let run = async {
+        loop {
+            let mut len = [0u8; LEN_PREFIX];
+            read_exact_or_lost(s, &mut len).await?;
+            let mut ct = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            read_exact_or_lost(s, &mut ct).await?;
+            let mut plain = vec![0u8; MAX_PLAINTEXT.max(ct.len())];
+            let n = opener.open(&ct, &mut plain)?;
+            plain.truncate(n);
+            if plain != Message::Keepalive.to_vec() {
+                return Ok(plain);
+            }
+        }
+    };
+    tokio::time::timeout(limit, run)
+        .await
+        .map_err(|_| timeout_err("path setup"))?
+}
+
+/// The receiver's side of a candidate: after the handshake, wait for `Use`.
+async fn await_use(mut live: Live, limit: Duration) -> Result<Live, Error> {
+    let rec = read_record(&mut live.stream, &mut live.opener, limit).await?;
+    match Message::decode(&rec) {
+        Ok(Message::Use) => Ok(live),
+        Ok(Message::Error(m)) => Err(Error::PeerClosed(burrow_proto::transfer::escape_display(&m))),
+        _ => Err(Error::Protocol("expected the sender's path choice".into())),
+    }
+}
+
+/// One direct connection: handshake (the sender initiates whoever dialed),
+/// and on the receiver the wait for `Use`.
+async fn direct_leg(
+    mut s: TcpStream,
+    key: &SessionKey,
+    sender: bool,
+    limit: Duration,
+) -> Result<Live, Error> {
+    let _ = s.set_nodelay(true);
+    let (sealer, opener) = handshake(&mut s, key, DIRECT_CONTEXT, sender, limit).await?;
+    let live = Live {
+        stream: s,
+        sealer,
+        opener,
+        kind: PathKind::Direct,
+    };
+    if sender {
+        Ok(live)
+    } else {
+        await_use(live, limit).await
+    }
+}
+
+impl Paths {
+    /// Prepares paths for one side of a session; binds the direct listener
+    /// unless `relay_only`.
+    pub async fn new(
+        key: SessionKey,
+        role: Role,
+        relay: RelayClient,
+        relay_only: bool,
+        io_timeout: Duration,
+    ) -> Self {
+        let listener = if relay_only {
+            None
+        } else {
+            bind_listener().await.map(Arc::new)
+        };
+        let my_addrs = match &listener {
+            Some(l) => {
+                let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
+                let v6 = l.local_addr().is_ok_and(|a| a.is_ipv6());
+                local_addresses()
+                    .into_iter()
+                    .filter(|ip| v6 || ip.is_ipv4())
+                    .take(MAX_HINTS)
+                    .map(|ip| SocketAddr::new(ip, port))
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        Self {
+            key: Arc::new(key),
+            role,
+            relay,
+            listener,
+            my_addrs,
+            peer_addrs: Vec::new(),
+            direct: !relay_only,
+            io_timeout,
+        }
+    }
+
+    fn is_sender(&self) -> bool {
+        self.role == Role::Sender
+    }
+
+    /// Whether a direct race is worth starting.
+    fn racing(&self) -> bool {
+        self.direct && (!self.my_addrs.is_empty() || !self.peer_addrs.is_empty())
+    }
+
+    /// The first connection of the session: handshake on the stapled relay
+    /// connection, exchange hints, race direct paths against it.
+    pub async fn first(&mut self, mut relay: TcpStream, channel: &str) -> Result<Conn, Error> {
+        let sender = self.is_sender();
+        let (mut sealer, mut opener) =
+            handshake(&mut relay, &self.key, channel, sender, self.io_timeout).await?;
+        let hints = Message::Hints {
+            direct: self.direct,
+            addrs: self.my_addrs.clone(),
+        };
+        send_record(&mut relay, &mut sealer, &hints.to_vec()).await?;
+        let rec = read_record(&mut relay, &mut opener, self.io_timeout).await?;
+        match Message::decode(&rec) {
+            Ok(Message::Hints { direct, addrs }) => {
+                self.direct &= direct;
+                self.peer_addrs = addrs;
+            }
+            Ok(Message::Error(m)) => {
+                return Err(Error::PeerClosed(burrow_proto::transfer::escape_display(&m)));
+            }
+            _ => return Err(Error::Protocol("expected the other side's address hints".into())),
+        }
+        let relay = Live {
+            stream: relay,
+            sealer,
+            opener,
+            kind: PathKind::Relay,
+        };
+        let deadline = Instant::now() + self.io_timeout;
+        self.race(Some(relay), deadline).await
+    }
+
+    /// A new connection after a drop: races direct paths against a token
+    /// staple through the relay, attempt after attempt with backoff, until
+    /// `deadline`.
+    pub async fn reconnect(&mut self, deadline: Instant) -> Result<Conn, Error> {
+        let mut wait = BACKOFF.0;
+        loop {
+            let attempt_end = (Instant::now() + ATTEMPT_TIMEOUT).min(deadline);
+            let err = match self.race(None, attempt_end).await {
+                Ok(c) => return Ok(c),
+                Err(e) => e,
+            };
+            let now = Instant::now();
+            if now + wait >= deadline {
+                return Err(err);
+            }
+            tracing::debug!("reconnect attempt failed: {err}");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(BACKOFF.1);
+        }
+    }
+
+    /// One race. `relay`: the ready relay leg (first connection); without
+    /// it, a token staple through the relay is one of the candidates.
+    async fn race(&mut self, relay: Option<Live>, deadline: Instant) -> Result<Conn, Error> {
+        let sender = self.is_sender();
+        let (tx, mut rx) = mpsc::channel::<Cand>(16);
+        let mut tasks = JoinSet::new();
+        let racing = self.racing();
+        let mut dials = 0usize;
+        if racing {
+            for &addr in &self.peer_addrs {
+                dials += 1;
+                let (tx, key, limit) = (tx.clone(), self.key.clone(), self.io_timeout);
+                tasks.spawn(async move {
+                    let res = tokio::time::timeout(DIRECT_TIMEOUT, async {
+                        let s = TcpStream::connect(addr).await.map_err(Error::ConnectionLost)?;
+                        direct_leg(s, &key, sender, limit).await
+                    })
+                    .await;
+                    let _ = tx
+                        .send(match res {
+                            Ok(Ok(live)) => Cand::Direct(live),
+                            _ => Cand::DialFailed,
+                        })
+                        .await;
+                });
+            }
+            if let Some(l) = self.listener.clone() {
+                let (tx, key, limit) = (tx.clone(), self.key.clone(), self.io_timeout);
+                tasks.spawn(async move {
+                    // Children die with this task (their JoinSet is dropped).
+                    let mut children = JoinSet::new();
+                    while let Ok((s, _)) = l.accept().await {
+                        // Reap finished handshakes; strangers get a bounded share.
+                        while children.try_join_next().is_some() {}
+                        if children.len() >= MAX_INCOMING {
+                            continue;
+                        }
+                        let (tx, key) = (tx.clone(), key.clone());
+                        children.spawn(async move {
+                            let res =
+                                tokio::time::timeout(DIRECT_TIMEOUT, direct_leg(s, &key, sender, limit))
+                                    .await;
+                            if let Ok(Ok(live)) = res {
+                                let _ = tx.send(Cand::Direct(live)).await;
+                            }
+                        });
+                    }
+                });
+            }
+        }
+        // The relay leg.
+        let may_be_dialed = racing && !self.my_addrs.is_empty() && self.listener.is_some();
+        let mut relay_ready: Option<Live> = None;
+        let mut relay_pending = true;
+        match relay {
+            Some(live) if sender => relay_ready = Some(live),
+            Some(live) => {
+                let (tx, limit) = (tx.clone(), deadline.saturating_duration_since(Instant::now()));
+                tasks.spawn(async move {
+                    let _ = tx.send(Cand::Relay(await_use(live, limit).await)).await;
+                });
+            }
+            None => {
+                let (tx, key, relay, limit) =
+                    (tx.clone(), self.key.clone(), self.relay.clone(), self.io_timeout);
+                let hello = TokenHello {
+                    role: self.role,
+                    token: blake3::derive_key(TOKEN_LABEL, key.as_bytes()),
+                };
+                let wait = deadline.saturating_duration_since(Instant::now());
+                tasks.spawn(async move {
+                    let res = async {
+                        let mut s = relay.staple_token(&hello, wait).await?;
+                        let (sealer, opener) =
+                            handshake(&mut s, &key, RECONNECT_CONTEXT, sender, limit).await?;
+                        let live = Live {
+                            stream: s,
+                            sealer,
+                            opener,
+                            kind: PathKind::Relay,
+                        };
+                        if sender {
+                            Ok(live)
+                        } else {
+                            await_use(live, wait).await
+                        }
+                    }
+                    .await;
+                    let _ = tx.send(Cand::Relay(res)).await;
+                });
+            }
+        }
+        drop(tx);
+        let relay_at = tokio::time::Instant::now() + if racing { RELAY_DELAY } else { Duration::ZERO };
+        let mut last_err: Option<Error> = None;
+        let winner = loop {
+            let directs_left = dials > 0 || may_be_dialed;
+            if sender && relay_ready.is_some() && (!directs_left || tokio::time::Instant::now() >= relay_at) {
+                break relay_ready.take();
+            }
+            if !relay_pending && relay_ready.is_none() && !directs_left {
+                break None;
+            }
+            let ev = tokio::select! {
+                ev = rx.recv() => ev,
+                _ = tokio::time::sleep_until(relay_at), if sender && relay_ready.is_some() => continue,
+                _ = tokio::time::sleep_until(deadline.into()) => break None,
+            };
+            match ev {
+                Some(Cand::Direct(live)) => break Some(live),
+                Some(Cand::DialFailed) => dials = dials.saturating_sub(1),
+                Some(Cand::Relay(Ok(live))) => {
+                    relay_pending = false;
+                    if sender {
+                        relay_ready = Some(live);
+                    } else {
+                        break Some(live);
+                    }
+                }
+                Some(Cand::Relay(Err(e))) => {
+                    relay_pending = false;
+                    last_err = Some(e);
+                }
+                None => {
+                    // Every task is done and none won.
+                    if relay_ready.is_none() {
+                        break None;
+                    }
+                    dials = 0;
+                }
+            }
+        };
+        tasks.abort_all();
+        let Some(mut live) = winner else {
+            return Err(last_err.unwrap_or_else(|| timeout_err("reconnecting")));
+        };
+        if sender {
+            send_record(&mut live.stream, &mut live.sealer, &Message::Use.to_vec()).await?;
+        }
+        live.into_conn()
+    }
+}
