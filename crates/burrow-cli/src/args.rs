@@ -8,9 +8,10 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0  success
   1  other error
-  2  bad arguments or configuration (e.g. no relay configured)
+  2  bad arguments or configuration
   3  wrong code: the two sides typed different codes
-  4  the relay was unreachable or refused the request
+  4  the relay was unreachable or refused the request, or (no relay
+     configured) no sender was found on the local network
   5  the offer was declined
   6  integrity failure: data was altered in transit or did not match its hash
   7  local file problem (exists, no space, permissions)
@@ -59,7 +60,9 @@ pub enum Command {
 /// Where the relay is.
 #[derive(Debug, Args)]
 pub struct RelayOpt {
-    /// The relay, HOST[:PORT] (default port 9009). Falls back to BURROW_RELAY, then the config file.
+    /// The relay, HOST[:PORT] (default port 9009). Falls back to BURROW_RELAY, then the config
+    /// file. With none, the sender serves a relay itself and announces it on the local network
+    /// (UDP multicast), and the receiver finds it there.
     #[arg(long, env = "BURROW_RELAY", value_name = "ADDR")]
     pub relay: Option<String>,
 }
@@ -171,6 +174,10 @@ pub struct ReceiveArgs {
 
     #[command(flatten)]
     pub path: PathOpt,
+
+    /// With no relay configured: how many seconds to look for the sender on the local network.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    pub lan_wait: u64,
 
     /// Replace existing files with the same names without asking.
     #[arg(long)]

@@ -113,6 +113,8 @@ impl Observer for Ui {
                 Event::Connected { relay, path } => {
                     emit(json!({"event": "connected", "path": path.as_str(), "relay": relay}))
                 }
+                Event::LocalRelay { port } => emit(json!({"event": "local_relay", "port": port})),
+                Event::FoundOnLan { relay } => emit(json!({"event": "found", "relay": relay})),
                 Event::Reconnecting { reason, for_up_to } => emit(json!({
                     "event": "reconnecting", "reason": reason, "for_up_to_seconds": for_up_to.as_secs()
                 })),
@@ -155,6 +157,10 @@ impl Observer for Ui {
                     PathKind::Direct => eprintln!("connected directly (relay {relay} not used for data)"),
                     _ => eprintln!("connected through relay {relay}"),
                 },
+                Event::LocalRelay { port } => eprintln!(
+                    "no relay configured: serving one on port {port} and announcing it on the local network"
+                ),
+                Event::FoundOnLan { relay } => eprintln!("found the sender on the local network ({relay})"),
                 Event::Reconnecting { reason, for_up_to } => {
                     if let Some(b) = &self.bar {
                         b.suspend(|| {

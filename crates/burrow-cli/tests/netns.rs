@@ -165,3 +165,69 @@ fn a_relay_restart_mid_transfer_is_survived_by_reconnecting() {
     assert_eq!(rc, 0, "sender: {err}");
     assert_eq!(hash(&dst.path().join("big.bin")), hash(&file));
 }
+
+/// Sends with no relay configured from `a`, receives with none in `b`.
+fn lan_transfer(a: &Netns, b: &Netns, home: &Path, file: &Path) -> serde_json::Value {
+    let mut s = a.burrow(home);
+    s.args(["send", "--json"]).arg(file);
+    let sender = spawn_lines(s);
+    let port = sender.event("local_relay", |_| true)["port"].as_u64().unwrap();
+    let code = sender.event("code", |_| true)["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let dst = tempfile::tempdir().unwrap();
+    let mut r = b.burrow(home);
+    r.args(["receive", "--json", "--yes", "--out"])
+        .arg(dst.path())
+        .arg(&code);
+    let receiver = spawn_lines(r);
+    let found = receiver.event("found", |_| true);
+    assert!(
+        found["relay"].as_str().unwrap().ends_with(&format!(":{port}")),
+        "{found}"
+    );
+    let connected = receiver.event("connected", |_| true);
+    receiver.event("done", |_| true);
+    let (rc, err) = receiver.finish();
+    assert_eq!(rc, 0, "receiver: {err}");
+    let (rc, err) = sender.finish();
+    assert_eq!(rc, 0, "sender: {err}");
+    assert_eq!(hash(&dst.path().join(file.file_name().unwrap())), hash(file));
+    connected
+}
+
+#[test]
+fn with_no_relay_configured_the_sender_serves_one_and_the_lan_finds_it() {
+    let (a, b) = (Netns::new("la"), Netns::new("lb"));
+    veth(&a, "10.92.0.1/24", &b, "10.92.0.2/24");
+    let home = tempfile::tempdir().unwrap();
+    let file = data_file(home.path(), "lan.bin", 2 << 20);
+    // Across the LAN: found by multicast; then the direct path wins.
+    let c = lan_transfer(&a, &b, home.path(), &file);
+    assert_eq!(c["path"], "direct", "{c}");
+    assert_eq!(
+        c["relay"],
+        "10.92.0.1:".to_owned() + c["relay"].as_str().unwrap().rsplit(':').next().unwrap()
+    );
+    // On one machine with nothing but loopback: found through 127.0.0.1.
+    let solo = Netns::new("ls");
+    let c = lan_transfer(&solo, &solo, home.path(), &file);
+    assert_eq!(c["path"], "relay", "{c}");
+}
+
+#[test]
+fn with_no_relay_and_no_sender_the_receiver_says_so() {
+    let ns = Netns::new("ln");
+    let home = tempfile::tempdir().unwrap();
+    let mut r = ns.burrow(home.path());
+    r.args(["receive", "--yes", "--lan-wait", "2", "4242-abandon-ability-able"]);
+    let started = std::time::Instant::now();
+    let (rc, err) = spawn(r).finish();
+    assert_eq!(rc, 4, "{err}");
+    assert!(
+        err.contains("no sender for channel 4242 announced itself"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+}

@@ -47,13 +47,6 @@ impl ErrorKind {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// No relay was configured.
-    #[error(
-        "no relay configured: run one with `burrow relay` (on a machine both sides can reach) \
-         and pass it with --relay HOST:PORT, the BURROW_RELAY variable, or `relay = \"HOST:PORT\"` \
-         in the config file"
-    )]
-    NoRelay,
     /// A bad argument.
     #[error("{0}")]
     Usage(String),
@@ -65,6 +58,9 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
+    /// No relay configured, and no sender announced on the local network.
+    #[error("{0}")]
+    NotFound(String),
     /// The relay answered with an error.
     #[error("the relay refused: {message}")]
     Relay {
@@ -143,10 +139,11 @@ impl Error {
     /// The coarse kind.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::NoRelay | Error::Usage(_) => ErrorKind::Usage,
-            Error::RelayUnreachable { .. } | Error::Relay { .. } | Error::RelayProtocol(_) => {
-                ErrorKind::Relay
-            }
+            Error::Usage(_) => ErrorKind::Usage,
+            Error::RelayUnreachable { .. }
+            | Error::Relay { .. }
+            | Error::RelayProtocol(_)
+            | Error::NotFound(_) => ErrorKind::Relay,
             Error::WrongCode => ErrorKind::WrongCode,
             Error::Declined(_) => ErrorKind::Declined,
             Error::Integrity(_) => ErrorKind::Integrity,

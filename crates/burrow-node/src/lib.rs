@@ -30,6 +30,7 @@
 //! |---|---|
 //! | [`relay_client`] | HTTP API calls and the stapling connection |
 //! | [`rendezvous`] | seed 001 steps 1–17 for each side |
+//! | [`lan`] | no relay configured: serve one and announce it, or find one |
 //! | [`paths`] | relay and direct connections, the race between them, reconnects |
 //! | [`record`] | blocking record I/O |
 //! | [`files`] | what a sender offers, where a receiver writes |
@@ -42,6 +43,7 @@
 mod engine;
 pub mod error;
 pub mod files;
+pub mod lan;
 pub mod paths;
 pub mod record;
 pub mod relay_client;
@@ -115,6 +117,17 @@ pub enum Event {
     Code(String),
     /// Items skipped while collecting files (links, special files).
     Skipped(Vec<String>),
+    /// Sender, no relay configured: a relay is served on this port of every
+    /// interface and announced on the local network.
+    LocalRelay {
+        /// The TCP port.
+        port: u16,
+    },
+    /// Receiver, no relay configured: the sender's relay, found on the LAN.
+    FoundOnLan {
+        /// Its address.
+        relay: String,
+    },
     /// Both sides are connected (again, after [`Event::Reconnecting`]).
     Connected {
         /// The relay address.
@@ -231,7 +244,9 @@ pub struct ReceiveReport {
 /// A configured transfer endpoint. Build it with [`Transfer::builder`].
 #[derive(Debug, Clone)]
 pub struct Transfer {
-    relay: RelayClient,
+    /// None: LAN mode (serve a relay and announce it, or find one).
+    relay: Option<RelayClient>,
+    bind: Option<IpAddr>,
     code: Option<Code>,
     overwrite: bool,
     rendezvous: RendezvousOptions,
@@ -240,6 +255,7 @@ pub struct Transfer {
     compress: Compress,
     relay_only: bool,
     reconnect_for: Duration,
+    discover_for: Duration,
 }
 
 /// Builder for [`Transfer`].
@@ -256,6 +272,7 @@ pub struct TransferBuilder {
     compress: Compress,
     relay_only: bool,
     reconnect_for: Option<Duration>,
+    discover_for: Option<Duration>,
 }
 
 /// Default for [`TransferBuilder::reconnect_for`].
@@ -269,6 +286,13 @@ impl TransferBuilder {
         self
     }
 
+    /// Receiver without a relay: how long to listen for the sender's LAN
+    /// announcement (default 10 s).
+    pub fn discover_for(mut self, d: Duration) -> Self {
+        self.discover_for = Some(d);
+        self
+    }
+
     /// After a dropped connection, keep trying to connect again for this
     /// long (default 60 s; zero gives up at once).
     pub fn reconnect_for(mut self, d: Duration) -> Self {
@@ -276,7 +300,9 @@ impl TransferBuilder {
         self
     }
 
-    /// The relay, `HOST[:PORT]` (default port 9009).
+    /// The relay, `HOST[:PORT]` (default port 9009). Without one, a sender
+    /// serves a relay itself and announces it on the local network, and a
+    /// receiver looks for it there.
     pub fn relay(mut self, addr: impl Into<String>) -> Self {
         self.relay = Some(addr.into());
         self
@@ -334,13 +360,11 @@ impl TransferBuilder {
 
     /// Checks the settings.
     pub fn build(self) -> Result<Transfer, Error> {
-        let relay = self
-            .relay
-            .filter(|r| !r.trim().is_empty())
-            .ok_or(Error::NoRelay)?;
+        let relay = self.relay.filter(|r| !r.trim().is_empty());
         let d = RendezvousOptions::default();
         Ok(Transfer {
-            relay: RelayClient::new(&relay).bind(self.bind),
+            relay: relay.map(|r| RelayClient::new(&r).bind(self.bind)),
+            bind: self.bind,
             code: self.code,
             overwrite: self.overwrite,
             rendezvous: RendezvousOptions {
@@ -351,6 +375,7 @@ impl TransferBuilder {
             compress: self.compress,
             relay_only: self.relay_only,
             reconnect_for: self.reconnect_for.unwrap_or(DEFAULT_RECONNECT),
+            discover_for: self.discover_for.unwrap_or(lan::DISCOVER_TIMEOUT),
             idle_timeout: self
                 .idle_timeout
                 .unwrap_or(DEFAULT_IDLE_TIMEOUT)
@@ -408,12 +433,36 @@ impl Transfer {
                 true,
             ),
         };
-        let rv = rendezvous::sender(&self.relay, code, pick, &self.rendezvous, |c| {
+        // No relay configured: serve one here and announce it on the LAN.
+        let (relay, _local) = match &self.relay {
+            Some(r) => (r.clone(), None),
+            None => {
+                let h = lan::embedded_relay().await?;
+                let port = h.addr().port();
+                obs.event(Event::LocalRelay { port });
+                let client = RelayClient::new(&format!("127.0.0.1:{port}")).bind(self.bind);
+                (client, Some(h))
+            }
+        };
+        let mut announcer = None;
+        let mut announce_err = None;
+        let rv = rendezvous::sender(&relay, code, pick, &self.rendezvous, |c| {
+            if let Some(h) = &_local {
+                match lan::Announcer::start(h.addr().port(), c.channel()) {
+                    Ok(a) => announcer = Some(a),
+                    Err(e) => announce_err = Some(e),
+                }
+            }
             obs.event(Event::Code(c.reveal()));
         })
-        .await?;
+        .await;
+        drop(announcer);
+        if let Some(e) = announce_err {
+            tracing::warn!("{e}");
+        }
+        let rv = rv?;
         let handle = rv.handle.clone();
-        let res = self.drive_send(rv, payload, obs).await;
+        let res = self.drive_send(&relay, rv, payload, obs).await;
         if let Err(e) = &res {
             handle.close(&format!("sender failed: {e}")).await;
         }
@@ -422,15 +471,16 @@ impl Transfer {
 
     async fn drive_send<O: Observer + 'static>(
         &self,
+        relay: &RelayClient,
         rv: rendezvous::Rendezvous,
         mut payload: engine::Payload,
         mut obs: O,
     ) -> Result<SendReport, Error> {
-        let (mut paths, mut conn) = self.connect(rv, burrow_proto::api::Role::Sender).await?;
+        let (mut paths, mut conn) = self.connect(relay, rv, burrow_proto::api::Role::Sender).await?;
         let mut state = engine::SendState::default();
         loop {
             obs.event(Event::Connected {
-                relay: self.relay.addr().to_owned(),
+                relay: relay.addr().to_owned(),
                 path: conn.kind,
             });
             let (idle, compress) = (self.idle_timeout, self.compress);
@@ -453,17 +503,12 @@ impl Transfer {
     /// The session's first connection: the relay's, or a direct one that won the race.
     async fn connect(
         &self,
+        relay: &RelayClient,
         rv: rendezvous::Rendezvous,
         role: burrow_proto::api::Role,
     ) -> Result<(paths::Paths, paths::Conn), Error> {
-        let mut paths = paths::Paths::new(
-            rv.key,
-            role,
-            self.relay.clone(),
-            self.relay_only,
-            self.idle_timeout,
-        )
-        .await;
+        let mut paths =
+            paths::Paths::new(rv.key, role, relay.clone(), self.relay_only, self.idle_timeout).await;
         let conn = paths.first(rv.stream, &rv.channel).await?;
         Ok((paths, conn))
     }
@@ -495,11 +540,19 @@ impl Transfer {
         &self,
         code: &Code,
         sink: Sink,
-        obs: O,
+        mut obs: O,
     ) -> Result<ReceiveReport, Error> {
-        let rv = rendezvous::recipient(&self.relay, code, &self.rendezvous).await?;
+        let relay = match &self.relay {
+            Some(r) => r.clone(),
+            None => {
+                let found = lan::discover(code.channel(), self.discover_for).await?;
+                obs.event(Event::FoundOnLan { relay: found.clone() });
+                RelayClient::new(&found).bind(self.bind)
+            }
+        };
+        let rv = rendezvous::recipient(&relay, code, &self.rendezvous).await?;
         let handle = rv.handle.clone();
-        let res = self.drive_receive(rv, sink, obs).await;
+        let res = self.drive_receive(&relay, rv, sink, obs).await;
         // Step 18: the recipient closes the channel.
         match &res {
             Ok(_) => handle.close("transfer complete").await,
@@ -510,16 +563,19 @@ impl Transfer {
 
     async fn drive_receive<O: Observer + 'static>(
         &self,
+        relay: &RelayClient,
         rv: rendezvous::Rendezvous,
         sink: Sink,
         mut obs: O,
     ) -> Result<ReceiveReport, Error> {
-        let (mut paths, mut conn) = self.connect(rv, burrow_proto::api::Role::Recipient).await?;
+        let (mut paths, mut conn) = self
+            .connect(relay, rv, burrow_proto::api::Role::Recipient)
+            .await?;
         let mut state = engine::RecvState::default();
         let sink = std::sync::Arc::new(sink);
         loop {
             obs.event(Event::Connected {
-                relay: self.relay.addr().to_owned(),
+                relay: relay.addr().to_owned(),
                 path: conn.kind,
             });
             let (idle, overwrite, sink2) = (self.idle_timeout, self.overwrite, sink.clone());

@@ -28,7 +28,15 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("http_request", http_request),
     ("http_response", http_response),
     ("lobby_packet", lobby_packet),
+    ("lan_announce", lan_announce),
 ];
+
+/// The LAN announcement decoder: whatever decodes re-encodes to the same bytes.
+pub fn lan_announce(data: &[u8]) {
+    if let Ok(a) = crate::lan::Announce::decode(data) {
+        assert_eq!(a.encode(), data);
+    }
+}
 
 /// The stapling hello decoder.
 pub fn staple_hello(data: &[u8]) {

@@ -13,6 +13,7 @@
 //! | [`api`] | JSON bodies of the relay's HTTP API (seed 001) |
 //! | [`channels`] | the relay's channel table: joins, steps, limits, expiry |
 //! | [`http`] | the HTTP/1.1 subset of the relay API (request heads, responses) |
+//! | [`lan`] | LAN announcements of an embedded relay (no relay configured) |
 //! | [`lobby`] | the lobby packets of seed 003 (codec only, so far) |
 //! | [`staple`] | the stapling hello and reply (seed 001, steps 11–17) |
 //! | [`session`] | the Noise `NNpsk0` handshake and the AEAD record layer |
@@ -25,6 +26,7 @@ pub mod channels;
 pub mod code;
 pub mod fuzzing;
 pub mod http;
+pub mod lan;
 pub mod lobby;
 pub mod pake;
 pub mod session;

@@ -21,7 +21,8 @@ pub async fn run(args: ReceiveArgs, cfg: &Config) -> Result<(), Error> {
     };
     let code = Code::parse(typed.trim().trim_end_matches('-'))
         .map_err(|e| Error::Usage(format!("invalid code: {e}")))?;
-    let (relay, _) = super::resolve_relay(&args.relay, cfg).ok_or(Error::NoRelay)?;
+    // No relay configured: look for the sender on the local network.
+    let relay = super::resolve_relay(&args.relay, cfg);
     let sink = match &args.out {
         Some(p) if p == Path::new("-") => {
             if args.json {
@@ -34,9 +35,13 @@ pub async fn run(args: ReceiveArgs, cfg: &Config) -> Result<(), Error> {
         Some(p) => Sink::Dir(p.clone()),
         None => Sink::Auto(PathBuf::from(".")),
     };
-    let t = Transfer::builder()
-        .relay(relay)
+    let mut b = Transfer::builder();
+    if let Some((r, _)) = relay {
+        b = b.relay(r);
+    }
+    let t = b
         .overwrite(args.overwrite)
+        .discover_for(Duration::from_secs(args.lan_wait))
         .idle_timeout(args.timeout.duration())
         .relay_only(args.path.relay_only || cfg.relay_only.unwrap_or(false))
         .reconnect_for(Duration::from_secs(args.path.reconnect))

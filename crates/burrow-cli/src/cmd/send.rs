@@ -11,9 +11,9 @@ use crate::ui::{Mode, Ui};
 
 /// Runs `burrow send`.
 pub async fn run(args: SendArgs, cfg: &Config) -> Result<(), Error> {
-    let (relay, tell) = super::resolve_relay(&args.relay, cfg).ok_or(Error::NoRelay)?;
+    // No relay configured: LAN mode (a relay served here, announced on the network).
+    let relay = super::resolve_relay(&args.relay, cfg);
     let mut b = Transfer::builder()
-        .relay(relay.clone())
         .idle_timeout(args.timeout.duration())
         .relay_only(args.path.relay_only || cfg.relay_only.unwrap_or(false))
         .reconnect_for(Duration::from_secs(args.path.reconnect))
@@ -29,6 +29,9 @@ pub async fn run(args: SendArgs, cfg: &Config) -> Result<(), Error> {
             eprintln!("warning: this code is easy to guess; a generated code has 33 bits");
         }
         b = b.code(code);
+    }
+    if let Some((r, _)) = &relay {
+        b = b.relay(r.clone());
     }
     if let Some(w) = args.wait {
         b = b.wait_for_peer(Duration::from_secs(w));
@@ -46,7 +49,8 @@ pub async fn run(args: SendArgs, cfg: &Config) -> Result<(), Error> {
         }
         Source::Paths(args.paths)
     };
-    let mut ui = Ui::new(Mode::detect(args.json), tell.then_some(relay), false, false);
+    let hint = relay.and_then(|(r, tell)| tell.then_some(r));
+    let mut ui = Ui::new(Mode::detect(args.json), hint, false, false);
     ui.qr = args.qr;
     t.send(source, ui).await?;
     Ok(())
