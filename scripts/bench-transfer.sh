@@ -1,18 +1,25 @@
 #!/usr/bin/env bash
-# Benchmark: move one file from `burrow send` to `burrow receive` through a
-# local `burrow relay`, and in the same run the two baselines:
-#   plaintext  the same bytes through `socat -b 262144` used as a TCP forwarder
-#   wormhole   magic-wormhole (PyPI) with a local mailbox server and transit
-#              relay, both sides --no-listen so the transit relay carries the bytes
-# Prints MB/s for each, the ratios, and every burrow process's peak RSS.
-# Then, burrow alone: 20,000 files of 4 KiB (files/s) and the end-to-end time
-# of one 1 KiB file (median of 20).
+# Benchmark, all in one run:
+#  (a) relay path: one file from `burrow send --relay-only` to `burrow receive`
+#      through a local `burrow relay`, against
+#        plaintext  the same bytes through `socat -b 262144` as a TCP forwarder
+#        wormhole   magic-wormhole (PyPI) with a local mailbox server and transit
+#                   relay, both sides --no-listen so the transit relay carries the bytes
+#  (b) direct path: burrow with direct paths allowed (the race picks direct),
+#      against `iperf3` (plaintext, memory to memory) and magic-wormhole with
+#      its direct connection hints
+#  (c) 20,000 files of 4 KiB (files/s)
+#  (d) the end-to-end time of one 1 KiB file (median of 20)
+#  (e) resume: the receiver is killed halfway through, both sides run again
+#      with a new code; the bytes moved the second time, as a share of the file
+# Prints MB/s, the ratios, and every burrow process's peak RSS.
 #
 # Usage: scripts/bench-transfer.sh [SIZE_MIB]      (default 1024)
-# Runs itself inside a private network namespace (unshare --net, lo only), so
-# nothing is advertised to or reaches any other address. Data lives in
+# Runs itself inside a private network namespace (unshare --net: lo, plus a
+# veth interface 10.99.0.1 so that direct paths have an address to advertise),
+# so nothing is advertised to or reaches any other address. Data lives in
 # /dev/shm, so the page cache, not a disk, is what is measured.
-# Needs: socat, /usr/bin/time, python3 with magic-wormhole,
+# Needs: socat, iperf3, /usr/bin/time, python3 with magic-wormhole,
 # magic-wormhole-mailbox-server and magic-wormhole-transit-relay (pip install).
 set -euo pipefail
 
@@ -24,6 +31,10 @@ if [ -z "${BURROW_BENCH_IN_NS:-}" ]; then
     exec unshare --net env BURROW_BENCH_IN_NS=1 bash "$0" "$@"
 fi
 ip link set lo up
+ip link add bench0 type veth peer name bench1
+ip addr add 10.99.0.1/24 dev bench0
+ip link set bench0 up
+ip link set bench1 up
 
 BIN="$ROOT/target/release/burrow"
 WORK=$(mktemp -d /dev/shm/burrow-bench.XXXXXX)
@@ -34,6 +45,7 @@ cleanup() {
     rm -rf "$WORK"
 }
 trap cleanup EXIT
+trap 'echo "bench failed at line $LINENO" >&2; for f in r1-recv.err r2-recv.err r2-send.err r1-send.err; do [ -f "$f" ] && tail -3 "$f" >&2; done' ERR
 cd "$WORK"
 
 BYTES=$((SIZE_MIB * 1024 * 1024))
@@ -71,17 +83,36 @@ echo "plaintext (socat forwarder): $PLAIN MB/s"
 /usr/bin/time -v "$BIN" relay --listen 127.0.0.1:7100 2> relay.err & RP=$!; PIDS+=($RP)
 wait_for relay.err "listening on"
 mkdir -p out.burrow
-/usr/bin/time -v timeout 300 "$BIN" send --relay 127.0.0.1:7100 data.bin 2> send.err & SP=$!; PIDS+=($SP)
+/usr/bin/time -v timeout 300 "$BIN" send --relay-only --relay 127.0.0.1:7100 data.bin 2> send.err & SP=$!; PIDS+=($SP)
 wait_for send.err "^code:"
 CODE=$(grep '^code:' send.err | cut -d' ' -f2)
 t0=$(now)
-/usr/bin/time -v timeout 300 "$BIN" receive --relay 127.0.0.1:7100 --yes --out out.burrow "$CODE" 2> recv.err
+/usr/bin/time -v timeout 300 "$BIN" receive --relay-only --relay 127.0.0.1:7100 --yes --out out.burrow "$CODE" 2> recv.err
 wait "$SP"
 t1=$(now)
-pkill -TERM -P "$RP"; wait "$RP" || true
 check out.burrow/data.bin; rm -rf out.burrow
 BURROW=$(mbps "$t0" "$t1")
-echo "burrow via relay:            $BURROW MB/s   (peak RSS: sender $(rss send.err), receiver $(rss recv.err), relay $(rss relay.err))"
+echo "burrow via relay:            $BURROW MB/s   (peak RSS: sender $(rss send.err), receiver $(rss recv.err))"
+
+# --- direct: iperf3 baseline, then burrow with the race --------------------------
+iperf3 -s -1 -B 10.99.0.1 -p 7400 > iperf-s.log 2>&1 & IP=$!; PIDS+=($IP)
+sleep 0.3
+IPERF=$(iperf3 -c 10.99.0.1 -p 7400 -n "$BYTES" -J | python3 -c "import json,sys; print(f\"{json.load(sys.stdin)['end']['sum_received']['bits_per_second'] / 8e6:.0f}\")")
+wait "$IP" || true
+echo "plaintext direct (iperf3):   $IPERF MB/s"
+mkdir -p out.direct
+/usr/bin/time -v timeout 300 "$BIN" send --json --relay 127.0.0.1:7100 data.bin > dsend.json 2> dsend.err & SP=$!; PIDS+=($SP)
+wait_for dsend.json '"code"'
+CODE=$(python3 -c "import json; print(json.loads(open('dsend.json').readline())['code'])")
+t0=$(now)
+/usr/bin/time -v timeout 300 "$BIN" receive --json --relay 127.0.0.1:7100 --yes --out out.direct "$CODE" > drecv.json 2> drecv.err
+wait "$SP"
+t1=$(now)
+grep -q '"path":"direct"' drecv.json || { echo "the direct path did not win:" >&2; grep connected drecv.json >&2; exit 1; }
+check out.direct/data.bin; rm -rf out.direct
+DIRECT=$(mbps "$t0" "$t1")
+pkill -TERM -P "$RP"; wait "$RP" || true
+echo "burrow direct:               $DIRECT MB/s   (peak RSS: sender $(rss dsend.err), receiver $(rss drecv.err); relay over both runs $(rss relay.err))"
 
 # --- magic-wormhole through its transit relay -------------------------------
 timeout 600 twist wormhole-mailbox --port=tcp:7200:interface=127.0.0.1 > mailbox.log 2>&1 & M=$!; PIDS+=($M)
@@ -98,6 +129,16 @@ t1=$(now)
 check out.wh/data.bin; rm -rf out.wh
 WORM=$(mbps "$t0" "$t1")
 echo "magic-wormhole via transit:  $WORM MB/s"
+mkdir -p out.wh
+timeout 600 "${WH[@]}" send --hide-progress --code 8-bench-mark data.bin > whd-send.log 2>&1 & WS=$!; PIDS+=($WS)
+sleep 1
+t0=$(now)
+timeout 600 "${WH[@]}" receive --hide-progress --accept-file -o out.wh/data.bin 8-bench-mark > whd-recv.log 2>&1
+wait "$WS"
+t1=$(now)
+check out.wh/data.bin; rm -rf out.wh
+WORMD=$(mbps "$t0" "$t1")
+echo "magic-wormhole direct:       $WORMD MB/s"
 
 # --- many small files: 20,000 x 4 KiB -----------------------------------------
 python3 - <<'PY'
@@ -140,9 +181,38 @@ pkill -TERM -P "$RP" 2>/dev/null || kill "$RP"
 MEDIAN=$(printf '%s\n' "${LAT[@]}" | sort -n | awk '{a[NR]=$1} END {printf "%.1f", (a[int((NR+1)/2)] + a[int(NR/2)+1]) / 2}')
 echo "burrow 1 KiB end to end:      $MEDIAN ms (median of 20; receiver start to both done)"
 
-python3 - "$BURROW" "$PLAIN" "$WORM" <<'PY'
+# --- resume: kill the receiver halfway, run both sides again -----------------------
+"$BIN" relay --listen 127.0.0.1:7500 2> relay3.err & RP=$!; PIDS+=($RP)
+wait_for relay3.err "listening on"
+mkdir -p out.resume
+timeout 300 "$BIN" send --relay-only --reconnect 0 --relay 127.0.0.1:7500 data.bin 2> r1-send.err & SP=$!; PIDS+=($SP)
+wait_for r1-send.err "^code:"
+CODE=$(grep '^code:' r1-send.err | cut -d' ' -f2)
+"$BIN" receive --json --relay-only --relay 127.0.0.1:7500 --yes --out out.resume "$CODE" > r1.json 2> r1-recv.err & RV=$!; PIDS+=($RV)
+HALF=$((BYTES / 2))
+# Watch the hidden partial file grow; kill the receiver once it holds half.
+for _ in $(seq 1 20000); do
+    P=$(stat -c %s out.resume/.data.bin.burrow-part 2>/dev/null || echo 0)
+    [ "$P" -ge "$HALF" ] && break
+    kill -0 "$RV" 2>/dev/null || break
+done
+kill -KILL "$RV" 2>/dev/null || { echo "resume: the receiver finished before it could be killed" >&2; exit 1; }
+wait "$RV" 2>/dev/null || true
+wait "$SP" 2>/dev/null || true
+PART=$(stat -c %s out.resume/.data.bin.burrow-part 2>/dev/null || echo 0)
+timeout 300 "$BIN" send --relay-only --relay 127.0.0.1:7500 data.bin 2> r2-send.err & SP=$!; PIDS+=($SP)
+wait_for r2-send.err "^code:"
+CODE=$(grep '^code:' r2-send.err | cut -d' ' -f2)
+timeout 300 "$BIN" receive --json --relay-only --relay 127.0.0.1:7500 --yes --out out.resume "$CODE" > r2.json 2> r2-recv.err
+wait "$SP"
+check out.resume/data.bin
+MOVED=$(grep '"event":"done"' r2.json | python3 -c "import json,sys; print(json.loads(sys.stdin.read())['bytes'])")
+pkill -TERM -P "$RP" 2>/dev/null || kill "$RP"
+echo "resume: killed at $PART bytes kept; the second run moved $MOVED of $BYTES bytes ($(python3 -c "print(f'{$MOVED / $BYTES * 100:.0f}')")%), file identical"
+
+python3 - "$BURROW" "$PLAIN" "$WORM" "$DIRECT" "$IPERF" "$WORMD" <<'PY'
 import sys
-b, p, w = map(float, sys.argv[1:])
-print(f"burrow / plaintext relay path: {b / p * 100:.0f}%")
-print(f"burrow / magic-wormhole:       {b / w:.1f}x")
+b, p, w, d, i, wd = map(float, sys.argv[1:])
+print(f"relay:  burrow / plaintext relay path (socat): {b / p * 100:.0f}%   burrow / magic-wormhole relay:  {b / w:.1f}x")
+print(f"direct: burrow / plaintext direct (iperf3):    {d / i * 100:.0f}%   burrow / magic-wormhole direct: {d / wd:.1f}x")
 PY

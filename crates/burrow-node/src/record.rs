@@ -91,9 +91,11 @@ impl Default for DataBuf {
 }
 
 impl DataBuf {
-    /// Where the file bytes go.
+    /// Where the file bytes go: a whole number of BLAKE3 chunks (1 KiB), so
+    /// that hashing one record never leaves a partial chunk behind.
     pub fn space(&mut self) -> &mut [u8] {
-        &mut self.0[1..]
+        let whole = (self.0.len() - 1) / 1024 * 1024;
+        &mut self.0[1..1 + whole]
     }
 
     /// The `Data` record holding the first `n` bytes of [`DataBuf::space`].
