@@ -14,7 +14,8 @@
 //! | [`channels`] | the relay's channel table: joins, steps, limits, expiry |
 //! | [`http`] | the HTTP/1.1 subset of the relay API (request heads, responses) |
 //! | [`lan`] | LAN announcements of an embedded relay (no relay configured) |
-//! | [`lobby`] | the lobby packets of seed 003 (codec only, so far) |
+//! | [`lobby`] | the lobby packets of seed 003 |
+//! | [`lobby_relay`] | the relay's lobby: uids, broadcast, forwarding rules, pairs |
 //! | [`staple`] | the stapling hello and reply (seed 001, steps 11–17) |
 //! | [`session`] | the Noise `NNpsk0` handshake and the AEAD record layer |
 //! | [`transfer`] | transfer messages and the receiving state machine |
@@ -28,6 +29,7 @@ pub mod fuzzing;
 pub mod http;
 pub mod lan;
 pub mod lobby;
+pub mod lobby_relay;
 pub mod pake;
 pub mod session;
 pub mod staple;

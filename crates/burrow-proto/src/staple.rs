@@ -9,6 +9,7 @@
 //!
 //! ```text
 //! hello  = "BRWS" | version:u8 (=1) | channel_len:u8 | channel | uuid:16
+//! lobby  = "BRWI" | version:u8 (=1) | identity_len:u8 | identity (seed 003's second connection)
 //! token  = "BRWT" | version:u8 (=1) | role:u8 (0 sender, 1 recipient) | token:32
 //! reply  = 0x00                           Stapled: start talking
 //!        | 0x01                           Waiting: accepted, the other peer is not here yet
@@ -97,6 +98,51 @@ impl TokenHello {
             Ok(Self {
                 role,
                 token: r.array()?,
+            })
+        })
+    }
+}
+
+/// The first four bytes of a lobby pair's second connection.
+pub const IDENTITY_MAGIC: &[u8; 4] = b"BRWI";
+
+/// A lobby peer's second connection (seed 003's "secure room"): it names
+/// its relay-given identity; the relay staples it to the other half of the
+/// pair accepted in the lobby.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityHello {
+    /// The relay-given identity (`addr:port` of the lobby connection).
+    pub identity: crate::lobby::Identity,
+}
+
+impl IdentityHello {
+    /// Encodes the hello (including the magic).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = IDENTITY_MAGIC.to_vec();
+        out.push(STAPLE_VERSION);
+        put_bytes_u8(&mut out, self.identity.as_str().as_bytes());
+        out
+    }
+
+    /// Decodes a hello from the start of `buf` (which begins with the magic).
+    pub fn decode(buf: &[u8]) -> Partial<Self> {
+        partial(buf, |r| {
+            if r.array::<4>()? != *IDENTITY_MAGIC {
+                return Err(DecodeError::Invalid {
+                    what: "identity magic",
+                    reason: "not BRWI",
+                });
+            }
+            let v = r.u8()?;
+            if v != STAPLE_VERSION {
+                return Err(DecodeError::Unknown {
+                    what: "staple version",
+                    value: v.into(),
+                });
+            }
+            let s = r.str_u8("identity", crate::lobby::MAX_IDENTITY)?;
+            Ok(Self {
+                identity: crate::lobby::Identity::new(s)?,
             })
         })
     }
@@ -221,6 +267,21 @@ mod tests {
     }
 
     #[test]
+    fn identity_hello_bytes_are_exact() {
+        let h = IdentityHello {
+            identity: crate::lobby::Identity::new("1.2.3.4:5").unwrap(),
+        };
+        let enc = h.encode();
+        assert_eq!(
+            hex::encode(&enc),
+            "42525749010931 2e322e332e343a35".replace(' ', "")
+        );
+        assert_eq!(IdentityHello::decode(&enc).unwrap(), Some((h, enc.len())));
+        assert_eq!(IdentityHello::decode(&enc[..7]).unwrap(), None);
+        assert!(IdentityHello::decode(b"BRWI\x01\x01 ").is_err());
+    }
+
+    #[test]
     fn token_hello_bytes_are_exact() {
         let h = TokenHello {
             role: crate::api::Role::Recipient,
@@ -265,6 +326,7 @@ mod tests {
             let _ = StapleHello::decode(&data);
             let _ = StapleReply::decode(&data);
             let _ = TokenHello::decode(&data);
+            let _ = IdentityHello::decode(&data);
         }
     }
 }

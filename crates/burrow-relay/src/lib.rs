@@ -19,6 +19,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod http;
+mod lobby;
 pub mod metrics;
 mod server;
 

@@ -14,6 +14,8 @@ pub struct Metrics {
     pub staples_active: AtomicU64,
     /// Stapled pairs since start.
     pub staples_total: AtomicU64,
+    /// Lobby connections since start.
+    pub lobby_total: AtomicU64,
     /// HTTP requests answered.
     pub http_requests: AtomicU64,
     /// Connections accepted.
@@ -64,6 +66,13 @@ impl Metrics {
             "Stapled pairs since start.",
             "counter",
             ld(&self.staples_total),
+        );
+        g(
+            &mut s,
+            "burrow_relay_lobby_connections_total",
+            "Lobby (seed 003) connections since start.",
+            "counter",
+            ld(&self.lobby_total),
         );
         g(
             &mut s,

@@ -14,8 +14,11 @@ use tokio::task::JoinHandle;
 
 use burrow_proto::api::{ChannelRequest, JoinRequest, MAX_WAIT_MS, Role, decode_json};
 use burrow_proto::channels::{ApiError, ChannelTable, TableConfig};
+use burrow_proto::lobby::is_lobby_prefix;
+use burrow_proto::lobby_relay::{LobbyConfig, Side};
 use burrow_proto::staple::{
-    MAX_HELLO_LEN, STAPLE_MAGIC, StapleHello, StapleReply, TOKEN_HELLO_LEN, TOKEN_MAGIC, TokenHello,
+    IDENTITY_MAGIC, IdentityHello, MAX_HELLO_LEN, STAPLE_MAGIC, StapleHello, StapleReply, TOKEN_HELLO_LEN,
+    TOKEN_MAGIC, TokenHello,
 };
 
 use crate::http;
@@ -36,6 +39,8 @@ pub struct RelayConfig {
     pub max_connections: usize,
     /// Copy buffer per direction of a stapled pair.
     pub pipe_buffer: usize,
+    /// Lobby (seed 003) limits, `lobby_timeout` among them.
+    pub lobby: LobbyConfig,
 }
 
 impl Default for RelayConfig {
@@ -47,6 +52,7 @@ impl Default for RelayConfig {
             staple_timeout: Duration::from_secs(120),
             max_connections: 4096,
             pipe_buffer: 256 * 1024,
+            lobby: LobbyConfig::default(),
         }
     }
 }
@@ -57,6 +63,8 @@ struct Shared {
     notify: Mutex<HashMap<String, Arc<Notify>>>,
     /// First stapling connection of a channel, waiting for its partner.
     pending: Mutex<HashMap<String, Pending>>,
+    /// Seed 003's lobby.
+    lobby: crate::lobby::Hub,
     /// Ids for pending entries, so a replaced waiter never removes its successor.
     next_id: AtomicU64,
     metrics: Metrics,
@@ -154,6 +162,7 @@ impl Relay {
             listener,
             shared: Arc::new(Shared {
                 table: Mutex::new(ChannelTable::new(cfg.table.clone())),
+                lobby: crate::lobby::Hub::new(cfg.lobby.clone()),
                 cfg,
                 notify: Mutex::new(HashMap::new()),
                 pending: Mutex::new(HashMap::new()),
@@ -186,6 +195,7 @@ impl Relay {
                 loop {
                     tick.tick().await;
                     shared.expire();
+                    shared.lobby.tick();
                 }
             })
         };
@@ -214,7 +224,7 @@ impl Relay {
             let shared = shared.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                handle_connection(shared, stream, peer.ip().to_canonical()).await;
+                handle_connection(shared, stream, peer).await;
             });
         }
     }
@@ -227,7 +237,8 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn handle_connection(shared: Arc<Shared>, mut stream: TcpStream, ip: IpAddr) {
+async fn handle_connection(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
+    let ip = peer.ip().to_canonical();
     let _ = stream.set_nodelay(true);
     let deadline = shared.cfg.handshake_timeout;
     let mut head = [0u8; 4];
@@ -248,6 +259,12 @@ async fn handle_connection(shared: Arc<Shared>, mut stream: TcpStream, ip: IpAdd
         handle_staple(shared, stream, ip).await;
     } else if &head == TOKEN_MAGIC {
         handle_token(shared, stream).await;
+    } else if &head == IDENTITY_MAGIC {
+        handle_identity(shared, stream, ip).await;
+    } else if is_lobby_prefix(&head) {
+        shared.metrics.lobby_total.fetch_add(1, Ordering::Relaxed);
+        let addr = SocketAddr::new(ip, peer.port());
+        crate::lobby::serve(&shared.lobby, &shared.metrics, stream, addr, head).await;
     } else {
         shared.metrics.error("unknown_protocol");
         // Say why in the one format a confused client is most likely to read.
@@ -507,6 +524,62 @@ async fn handle_staple(shared: Arc<Shared>, mut stream: TcpStream, ip: IpAddr) {
             )
             .await
         }
+    }
+}
+
+/// A lobby pair's second connection: it names its relay-given identity.
+async fn handle_identity(shared: Arc<Shared>, mut stream: TcpStream, ip: IpAddr) {
+    let mut buf = IDENTITY_MAGIC.to_vec();
+    let read = tokio::time::timeout(shared.cfg.handshake_timeout, async {
+        loop {
+            match IdentityHello::decode(&buf) {
+                Ok(Some((h, n))) if n == buf.len() => return Ok(h),
+                Ok(Some(_)) => return Err("bytes after the hello before stapling"),
+                Ok(None) => {}
+                Err(_) => return Err("malformed identity hello"),
+            }
+            let mut b = [0u8; 1];
+            match stream.read(&mut b).await {
+                Ok(1) => buf.push(b[0]),
+                _ => return Err("closed during hello"),
+            }
+        }
+    })
+    .await;
+    let hello = match read {
+        Ok(Ok(h)) => h,
+        Ok(Err(reason)) => return refuse(&shared, &mut stream, "bad_hello", reason).await,
+        Err(_) => return refuse(&shared, &mut stream, "timeout", "hello not received in time").await,
+    };
+    let Some((pair, side)) = shared.lobby.second_connection(hello.identity.as_str(), ip) else {
+        return refuse(
+            &shared,
+            &mut stream,
+            "no_pair",
+            "no accepted lobby pair with this identity from this address",
+        )
+        .await;
+    };
+    let role = match side {
+        Side::Server => Role::Sender,
+        Side::Client => Role::Recipient,
+    };
+    let key = format!("l:{pair}");
+    let next = {
+        let mut pending = lock(&shared.pending);
+        match pending.remove(&key) {
+            Some(w) if w.role != role => Err(w.tx),
+            _ => Ok(shared.wait_under(&mut pending, &key, role)),
+        }
+    };
+    match next {
+        Err(tx) => {
+            shared.lobby.forget_pair(&pair);
+            if let Err(mut back) = tx.send(stream) {
+                refuse(&shared, &mut back, "staple_timeout", "the other peer is gone").await;
+            }
+        }
+        Ok(waiter) => wait_for_partner(shared, stream, key, false, waiter).await,
     }
 }
 
