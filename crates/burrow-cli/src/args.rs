@@ -146,6 +146,15 @@ pub struct SendArgs {
     #[arg(long, value_enum, default_value_t = CompressArg::Auto, value_name = "WHEN")]
     pub compress: CompressArg,
 
+    /// Lobby mode (seed 003): no channel; wait in the relay's lobby under a
+    /// password (printed, or --password) until a receiver with it accepts.
+    #[arg(long, conflicts_with = "code")]
+    pub lobby: bool,
+
+    /// Lobby mode: use this password instead of four generated words.
+    #[arg(long, requires = "lobby", value_name = "PASSWORD")]
+    pub password: Option<String>,
+
     /// Also show the receive command as a QR code (for a phone's camera).
     #[arg(long)]
     pub qr: bool,
@@ -187,8 +196,14 @@ pub struct ReceiveArgs {
     #[arg(long, requires = "yes")]
     pub json: bool,
 
-    /// The code the sender printed, e.g. 7-purple-sausage-river. Without it,
-    /// burrow asks for it (Tab completes the words).
+    /// Lobby mode (seed 003): CODE is the sender's password; every sender
+    /// waiting in the relay's lobby is tried, and only the one with the same
+    /// password can agree.
+    #[arg(long)]
+    pub lobby: bool,
+
+    /// The code the sender printed, e.g. 7-purple-sausage-river (with --lobby:
+    /// its password). Without it, burrow asks for it (Tab completes the words).
     #[arg(value_name = "CODE")]
     pub code: Option<String>,
 }
@@ -219,4 +234,9 @@ pub struct RelayArgs {
     /// Most connections open at once.
     #[arg(long, default_value_t = 4096, value_name = "N")]
     pub max_connections: usize,
+
+    /// Seconds a peer may wait in the lobby (`send --lobby` / `receive --lobby`)
+    /// before it gets Timeout.
+    #[arg(long, default_value_t = 600, value_name = "SECS")]
+    pub lobby_timeout: u64,
 }

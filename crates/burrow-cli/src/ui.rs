@@ -114,6 +114,8 @@ impl Observer for Ui {
                     emit(json!({"event": "connected", "path": path.as_str(), "relay": relay}))
                 }
                 Event::LocalRelay { port } => emit(json!({"event": "local_relay", "port": port})),
+                Event::InLobby { identity } => emit(json!({"event": "lobby", "identity": identity})),
+                Event::Paired { peer } => emit(json!({"event": "paired", "peer": peer})),
                 Event::FoundOnLan { relay } => emit(json!({"event": "found", "relay": relay})),
                 Event::Reconnecting { reason, for_up_to } => emit(json!({
                     "event": "reconnecting", "reason": reason, "for_up_to_seconds": for_up_to.as_secs()
@@ -161,6 +163,12 @@ impl Observer for Ui {
                     "no relay configured: serving one on port {port} and announcing it on the local network"
                 ),
                 Event::FoundOnLan { relay } => eprintln!("found the sender on the local network ({relay})"),
+                Event::InLobby { identity } => {
+                    eprintln!(
+                        "waiting in the relay's lobby as {identity} for a receiver with the password..."
+                    )
+                }
+                Event::Paired { peer } => eprintln!("the password matched: paired with {peer}"),
                 Event::Reconnecting { reason, for_up_to } => {
                     if let Some(b) = &self.bar {
                         b.suspend(|| {
@@ -222,10 +230,13 @@ impl Observer for Ui {
         };
         if self.mode == Mode::Json {
             emit(
-                json!({"event": "offer", "kind": format!("{:?}", offer.kind).to_lowercase(), "files": offer.files, "dirs": offer.dirs, "total": offer.total}),
+                json!({"event": "offer", "kind": format!("{:?}", offer.kind).to_lowercase(), "files": offer.files, "dirs": offer.dirs, "total": offer.total, "from": offer.from}),
             );
         } else {
-            eprintln!("The other side offers {what}:");
+            match &offer.from {
+                Some(from) => eprintln!("The sender at {} offers {what}:", escape_display(from)),
+                None => eprintln!("The other side offers {what}:"),
+            }
             if offer.kind == OfferKind::Files {
                 const SHOW: usize = 10;
                 for e in offer

@@ -331,3 +331,96 @@ fn completions_qr_and_a_missing_code() {
     assert_eq!(spawn(r).finish().0, 0);
     assert_eq!(sender.finish().0, 0);
 }
+
+#[test]
+fn lobby_three_senders_two_receivers_each_gets_only_its_senders_files() {
+    let home = tempfile::tempdir().unwrap();
+    let mut c = burrow(home.path());
+    c.args(["relay", "--listen", "127.0.0.1:0", "--lobby-timeout", "30"]);
+    let relay = spawn(c);
+    let addr = relay.line("burrow relay listening on");
+    let src = tempfile::tempdir().unwrap();
+    let passwords = [
+        "apple-brave-cactus-dune",
+        "eagle-fabric-glide-harbor",
+        "island-jungle-kite-lemon",
+    ];
+    let mut senders = Vec::new();
+    for (i, pw) in passwords.iter().enumerate() {
+        let f = src.path().join(format!("from-{i}.bin"));
+        std::fs::write(&f, pseudo_random(300_000 + i * 1000, pw)).unwrap();
+        let mut s = burrow(home.path());
+        s.args(["send", "--relay", &addr, "--lobby", "--password", pw])
+            .arg(&f);
+        let p = spawn(s);
+        p.line("waiting in the relay's lobby");
+        senders.push((p, f));
+    }
+    // Two receivers at once, for senders 2 and 0.
+    let wanted = [2usize, 0];
+    let dsts: Vec<_> = wanted.iter().map(|_| tempfile::tempdir().unwrap()).collect();
+    let receivers: Vec<_> = wanted
+        .iter()
+        .zip(&dsts)
+        .map(|(&i, d)| {
+            let mut r = burrow(home.path());
+            r.args(["receive", "--lobby", "--relay", &addr, "--yes", "--out"])
+                .arg(d.path())
+                .arg(passwords[i]);
+            spawn(r)
+        })
+        .collect();
+    for ((r, &i), d) in receivers.into_iter().zip(&wanted).zip(&dsts) {
+        let (rc, err) = r.finish();
+        assert_eq!(rc, 0, "receiver for sender {i}: {err}");
+        let names: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, vec![format!("from-{i}.bin")], "nothing else arrived");
+        assert_eq!(hash(&d.path().join(&names[0])), hash(&senders[i].1));
+    }
+    let mut senders = senders.into_iter();
+    let (s0, _) = senders.next().unwrap();
+    let (s1, _) = senders.next().unwrap();
+    let (s2, _) = senders.next().unwrap();
+    assert_eq!(s0.finish().0, 0);
+    assert_eq!(s2.finish().0, 0);
+    // Sender 1 is still waiting for its receiver; its guard kills it.
+    drop(s1);
+}
+
+#[test]
+fn lobby_with_a_wrong_password_times_out_plainly() {
+    let home = tempfile::tempdir().unwrap();
+    let mut c = burrow(home.path());
+    c.args(["relay", "--listen", "127.0.0.1:0", "--lobby-timeout", "2"]);
+    let relay = spawn(c);
+    let addr = relay.line("burrow relay listening on");
+    let f = home.path().join("secret.txt");
+    std::fs::write(&f, b"not for you").unwrap();
+    let mut s = burrow(home.path());
+    s.args([
+        "send",
+        "--relay",
+        &addr,
+        "--lobby",
+        "--password",
+        "right-horse-battery-staple",
+    ])
+    .arg(&f);
+    let sender = spawn(s);
+    sender.line("waiting in the relay's lobby");
+    let dst = tempfile::tempdir().unwrap();
+    let mut r = burrow(home.path());
+    r.args(["receive", "--lobby", "--relay", &addr, "--yes", "--out"])
+        .arg(dst.path())
+        .arg("wrong-horse-battery-staple");
+    let (rc, err) = spawn(r).finish();
+    assert_ne!(rc, 0);
+    assert!(err.contains("lobby timed out"), "{err}");
+    assert_eq!(std::fs::read_dir(dst.path()).unwrap().count(), 0);
+    let (rc, err) = sender.finish();
+    assert_ne!(rc, 0);
+    assert!(err.contains("lobby timed out"), "{err}");
+}

@@ -734,9 +734,19 @@ pub(crate) struct RecvState {
     /// Bytes already here from an earlier session.
     resumed: u64,
     started: Option<Instant>,
+    /// Lobby mode: the sender's identity, shown with the offer.
+    peer: Option<String>,
 }
 
 impl RecvState {
+    /// A fresh state; `from` is shown with the offer.
+    pub(crate) fn from_peer(peer: Option<String>) -> Self {
+        Self {
+            peer,
+            ..Default::default()
+        }
+    }
+
     /// Whether a dropped connection may be continued on a new one: only a
     /// file transfer that got past the offer.
     pub(crate) fn continuable(&self) -> bool {
@@ -785,6 +795,7 @@ pub(crate) fn run_receive(
         entries: offer.entries,
         existing: Vec::new(),
         free: None,
+        from: state.peer.clone(),
     };
     let refuse = |w: &SharedWriter, reason: &str| {
         let _ = w.send_now(&Message::Reject(reason.to_owned()).to_vec());

@@ -31,6 +31,7 @@
 //! | [`relay_client`] | HTTP API calls and the stapling connection |
 //! | [`rendezvous`] | seed 001 steps 1–17 for each side |
 //! | [`lan`] | no relay configured: serve one and announce it, or find one |
+//! | [`lobby`] | lobby mode (seed 003): wait as a sender, try every sender as a receiver |
 //! | [`paths`] | relay and direct connections, the race between them, reconnects |
 //! | [`record`] | blocking record I/O |
 //! | [`files`] | what a sender offers, where a receiver writes |
@@ -44,6 +45,7 @@ mod engine;
 pub mod error;
 pub mod files;
 pub mod lan;
+pub mod lobby;
 pub mod paths;
 pub mod record;
 pub mod relay_client;
@@ -128,6 +130,16 @@ pub enum Event {
         /// Its address.
         relay: String,
     },
+    /// Lobby sender: waiting in the relay's lobby under this relay-given identity.
+    InLobby {
+        /// The identity (the address the relay sees).
+        identity: String,
+    },
+    /// Lobby mode: the PAKE agreed with this peer (its relay-given identity).
+    Paired {
+        /// The other side's identity.
+        peer: String,
+    },
     /// Both sides are connected (again, after [`Event::Reconnecting`]).
     Connected {
         /// The relay address.
@@ -186,6 +198,8 @@ pub struct OfferInfo {
     pub existing: Vec<String>,
     /// Free space where files would go, if known.
     pub free: Option<u64>,
+    /// Lobby mode: the sender's relay-given identity.
+    pub from: Option<String>,
 }
 
 /// The receiving user's answer to an offer.
@@ -384,6 +398,46 @@ impl TransferBuilder {
     }
 }
 
+/// Two peers that share a key and a first connection: from a channel
+/// rendezvous (seed 001) or a lobby pairing (seed 003).
+struct Meeting {
+    stream: tokio::net::TcpStream,
+    key: burrow_proto::pake::SessionKey,
+    context: String,
+}
+
+impl From<rendezvous::Rendezvous> for Meeting {
+    fn from(rv: rendezvous::Rendezvous) -> Self {
+        Self {
+            stream: rv.stream,
+            key: rv.key,
+            context: rv.channel,
+        }
+    }
+}
+
+impl From<lobby::Paired> for Meeting {
+    fn from(p: lobby::Paired) -> Self {
+        Self {
+            stream: p.stream,
+            key: p.key,
+            context: p.context,
+        }
+    }
+}
+
+/// Lobby mode's sender password: four list words (44 bits).
+pub fn lobby_password() -> String {
+    let mut words = Vec::new();
+    let list = burrow_proto::code::wordlist();
+    for _ in 0..4 {
+        let mut b = [0u8; 2];
+        random(&mut b);
+        words.push(list[usize::from(u16::from_be_bytes(b) & 0x07ff)]);
+    }
+    words.join("-")
+}
+
 fn random(b: &mut [u8]) {
     if getrandom::fill(b).is_err() {
         // Without an OS RNG no secure code can be made; stop rather than continue.
@@ -397,10 +451,14 @@ impl Transfer {
         TransferBuilder::default()
     }
 
-    /// Sends `source`. Emits [`Event::Code`] once the channel is open, and
-    /// returns when the receiver confirmed everything.
-    pub async fn send<O: Observer + 'static>(&self, source: Source, mut obs: O) -> Result<SendReport, Error> {
-        let payload = match source {
+    /// The configured relay, if any (none: LAN mode).
+    pub fn relay_addr(&self) -> Option<&str> {
+        self.relay.as_ref().map(|r| r.addr())
+    }
+
+    /// Collects what `source` offers (files are listed, not read).
+    async fn payload(&self, source: Source, obs: &mut dyn Observer) -> Result<engine::Payload, Error> {
+        Ok(match source {
             Source::Paths(paths) => {
                 if paths.is_empty() {
                     return Err(Error::Usage("nothing to send".into()));
@@ -425,7 +483,13 @@ impl Transfer {
             }
             Source::Text(t) => engine::Payload::Text(t),
             Source::Stream(r) => engine::Payload::Stream(r),
-        };
+        })
+    }
+
+    /// Sends `source`. Emits [`Event::Code`] once the channel is open, and
+    /// returns when the receiver confirmed everything.
+    pub async fn send<O: Observer + 'static>(&self, source: Source, mut obs: O) -> Result<SendReport, Error> {
+        let payload = self.payload(source, &mut obs).await?;
         let (code, pick) = match &self.code {
             Some(c) => (c.clone(), false),
             None => (
@@ -462,7 +526,7 @@ impl Transfer {
         }
         let rv = rv?;
         let handle = rv.handle.clone();
-        let res = self.drive_send(&relay, rv, payload, obs).await;
+        let res = self.drive_send(&relay, rv.into(), payload, obs).await;
         if let Err(e) = &res {
             handle.close(&format!("sender failed: {e}")).await;
         }
@@ -472,7 +536,7 @@ impl Transfer {
     async fn drive_send<O: Observer + 'static>(
         &self,
         relay: &RelayClient,
-        rv: rendezvous::Rendezvous,
+        rv: Meeting,
         mut payload: engine::Payload,
         mut obs: O,
     ) -> Result<SendReport, Error> {
@@ -504,12 +568,12 @@ impl Transfer {
     async fn connect(
         &self,
         relay: &RelayClient,
-        rv: rendezvous::Rendezvous,
+        rv: Meeting,
         role: burrow_proto::api::Role,
     ) -> Result<(paths::Paths, paths::Conn), Error> {
         let mut paths =
             paths::Paths::new(rv.key, role, relay.clone(), self.relay_only, self.idle_timeout).await;
-        let conn = paths.first(rv.stream, &rv.channel).await?;
+        let conn = paths.first(rv.stream, &rv.context).await?;
         Ok((paths, conn))
     }
 
@@ -552,7 +616,7 @@ impl Transfer {
         };
         let rv = rendezvous::recipient(&relay, code, &self.rendezvous).await?;
         let handle = rv.handle.clone();
-        let res = self.drive_receive(&relay, rv, sink, obs).await;
+        let res = self.drive_receive(&relay, rv.into(), sink, obs, None).await;
         // Step 18: the recipient closes the channel.
         match &res {
             Ok(_) => handle.close("transfer complete").await,
@@ -564,14 +628,15 @@ impl Transfer {
     async fn drive_receive<O: Observer + 'static>(
         &self,
         relay: &RelayClient,
-        rv: rendezvous::Rendezvous,
+        rv: Meeting,
         sink: Sink,
         mut obs: O,
+        from: Option<String>,
     ) -> Result<ReceiveReport, Error> {
         let (mut paths, mut conn) = self
             .connect(relay, rv, burrow_proto::api::Role::Recipient)
             .await?;
-        let mut state = engine::RecvState::default();
+        let mut state = engine::RecvState::from_peer(from);
         let sink = std::sync::Arc::new(sink);
         loop {
             obs.event(Event::Connected {
@@ -593,5 +658,56 @@ impl Transfer {
                 other => return other,
             }
         }
+    }
+
+    /// Lobby mode (seed 003), sender: waits in the relay's lobby under
+    /// `password` (see [`lobby_password`]) until a receiver with the same
+    /// password accepts, then sends. Emits [`Event::InLobby`] first.
+    pub async fn send_lobby<O: Observer + 'static>(
+        &self,
+        password: &str,
+        source: Source,
+        mut obs: O,
+    ) -> Result<SendReport, Error> {
+        let relay = self
+            .relay
+            .clone()
+            .ok_or_else(|| Error::Usage("lobby mode needs a relay (--relay)".into()))?;
+        let payload = self.payload(source, &mut obs).await?;
+        let mut salt = [0u8; 16];
+        random(&mut salt);
+        let paired = lobby::serve(&relay, password, salt, |me| {
+            obs.event(Event::InLobby {
+                identity: me.to_owned(),
+            })
+        })
+        .await?;
+        obs.event(Event::Paired {
+            peer: paired.peer.clone(),
+        });
+        self.drive_send(&relay, paired.into(), payload, obs).await
+    }
+
+    /// Lobby mode, receiver: tries every waiting sender with `password`;
+    /// the one with the same password is asked about through
+    /// [`Observer::decide`] once its offer arrives (its identity in
+    /// [`OfferInfo::from`]).
+    pub async fn receive_lobby<O: Observer + 'static>(
+        &self,
+        password: &str,
+        sink: Sink,
+        mut obs: O,
+    ) -> Result<ReceiveReport, Error> {
+        let relay = self
+            .relay
+            .clone()
+            .ok_or_else(|| Error::Usage("lobby mode needs a relay (--relay)".into()))?;
+        let paired = lobby::join(&relay, password, |_| lobby::Verdict::Accept).await?;
+        obs.event(Event::Paired {
+            peer: paired.peer.clone(),
+        });
+        let from = paired.peer.clone();
+        self.drive_receive(&relay, paired.into(), sink, obs, Some(from))
+            .await
     }
 }

@@ -69,7 +69,7 @@ impl RelayClient {
         &self.addr
     }
 
-    async fn connect(&self) -> Result<TcpStream, Error> {
+    pub(crate) async fn connect(&self) -> Result<TcpStream, Error> {
         let unreachable = |source| Error::RelayUnreachable {
             addr: self.addr.clone(),
             source,
@@ -151,6 +151,15 @@ impl RelayClient {
 
     /// Reconnect stapling under a session-derived token (see [`TokenHello`]).
     pub async fn staple_token(&self, hello: &TokenHello, timeout: Duration) -> Result<TcpStream, Error> {
+        self.staple_raw(&hello.encode(), timeout).await
+    }
+
+    /// A lobby pair's second connection (seed 003's secure room).
+    pub async fn staple_identity(
+        &self,
+        hello: &burrow_proto::staple::IdentityHello,
+        timeout: Duration,
+    ) -> Result<TcpStream, Error> {
         self.staple_raw(&hello.encode(), timeout).await
     }
 

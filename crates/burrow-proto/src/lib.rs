@@ -15,6 +15,7 @@
 //! | [`http`] | the HTTP/1.1 subset of the relay API (request heads, responses) |
 //! | [`lan`] | LAN announcements of an embedded relay (no relay configured) |
 //! | [`lobby`] | the lobby packets of seed 003 |
+//! | [`lobby_pake`] | the lobby PAKE (Argon2id + SPAKE2 bound to both identities) |
 //! | [`lobby_relay`] | the relay's lobby: uids, broadcast, forwarding rules, pairs |
 //! | [`staple`] | the stapling hello and reply (seed 001, steps 11–17) |
 //! | [`session`] | the Noise `NNpsk0` handshake and the AEAD record layer |
@@ -29,6 +30,7 @@ pub mod fuzzing;
 pub mod http;
 pub mod lan;
 pub mod lobby;
+pub mod lobby_pake;
 pub mod lobby_relay;
 pub mod pake;
 pub mod session;

@@ -19,8 +19,6 @@ pub async fn run(args: ReceiveArgs, cfg: &Config) -> Result<(), Error> {
         }
         None => return Err(Error::Usage("no code given: burrow receive CODE".into())),
     };
-    let code = Code::parse(typed.trim().trim_end_matches('-'))
-        .map_err(|e| Error::Usage(format!("invalid code: {e}")))?;
     // No relay configured: look for the sender on the local network.
     let relay = super::resolve_relay(&args.relay, cfg);
     let sink = match &args.out {
@@ -48,7 +46,18 @@ pub async fn run(args: ReceiveArgs, cfg: &Config) -> Result<(), Error> {
         .build()?;
     let mode = Mode::detect(args.json);
     let ui = Ui::new(mode, None, args.yes, args.overwrite);
-    let report = t.receive(&code, sink, ui).await?;
+    let report = if args.lobby {
+        if t.relay_addr().is_none() {
+            return Err(Error::Usage(
+                "--lobby needs a relay (--relay, BURROW_RELAY or the config file)".into(),
+            ));
+        }
+        t.receive_lobby(typed.trim(), sink, ui).await?
+    } else {
+        let code = Code::parse(typed.trim().trim_end_matches('-'))
+            .map_err(|e| Error::Usage(format!("invalid code: {e}")))?;
+        t.receive(&code, sink, ui).await?
+    };
     if let Some(text) = report.text {
         if mode == Mode::Json {
             emit(serde_json::json!({"event": "text", "text": text}));

@@ -22,6 +22,7 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     cfg.table.idle_ttl = Duration::from_secs(args.idle_timeout.max(1));
+    cfg.lobby.lobby_timeout = Duration::from_secs(args.lobby_timeout.max(1));
     cfg.table.max_channels_per_ip = args.max_channels_per_ip.max(1);
     let relay = Relay::bind(cfg)
         .await

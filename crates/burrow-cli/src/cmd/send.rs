@@ -50,8 +50,20 @@ pub async fn run(args: SendArgs, cfg: &Config) -> Result<(), Error> {
         Source::Paths(args.paths)
     };
     let hint = relay.and_then(|(r, tell)| tell.then_some(r));
-    let mut ui = Ui::new(Mode::detect(args.json), hint, false, false);
+    let mode = Mode::detect(args.json);
+    let mut ui = Ui::new(mode, hint, false, false);
     ui.qr = args.qr;
-    t.send(source, ui).await?;
+    if args.lobby {
+        let password = args.password.clone().unwrap_or_else(burrow_node::lobby_password);
+        if mode == Mode::Json {
+            crate::ui::emit(serde_json::json!({"event": "password", "password": password}));
+        } else {
+            eprintln!("password: {password}");
+            eprintln!("On the other machine, run:\n\n    burrow receive --lobby {password}\n");
+        }
+        t.send_lobby(&password, source, ui).await?;
+    } else {
+        t.send(source, ui).await?;
+    }
     Ok(())
 }
