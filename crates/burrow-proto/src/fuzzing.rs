@@ -29,7 +29,61 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("http_response", http_response),
     ("lobby_packet", lobby_packet),
     ("lan_announce", lan_announce),
+    ("lobby_relay", lobby_relay),
 ];
+
+/// The relay's lobby state machine, driven by a script of connects,
+/// packets (in wire format), disconnects and clock ticks. Invariants: the
+/// lobby stays within its size, and nothing is ever sent from a uid that
+/// was not in the lobby.
+pub fn lobby_relay(data: &[u8]) {
+    use crate::lobby::Packet;
+    use crate::lobby_relay::{Lobby, LobbyConfig, Out};
+    let cfg = LobbyConfig {
+        max_peers: 8,
+        ..Default::default()
+    };
+    let mut l = Lobby::new(cfg);
+    let start = Instant::now();
+    let mut t = Duration::ZERO;
+    let mut uids: Vec<u16> = Vec::new();
+    let mut out = Vec::new();
+    let mut rest = data;
+    while let Some((&op, r)) = rest.split_first() {
+        rest = r;
+        let who = if uids.is_empty() {
+            1
+        } else {
+            uids[usize::from(op / 4) % uids.len()]
+        };
+        match op % 4 {
+            0 => {
+                let addr = std::net::SocketAddr::from(([10, 0, 0, op], 1000 + u16::from(op)));
+                if let Ok(u) = l.connect(start + t, addr) {
+                    uids.push(u);
+                }
+            }
+            1 => match Packet::decode(rest) {
+                Ok(Some((p, n))) => {
+                    rest = &rest[n..];
+                    l.receive(start + t, who, p, &mut out);
+                }
+                _ => rest = rest.get(1..).unwrap_or_default(),
+            },
+            2 => l.disconnect(who, &mut out),
+            _ => {
+                t += Duration::from_millis(u64::from(op) * 97);
+                l.tick(start + t, &mut out);
+            }
+        }
+        for o in out.drain(..) {
+            if let Out::Send { packet, .. } = o {
+                assert!(packet.uid == 0 || uids.contains(&packet.uid));
+            }
+        }
+        assert!(l.len() <= 8);
+    }
+}
 
 /// The LAN announcement decoder: whatever decodes re-encodes to the same bytes.
 pub fn lan_announce(data: &[u8]) {
