@@ -50,6 +50,12 @@ pub enum Command {
     Receive(ReceiveArgs),
     /// Run a relay: the meeting point both sides connect to. It sees only ciphertext.
     Relay(RelayArgs),
+    /// Print this installation's identity fingerprint (creating the identity on first use).
+    Id {
+        /// Print JSON: fingerprint and key file.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script: `burrow completions bash > /etc/bash_completion.d/burrow`.
     Completions {
         /// The shell.

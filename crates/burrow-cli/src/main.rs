@@ -69,6 +69,7 @@ async fn run(cli: Cli) -> Result<(), (String, i32)> {
         Command::Send(a) => cmd::send::run(a, &cfg).await.map_err(node),
         Command::Receive(a) => cmd::receive::run(a, &cfg).await.map_err(node),
         Command::Relay(a) => cmd::relay::run(a).await.map_err(|e| (format!("{e:#}"), 1)),
+        Command::Id { json } => cmd::id(json).map_err(node),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "burrow", &mut std::io::stdout());

@@ -424,3 +424,27 @@ fn lobby_with_a_wrong_password_times_out_plainly() {
     assert_ne!(rc, 0);
     assert!(err.contains("lobby timed out"), "{err}");
 }
+
+#[test]
+fn id_creates_a_private_identity_per_home_and_keeps_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let (h1, h2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let fp = |home: &Path| {
+        let out = burrow(home)
+            .env_remove("XDG_DATA_HOME")
+            .arg("id")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let a = fp(h1.path());
+    assert_eq!(a, fp(h1.path()), "stable across runs");
+    assert_ne!(a, fp(h2.path()), "each HOME has its own");
+    assert_eq!(a.split('-').count(), 6, "{a}");
+    let key = h1.path().join(".local/share/burrow/identity.key");
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}

@@ -30,6 +30,7 @@
 //! |---|---|
 //! | [`relay_client`] | HTTP API calls and the stapling connection |
 //! | [`rendezvous`] | seed 001 steps 1–17 for each side |
+//! | [`identity`] | this installation's long-term keys (key file 0600) and fingerprint |
 //! | [`lan`] | no relay configured: serve one and announce it, or find one |
 //! | [`lobby`] | lobby mode (seed 003): wait as a sender, try every sender as a receiver |
 //! | [`paths`] | relay and direct connections, the race between them, reconnects |
@@ -44,6 +45,7 @@
 mod engine;
 pub mod error;
 pub mod files;
+pub mod identity;
 pub mod lan;
 pub mod lobby;
 pub mod paths;
