@@ -30,7 +30,42 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("lobby_packet", lobby_packet),
     ("lan_announce", lan_announce),
     ("lobby_relay", lobby_relay),
+    ("mux", mux),
+    ("policy_rule", policy_rule),
 ];
+
+/// The stream multiplexer: the input is a sequence of frames, each
+/// preceded by one length byte, fed to the exit's side.
+pub fn mux(data: &[u8]) {
+    let mut m = crate::mux::Mux::new(false, 16);
+    let mut rest = data;
+    while let Some((&n, r)) = rest.split_first() {
+        let n = usize::from(n).min(r.len());
+        let (frame, r) = r.split_at(n);
+        rest = r;
+        if let Ok(crate::mux::Frame::Data { .. }) = crate::mux::Frame::decode(frame) {
+            // Whatever decodes re-encodes to the same bytes.
+            assert_eq!(
+                crate::mux::Frame::decode(frame)
+                    .map(|f| f.to_vec())
+                    .ok()
+                    .as_deref(),
+                Some(frame)
+            );
+        }
+        let _ = m.handle(frame);
+        assert!(m.len() <= 16);
+    }
+}
+
+/// The `--allow` / `--deny` rule parser.
+pub fn policy_rule(data: &[u8]) {
+    if let Ok(s) = std::str::from_utf8(data)
+        && let Ok(r) = crate::policy::Rule::parse(s)
+    {
+        let _ = r.matches(std::net::SocketAddr::from(([10, 0, 0, 1], 80)));
+    }
+}
 
 /// The relay's lobby state machine, driven by a script of connects,
 /// packets (in wire format), disconnects and clock ticks. Invariants: the

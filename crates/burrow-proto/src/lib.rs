@@ -9,6 +9,7 @@
 //! |---|---|
 //! | [`wire`] | total decoding helpers shared by every binary codec |
 //! | [`code`] | transfer codes `<channel>-<word>-<word>-<word>` |
+//! | [`mux`] | streams over one session: open, data, windows, half-close, resets |
 //! | [`pake`] | SPAKE2 + key confirmation (seed 001, steps 2–10) |
 //! | [`api`] | JSON bodies of the relay's HTTP API (seed 001) |
 //! | [`channels`] | the relay's channel table: joins, steps, limits, expiry |
@@ -17,6 +18,7 @@
 //! | [`lobby`] | the lobby packets of seed 003 |
 //! | [`lobby_pake`] | the lobby PAKE (Argon2id + SPAKE2 bound to both identities) |
 //! | [`lobby_relay`] | the relay's lobby: uids, broadcast, forwarding rules, pairs |
+//! | [`policy`] | an exit's egress policy: default refusals, --allow/--deny rules |
 //! | [`staple`] | the stapling hello and reply (seed 001, steps 11–17) |
 //! | [`session`] | the Noise `NNpsk0` handshake and the AEAD record layer |
 //! | [`transfer`] | transfer messages and the receiving state machine |
@@ -32,7 +34,9 @@ pub mod lan;
 pub mod lobby;
 pub mod lobby_pake;
 pub mod lobby_relay;
+pub mod mux;
 pub mod pake;
+pub mod policy;
 pub mod session;
 pub mod staple;
 pub mod transfer;
