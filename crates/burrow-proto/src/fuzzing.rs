@@ -32,7 +32,22 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("lobby_relay", lobby_relay),
     ("mux", mux),
     ("policy_rule", policy_rule),
+    ("socks", socks),
 ];
+
+/// The proxy's request decoders (SOCKS5 greeting and request, HTTP CONNECT).
+pub fn socks(data: &[u8]) {
+    use crate::socks::{greeting, http_connect, request};
+    if let Ok(Some((_, n))) = greeting(data) {
+        assert!(n <= data.len());
+        if let Ok(Some((_, m))) = request(&data[n..]) {
+            assert!(n + m <= data.len());
+        }
+    }
+    if let Ok(Some((_, n))) = http_connect(data) {
+        assert!(n <= data.len());
+    }
+}
 
 /// The stream multiplexer: the input is a sequence of frames, each
 /// preceded by one length byte, fed to the exit's side.

@@ -19,6 +19,7 @@
 //! | [`lobby_pake`] | the lobby PAKE (Argon2id + SPAKE2 bound to both identities) |
 //! | [`lobby_relay`] | the relay's lobby: uids, broadcast, forwarding rules, pairs |
 //! | [`policy`] | an exit's egress policy: default refusals, --allow/--deny rules |
+//! | [`socks`] | SOCKS5 and HTTP CONNECT for the local proxy |
 //! | [`staple`] | the stapling hello and reply (seed 001, steps 11–17) |
 //! | [`session`] | the Noise `NNpsk0` handshake and the AEAD record layer |
 //! | [`transfer`] | transfer messages and the receiving state machine |
@@ -38,6 +39,7 @@ pub mod mux;
 pub mod pake;
 pub mod policy;
 pub mod session;
+pub mod socks;
 pub mod staple;
 pub mod transfer;
 pub mod wire;
