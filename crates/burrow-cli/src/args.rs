@@ -50,6 +50,24 @@ pub enum Command {
     Receive(ReceiveArgs),
     /// Run a relay: the meeting point both sides connect to. It sees only ciphertext.
     Relay(RelayArgs),
+    /// Pair with another installation: without CODE, print a code; with the
+    /// code, on the other machine, complete it. Each side stores the other's
+    /// key under a name (see `burrow peers`).
+    #[command(
+        after_help = "Examples:\n  burrow pair --relay relay.example            # machine A: prints a code\n  burrow pair --relay relay.example CODE --name home   # machine B"
+    )]
+    Pair(PairArgs),
+    /// List paired peers.
+    Peers {
+        /// One JSON object per peer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget a paired peer.
+    Unpair {
+        /// Its name or fingerprint.
+        name: String,
+    },
     /// Print this installation's identity fingerprint (creating the identity on first use).
     Id {
         /// Print JSON: fingerprint and key file.
@@ -210,6 +228,21 @@ pub struct ReceiveArgs {
 
     /// The code the sender printed, e.g. 7-purple-sausage-river (with --lobby:
     /// its password). Without it, burrow asks for it (Tab completes the words).
+    #[arg(value_name = "CODE")]
+    pub code: Option<String>,
+}
+
+/// `burrow pair`.
+#[derive(Debug, Args)]
+pub struct PairArgs {
+    #[command(flatten)]
+    pub relay: RelayOpt,
+
+    /// The name to store the other side under (default: the name it suggests).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// The code the other side printed.
     #[arg(value_name = "CODE")]
     pub code: Option<String>,
 }

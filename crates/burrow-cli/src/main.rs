@@ -70,6 +70,9 @@ async fn run(cli: Cli) -> Result<(), (String, i32)> {
         Command::Receive(a) => cmd::receive::run(a, &cfg).await.map_err(node),
         Command::Relay(a) => cmd::relay::run(a).await.map_err(|e| (format!("{e:#}"), 1)),
         Command::Id { json } => cmd::id(json).map_err(node),
+        Command::Pair(a) => cmd::pair(a, &cfg).await.map_err(node),
+        Command::Peers { json } => cmd::peers(json).map_err(node),
+        Command::Unpair { name } => cmd::unpair(&name).map_err(node),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "burrow", &mut std::io::stdout());

@@ -448,3 +448,53 @@ fn id_creates_a_private_identity_per_home_and_keeps_it() {
         0o600
     );
 }
+
+#[test]
+fn pair_stores_each_side_under_a_name_and_unpair_forgets() {
+    let (h1, h2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (_relay, addr) = relay(h1.path());
+    let id = |home: &Path| {
+        let out = burrow(home).arg("id").output().unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let (fp1, fp2) = (id(h1.path()), id(h2.path()));
+    let mut a = burrow(h1.path());
+    a.args(["pair", "--relay", &addr, "--name", "office"]);
+    let a = spawn(a);
+    let code = a.line("code:");
+    let out = burrow(h2.path())
+        .args(["pair", "--relay", &addr, &code, "--name", "home"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("paired with home ({fp1})")
+    );
+    let (rc, err) = a.finish();
+    assert_eq!(rc, 0, "{err}");
+    let peers = |home: &Path| String::from_utf8(burrow(home).arg("peers").output().unwrap().stdout).unwrap();
+    assert_eq!(peers(h1.path()).trim(), format!("office  {fp2}"));
+    assert_eq!(peers(h2.path()).trim(), format!("home  {fp1}"));
+    // A wrong code pairs nobody.
+    let mut a = burrow(h1.path());
+    a.args(["pair", "--relay", &addr]);
+    let a = spawn(a);
+    let code = a.line("code:");
+    let wrong = format!("{}-abandon-ability-able", code.split('-').next().unwrap());
+    let out = burrow(h2.path())
+        .args(["pair", "--relay", &addr, &wrong])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(a.finish().0, 3);
+    assert_eq!(peers(h2.path()).lines().count(), 1);
+    let out = burrow(h2.path()).args(["unpair", "home"]).output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(peers(h2.path()).trim(), "");
+}

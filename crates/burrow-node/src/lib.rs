@@ -33,6 +33,8 @@
 //! | [`identity`] | this installation's long-term keys (key file 0600) and fingerprint |
 //! | [`lan`] | no relay configured: serve one and announce it, or find one |
 //! | [`lobby`] | lobby mode (seed 003): wait as a sender, try every sender as a receiver |
+//! | [`pairing`] | `burrow pair`: public identities exchanged under a code |
+//! | [`peers`] | the paired peers file (names → keys) |
 //! | [`paths`] | relay and direct connections, the race between them, reconnects |
 //! | [`record`] | blocking record I/O |
 //! | [`files`] | what a sender offers, where a receiver writes |
@@ -48,7 +50,9 @@ pub mod files;
 pub mod identity;
 pub mod lan;
 pub mod lobby;
+pub mod pairing;
 pub mod paths;
+pub mod peers;
 pub mod record;
 pub mod relay_client;
 pub mod rendezvous;

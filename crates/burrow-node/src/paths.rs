@@ -170,7 +170,7 @@ async fn read_exact_or_lost(s: &mut TcpStream, buf: &mut [u8]) -> Result<(), Err
 }
 
 /// Runs the Noise handshake on an async stream (the sender initiates).
-async fn handshake(
+pub(crate) async fn handshake(
     s: &mut TcpStream,
     key: &SessionKey,
     context: &str,
@@ -208,14 +208,18 @@ async fn handshake(
 }
 
 /// Sends one record.
-async fn send_record(s: &mut TcpStream, sealer: &mut Sealer, msg: &[u8]) -> Result<(), Error> {
+pub(crate) async fn send_record(s: &mut TcpStream, sealer: &mut Sealer, msg: &[u8]) -> Result<(), Error> {
     let mut out = Vec::with_capacity(msg.len() + 64);
     sealer.seal(msg, &mut out)?;
     s.write_all(&out).await.map_err(Error::ConnectionLost)
 }
 
 /// Reads one record, exactly (nothing after it is consumed), skipping keepalives.
-async fn read_record(s: &mut TcpStream, opener: &mut Opener, limit: Duration) -> Result<Vec<u8>, Error> {
+pub(crate) async fn read_record(
+    s: &mut TcpStream,
+    opener: &mut Opener,
+    limit: Duration,
+) -> Result<Vec<u8>, Error> {
     let run = async {
         loop {
             let mut len = [0u8; LEN_PREFIX];

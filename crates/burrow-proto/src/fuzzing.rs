@@ -33,7 +33,15 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("mux", mux),
     ("policy_rule", policy_rule),
     ("socks", socks),
+    ("pair_hello", pair_hello),
 ];
+
+/// The pairing message decoder: whatever decodes re-encodes to the same bytes.
+pub fn pair_hello(data: &[u8]) {
+    if let Ok(h) = crate::pair::PairHello::decode(data) {
+        assert_eq!(h.encode(), data);
+    }
+}
 
 /// The proxy's request decoders (SOCKS5 greeting and request, HTTP CONNECT).
 pub fn socks(data: &[u8]) {

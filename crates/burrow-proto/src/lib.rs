@@ -10,6 +10,7 @@
 //! | [`wire`] | total decoding helpers shared by every binary codec |
 //! | [`code`] | transfer codes `<channel>-<word>-<word>-<word>` |
 //! | [`mux`] | streams over one session: open, data, windows, half-close, resets |
+//! | [`pair`] | the pairing message (long-term keys exchanged under a code) |
 //! | [`pake`] | SPAKE2 + key confirmation (seed 001, steps 2–10) |
 //! | [`api`] | JSON bodies of the relay's HTTP API (seed 001) |
 //! | [`channels`] | the relay's channel table: joins, steps, limits, expiry |
@@ -36,6 +37,7 @@ pub mod lobby;
 pub mod lobby_pake;
 pub mod lobby_relay;
 pub mod mux;
+pub mod pair;
 pub mod pake;
 pub mod policy;
 pub mod session;
