@@ -34,7 +34,15 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("policy_rule", policy_rule),
     ("socks", socks),
     ("pair_hello", pair_hello),
+    ("connector", connector),
 ];
+
+/// The connector message decoder: whatever decodes re-encodes to the same bytes.
+pub fn connector(data: &[u8]) {
+    if let Ok(m) = crate::connector::Msg::decode(data) {
+        assert_eq!(m.encode(), data);
+    }
+}
 
 /// The pairing message decoder: whatever decodes re-encodes to the same bytes.
 pub fn pair_hello(data: &[u8]) {

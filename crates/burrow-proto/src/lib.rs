@@ -15,6 +15,7 @@
 //! | [`api`] | JSON bodies of the relay's HTTP API (seed 001) |
 //! | [`channels`] | the relay's channel table: joins, steps, limits, expiry |
 //! | [`http`] | the HTTP/1.1 subset of the relay API (request heads, responses) |
+//! | [`connector`] | seed 000: the relay as a mailbox joining a proxy to an exit |
 //! | [`lan`] | LAN announcements of an embedded relay (no relay configured) |
 //! | [`lobby`] | the lobby packets of seed 003 |
 //! | [`lobby_pake`] | the lobby PAKE (Argon2id + SPAKE2 bound to both identities) |
@@ -30,6 +31,7 @@
 pub mod api;
 pub mod channels;
 pub mod code;
+pub mod connector;
 pub mod fuzzing;
 pub mod http;
 pub mod lan;

@@ -32,6 +32,10 @@ use crate::wire::DecodeError;
 
 /// The Noise protocol for code-keyed sessions.
 pub const NOISE_NNPSK0: &str = "Noise_NNpsk0_25519_AESGCM_SHA256";
+/// The Noise protocol between long-term identities (relay connector, exit
+/// and proxy): mutual authentication by static keys, forward secrecy by
+/// ephemeral ones.
+pub const NOISE_XX: &str = "Noise_XX_25519_AESGCM_SHA256";
 /// Largest Noise message (ciphertext).
 pub const MAX_RECORD: usize = 65535;
 /// AEAD tag length.
@@ -105,12 +109,47 @@ impl Handshake {
         Self::build(psk, context, false)
     }
 
+    /// An `XX` handshake with this side's static X25519 key (its identity).
+    /// After it, [`Handshake::remote_static`] is the peer's identity key,
+    /// which the caller must check against what it expects.
+    pub fn xx(local_static: &[u8; 32], context: &str, initiator: bool) -> Result<Self, SessionError> {
+        let params = NOISE_XX.parse().map_err(SessionError::Handshake)?;
+        let prologue = prologue(context);
+        let b = Builder::new(params)
+            .local_private_key(local_static)
+            .and_then(|b| b.prologue(&prologue))
+            .map_err(SessionError::Handshake)?;
+        let hs = if initiator {
+            b.build_initiator()
+        } else {
+            b.build_responder()
+        }
+        .map_err(SessionError::Handshake)?;
+        Ok(Self { hs })
+    }
+
+    /// The peer's static key, once a message carrying it was read.
+    pub fn remote_static(&self) -> Option<[u8; 32]> {
+        self.hs.get_remote_static().and_then(|k| k.try_into().ok())
+    }
+
+    /// Whether it is this side's turn to write.
+    pub fn is_my_turn(&self) -> bool {
+        self.hs.is_my_turn()
+    }
+
     /// Produces the next handshake message, framed with its length prefix.
     pub fn write_message(&mut self) -> Result<Vec<u8>, SessionError> {
-        let mut buf = vec![0u8; 256];
+        self.write_message_with(&[])
+    }
+
+    /// Like [`Handshake::write_message`], with a payload (at most 256 bytes;
+    /// encrypted once the handshake has a key).
+    pub fn write_message_with(&mut self, payload: &[u8]) -> Result<Vec<u8>, SessionError> {
+        let mut buf = vec![0u8; 512 + payload.len()];
         let n = self
             .hs
-            .write_message(&[], &mut buf[LEN_PREFIX..])
+            .write_message(payload, &mut buf[LEN_PREFIX..])
             .map_err(SessionError::Handshake)?;
         let len = u16::try_from(n).map_err(|_| SessionError::Exhausted)?;
         buf[..LEN_PREFIX].copy_from_slice(&len.to_be_bytes());
@@ -120,11 +159,18 @@ impl Handshake {
 
     /// Consumes the peer's handshake message (without its length prefix).
     pub fn read_message(&mut self, msg: &[u8]) -> Result<(), SessionError> {
+        self.read_message_payload(msg).map(|_| ())
+    }
+
+    /// Like [`Handshake::read_message`], returning the message's payload.
+    pub fn read_message_payload(&mut self, msg: &[u8]) -> Result<Vec<u8>, SessionError> {
         let mut payload = vec![0u8; msg.len()];
-        self.hs
+        let n = self
+            .hs
             .read_message(msg, &mut payload)
             .map_err(SessionError::Handshake)?;
-        Ok(())
+        payload.truncate(n);
+        Ok(payload)
     }
 
     /// Whether both messages have been exchanged.
@@ -255,6 +301,34 @@ impl Opener {
     }
 }
 
+/// Runs an `XX` handshake in memory; returns both transports and the
+/// static key each side saw (tests).
+pub fn xx_in_memory(
+    a: &[u8; 32],
+    b: &[u8; 32],
+    context: &str,
+) -> Result<(Transport, Transport, [u8; 32], [u8; 32]), SessionError> {
+    let mut i = Handshake::xx(a, context, true)?;
+    let mut r = Handshake::xx(b, context, false)?;
+    r.read_message(&i.write_message()?[LEN_PREFIX..])?;
+    let m2 = r.write_message_with(b"responder says hi")?;
+    assert_eq_payload(&i.read_message_payload(&m2[LEN_PREFIX..])?, b"responder says hi")?;
+    r.read_message(&i.write_message()?[LEN_PREFIX..])?;
+    let (ra, rb) = (
+        i.remote_static().ok_or(SessionError::Exhausted)?,
+        r.remote_static().ok_or(SessionError::Exhausted)?,
+    );
+    Ok((i.into_transport()?, r.into_transport()?, ra, rb))
+}
+
+fn assert_eq_payload(got: &[u8], want: &[u8]) -> Result<(), SessionError> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(SessionError::Integrity)
+    }
+}
+
 /// Runs both handshake sides in memory (tests, benchmarks, fuzzing).
 pub fn pair_in_memory(psk: &SessionKey, context: &str) -> Result<(Transport, Transport), SessionError> {
     let mut i = Handshake::initiator(psk, context)?;
@@ -269,6 +343,33 @@ pub fn pair_in_memory(psk: &SessionKey, context: &str) -> Result<(Transport, Tra
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn xx_authenticates_both_static_keys() {
+        let (a, b) = ([5u8; 32], [9u8; 32]);
+        let (ta, tb, seen_by_a, seen_by_b) = xx_in_memory(&a, &b, "t").unwrap();
+        let pub_of = |k: &[u8; 32]| {
+            let mut r = Handshake::xx(k, "t", false).unwrap();
+            let mut i = Handshake::xx(&[1; 32], "t", true).unwrap();
+            r.read_message(&i.write_message().unwrap()[LEN_PREFIX..]).unwrap();
+            i.read_message(&r.write_message().unwrap()[LEN_PREFIX..]).unwrap();
+            i.remote_static().unwrap()
+        };
+        assert_eq!(seen_by_a, pub_of(&b));
+        assert_eq!(seen_by_b, pub_of(&a));
+        let (mut s, _) = ta.split();
+        let (_, mut o) = tb.split();
+        let mut out = Vec::new();
+        s.seal(b"over xx", &mut out).unwrap();
+        let mut plain = [0u8; 64];
+        let n = o.open(&out[LEN_PREFIX..], &mut plain).unwrap();
+        assert_eq!(&plain[..n], b"over xx");
+        // A different prologue fails.
+        let mut i = Handshake::xx(&a, "t", true).unwrap();
+        let mut r = Handshake::xx(&b, "u", false).unwrap();
+        r.read_message(&i.write_message().unwrap()[LEN_PREFIX..]).unwrap();
+        assert!(i.read_message(&r.write_message().unwrap()[LEN_PREFIX..]).is_err());
+    }
 
     fn key(b: u8) -> SessionKey {
         SessionKey::from_bytes([b; 32])
