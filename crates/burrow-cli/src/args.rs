@@ -68,6 +68,18 @@ pub enum Command {
         /// Its name or fingerprint.
         name: String,
     },
+    /// Offer this machine's internet connection to paired peers, through the
+    /// relay (no port to open here). Reconnects by itself.
+    #[command(
+        after_help = "Examples:\n  burrow exit --relay relay.example\n  burrow exit --relay relay.example#k3vq-7zpa-... --allow 192.168.1.0/24:80,443"
+    )]
+    Exit(ExitArgs),
+    /// A local SOCKS5 (socks5h) and HTTP CONNECT proxy whose connections leave
+    /// through a paired exit.
+    #[command(
+        after_help = "Examples:\n  burrow proxy home --relay relay.example\n  curl --socks5-hostname 127.0.0.1:1080 https://example.com/\n  burrow proxy home --forward 127.0.0.1:2222=10.0.0.5:22"
+    )]
+    Proxy(ProxyArgs),
     /// Print this installation's identity fingerprint (creating the identity on first use).
     Id {
         /// Print JSON: fingerprint and key file.
@@ -247,9 +259,52 @@ pub struct PairArgs {
     pub code: Option<String>,
 }
 
+/// `burrow exit`.
+#[derive(Debug, Args)]
+pub struct ExitArgs {
+    /// The relay, HOST[:PORT][#FINGERPRINT] (the fingerprint pins its key;
+    /// without one, the key seen first is remembered and a change is refused).
+    #[arg(long, env = "BURROW_RELAY", value_name = "ADDR")]
+    pub relay: Option<String>,
+
+    /// Also allow this destination range, CIDR[:PORTS] (e.g. 192.168.1.0/24:80,443);
+    /// by default loopback, private, link-local, multicast and this machine's
+    /// own addresses are refused. Repeatable.
+    #[arg(long, value_name = "CIDR[:PORTS]")]
+    pub allow: Vec<String>,
+
+    /// Refuse this destination range, CIDR[:PORTS]; beats --allow. Repeatable.
+    #[arg(long, value_name = "CIDR[:PORTS]")]
+    pub deny: Vec<String>,
+}
+
+/// `burrow proxy`.
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// The paired exit: its name (see `burrow peers`) or fingerprint.
+    pub exit: String,
+
+    /// The relay, HOST[:PORT][#FINGERPRINT].
+    #[arg(long, env = "BURROW_RELAY", value_name = "ADDR")]
+    pub relay: Option<String>,
+
+    /// Where to serve SOCKS5 and HTTP CONNECT.
+    #[arg(long, default_value = "127.0.0.1:1080", value_name = "HOST:PORT")]
+    pub listen: String,
+
+    /// Also forward LOCAL to HOST:PORT through the exit (e.g. 127.0.0.1:2222=10.0.0.5:22). Repeatable.
+    #[arg(long, value_name = "LOCAL=HOST:PORT")]
+    pub forward: Vec<String>,
+}
+
 /// `burrow relay`.
 #[derive(Debug, Args)]
 pub struct RelayArgs {
+    /// The relay's key file (created on first use): its fingerprint is what
+    /// exits and proxies pin. Default: $XDG_DATA_HOME/burrow/relay.key.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<std::path::PathBuf>,
+
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0:9009", value_name = "HOST:PORT")]
     pub listen: String,

@@ -71,6 +71,8 @@ async fn run(cli: Cli) -> Result<(), (String, i32)> {
         Command::Relay(a) => cmd::relay::run(a).await.map_err(|e| (format!("{e:#}"), 1)),
         Command::Id { json } => cmd::id(json).map_err(node),
         Command::Pair(a) => cmd::pair(a, &cfg).await.map_err(node),
+        Command::Exit(a) => cmd::tunnel::exit(a, &cfg).await.map_err(node),
+        Command::Proxy(a) => cmd::tunnel::proxy(a, &cfg).await.map_err(node),
         Command::Peers { json } => cmd::peers(json).map_err(node),
         Command::Unpair { name } => cmd::unpair(&name).map_err(node),
         Command::Completions { shell } => {

@@ -498,3 +498,158 @@ fn pair_stores_each_side_under_a_name_and_unpair_forgets() {
     assert!(out.status.success());
     assert_eq!(peers(h2.path()).trim(), "");
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn relay_on(home: &Path, port: u16, key: &Path) -> Proc {
+    let mut c = burrow(home);
+    c.args(["relay", "--listen", &format!("127.0.0.1:{port}"), "--key"])
+        .arg(key);
+    let p = spawn(c);
+    p.line("burrow relay listening on");
+    p
+}
+
+fn curl(args: &[&str]) -> std::process::Output {
+    Command::new("curl")
+        .args(["-sS", "--max-time", "20"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn exit_and_proxy_carry_curl_refuse_by_policy_and_survive_a_relay_restart() {
+    let (ha, hb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let port = free_port();
+    let relay_key = ha.path().join("relay.key");
+    let mut relay = relay_on(ha.path(), port, &relay_key);
+    let addr = format!("127.0.0.1:{port}");
+    // Pair A (exit) and B (proxy).
+    let mut a = burrow(ha.path());
+    a.args(["pair", "--relay", &addr, "--name", "laptop"]);
+    let a = spawn(a);
+    let code = a.line("code:");
+    let out = burrow(hb.path())
+        .args(["pair", "--relay", &addr, &code, "--name", "home"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(a.finish().0, 0);
+    // A web server with a file.
+    let www = tempfile::tempdir().unwrap();
+    let body = pseudo_random(3 << 20, "www");
+    std::fs::write(www.path().join("big.bin"), &body).unwrap();
+    std::fs::write(www.path().join("small.txt"), b"hello through the exit\n").unwrap();
+    let http_port = free_port();
+    let mut web = Command::new("python3");
+    web.args([
+        "-m",
+        "http.server",
+        "--bind",
+        "127.0.0.1",
+        &http_port.to_string(),
+        "--directory",
+    ])
+    .arg(www.path())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    let _web = spawn(web);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", http_port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the web server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The exit allows only the web server's port on loopback.
+    let mut e = burrow(ha.path());
+    e.args([
+        "exit",
+        "--relay",
+        &addr,
+        "--allow",
+        &format!("127.0.0.1/32:{http_port}"),
+    ]);
+    let exit = spawn(e);
+    exit.line("exit ready");
+    let socks_port = free_port();
+    let mut p = burrow(hb.path());
+    p.args([
+        "proxy",
+        "home",
+        "--relay",
+        &addr,
+        "--listen",
+        &format!("127.0.0.1:{socks_port}"),
+    ]);
+    let proxy = spawn(p);
+    proxy.line("proxy listening on");
+    let socks = format!("127.0.0.1:{socks_port}");
+    let url = |path: &str| format!("http://127.0.0.1:{http_port}/{path}");
+    // socks5h and HTTP CONNECT, byte-identical.
+    let out = curl(&["--socks5-hostname", &socks, &url("big.bin")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout == body, "big.bin differs");
+    let out = curl(&["-p", "-x", &format!("http://{socks}"), &url("small.txt")]);
+    assert_eq!(
+        out.stdout,
+        b"hello through the exit\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // 200 concurrent requests, all fine.
+    let mut many = vec!["--parallel", "--parallel-max", "200", "--socks5-hostname", &socks];
+    let small = url("small.txt");
+    for _ in 0..200 {
+        many.extend(["-o", "/dev/null", "-w", "%{http_code}\n", &small]);
+    }
+    let out = curl(&many);
+    let codes = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        codes.lines().filter(|l| *l == "200").count(),
+        200,
+        "{codes}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The default policy: loopback on other ports, private, link-local, names resolving there.
+    for target in [
+        format!("http://127.0.0.1:{}/", free_port()),
+        "http://10.1.2.3/".to_owned(),
+        "http://169.254.169.254/".to_owned(),
+        format!("http://localhost:{}/", free_port()),
+    ] {
+        let out = curl(&["--socks5-hostname", &socks, &target]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        // SOCKS reply 2: "connection not allowed by ruleset" (curl prints the code).
+        assert!(
+            !out.status.success() && (err.contains("not allowed") || err.contains(". (2)")),
+            "{target}: {err}"
+        );
+    }
+    // The relay restarts (same key): the exit reconnects by itself.
+    drop(relay);
+    relay = relay_on(ha.path(), port, &relay_key);
+    exit.line("exit ready");
+    let out = curl(&["--socks5-hostname", &socks, &url("small.txt")]);
+    assert_eq!(
+        out.stdout,
+        b"hello through the exit\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A relay with another key is refused by the peers, loudly.
+    drop(relay);
+    let _impostor = relay_on(ha.path(), port, &ha.path().join("other.key"));
+    let out = curl(&["--socks5-hostname", &socks, &url("small.txt")]);
+    assert!(!out.status.success());
+    let (_, err) = proxy.finish_after_kill();
+    assert!(err.contains("KEY CHANGED"), "{err}");
+}

@@ -36,6 +36,7 @@
 //! | [`pairing`] | `burrow pair`: public identities exchanged under a code |
 //! | [`peers`] | the paired peers file (names → keys) |
 //! | [`paths`] | relay and direct connections, the race between them, reconnects |
+//! | [`tunnel`] | seed 000: exit and proxy through the relay's connector, streams, policy |
 //! | [`record`] | blocking record I/O |
 //! | [`files`] | what a sender offers, where a receiver writes |
 //! | `engine` | the send and receive loops |
@@ -56,6 +57,7 @@ pub mod peers;
 pub mod record;
 pub mod relay_client;
 pub mod rendezvous;
+pub mod tunnel;
 
 use std::io::Read;
 use std::net::IpAddr;

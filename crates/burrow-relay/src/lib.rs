@@ -18,9 +18,11 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod connector;
 pub mod http;
 mod lobby;
 pub mod metrics;
 mod server;
 
+pub use connector::RelayKey;
 pub use server::{Relay, RelayConfig, RelayHandle};

@@ -41,6 +41,9 @@ pub struct RelayConfig {
     pub pipe_buffer: usize,
     /// Lobby (seed 003) limits, `lobby_timeout` among them.
     pub lobby: LobbyConfig,
+    /// The relay's identity key (seed 000's connector needs it; without one,
+    /// connector connections are refused).
+    pub key: Option<Arc<crate::connector::RelayKey>>,
 }
 
 impl Default for RelayConfig {
@@ -53,6 +56,7 @@ impl Default for RelayConfig {
             max_connections: 4096,
             pipe_buffer: 256 * 1024,
             lobby: LobbyConfig::default(),
+            key: None,
         }
     }
 }
@@ -65,6 +69,8 @@ struct Shared {
     pending: Mutex<HashMap<String, Pending>>,
     /// Seed 003's lobby.
     lobby: crate::lobby::Hub,
+    /// Seed 000's connector.
+    connector: crate::connector::Connector,
     /// Ids for pending entries, so a replaced waiter never removes its successor.
     next_id: AtomicU64,
     metrics: Metrics,
@@ -163,6 +169,7 @@ impl Relay {
             shared: Arc::new(Shared {
                 table: Mutex::new(ChannelTable::new(cfg.table.clone())),
                 lobby: crate::lobby::Hub::new(cfg.lobby.clone()),
+                connector: crate::connector::Connector::new(cfg.key.clone()),
                 cfg,
                 notify: Mutex::new(HashMap::new()),
                 pending: Mutex::new(HashMap::new()),
@@ -259,6 +266,14 @@ async fn handle_connection(shared: Arc<Shared>, mut stream: TcpStream, peer: Soc
         handle_staple(shared, stream, ip).await;
     } else if &head == TOKEN_MAGIC {
         handle_token(shared, stream).await;
+    } else if &head == burrow_proto::connector::MAGIC {
+        let limit = shared.cfg.handshake_timeout;
+        if let Some((a, b)) = shared.connector.serve(stream, limit).await {
+            shared.metrics.staples_total.fetch_add(1, Ordering::Relaxed);
+            shared.metrics.staples_active.fetch_add(1, Ordering::Relaxed);
+            pipe(&shared, a, b).await;
+            shared.metrics.staples_active.fetch_sub(1, Ordering::Relaxed);
+        }
     } else if &head == IDENTITY_MAGIC {
         handle_identity(shared, stream, ip).await;
     } else if is_lobby_prefix(&head) {

@@ -3,6 +3,7 @@
 pub mod receive;
 pub mod relay;
 pub mod send;
+pub mod tunnel;
 
 use burrow_node::Error;
 use burrow_node::identity::Identity;
@@ -10,13 +11,13 @@ use burrow_node::peers::PeerBook;
 
 use crate::args::{PairArgs, RelayOpt};
 
-fn my_identity() -> Result<Identity, Error> {
+pub(crate) fn my_identity() -> Result<Identity, Error> {
     let path = Identity::default_path()
         .ok_or_else(|| Error::Usage("neither XDG_DATA_HOME nor HOME is set".into()))?;
     Identity::load_or_create(&path)
 }
 
-fn book() -> Result<PeerBook, Error> {
+pub(crate) fn book() -> Result<PeerBook, Error> {
     let path = PeerBook::default_path()
         .ok_or_else(|| Error::Usage("neither XDG_DATA_HOME nor HOME is set".into()))?;
     PeerBook::load(&path)

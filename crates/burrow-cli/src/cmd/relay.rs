@@ -24,11 +24,27 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
     cfg.table.idle_ttl = Duration::from_secs(args.idle_timeout.max(1));
     cfg.lobby.lobby_timeout = Duration::from_secs(args.lobby_timeout.max(1));
     cfg.table.max_channels_per_ip = args.max_channels_per_ip.max(1);
+    let key_path = match &args.key {
+        Some(p) => p.clone(),
+        None => burrow_node::identity::Identity::default_path()
+            .map(|p| p.with_file_name("relay.key"))
+            .context("neither XDG_DATA_HOME nor HOME is set: pass --key FILE")?,
+    };
+    let id =
+        burrow_node::identity::Identity::load_or_create(&key_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    cfg.key = Some(std::sync::Arc::new(burrow_relay::RelayKey {
+        x25519: zeroize::Zeroizing::new(*id.x25519_secret()),
+        ed25519_public: id.public().ed25519,
+    }));
+    let fingerprint = id.public().fingerprint();
     let relay = Relay::bind(cfg)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = relay.local_addr()?;
     eprintln!("burrow relay listening on {addr}");
+    eprintln!(
+        "relay key fingerprint: {fingerprint} (exits and proxies may pin it: --relay HOST:PORT#{fingerprint})"
+    );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = relay.serve() => {}

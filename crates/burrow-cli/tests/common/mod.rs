@@ -40,6 +40,12 @@ impl Proc {
         }
     }
 
+    /// Kills the process and returns what it wrote to stderr meanwhile.
+    pub fn finish_after_kill(mut self) -> (i32, String) {
+        let _ = self.child.kill();
+        self.finish()
+    }
+
     /// Waits for exit (bounded); returns the code and the rest of stderr.
     pub fn finish(mut self) -> (i32, String) {
         let deadline = Instant::now() + WAIT;

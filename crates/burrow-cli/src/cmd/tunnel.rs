@@ -1,0 +1,115 @@
+//! `burrow exit` and `burrow proxy`.
+
+use std::sync::Arc;
+
+use burrow_node::Error;
+use burrow_node::relay_client::RelayClient;
+use burrow_node::tunnel::{ExitConfig, Proxy, ProxyConfig, RelayTrust, run_exit};
+use burrow_proto::mux::Host;
+use burrow_proto::policy::{Policy, Rule};
+
+use crate::args::{ExitArgs, ProxyArgs};
+use crate::config::Config;
+
+fn relay_of(flag: &Option<String>, cfg: &Config) -> Result<(RelayClient, RelayTrust), Error> {
+    let raw = flag
+        .clone()
+        .filter(|r| !r.trim().is_empty())
+        .or_else(|| cfg.relay.clone())
+        .ok_or_else(|| Error::Usage("a relay is needed: --relay HOST:PORT[#FINGERPRINT]".into()))?;
+    let (addr, trust) = RelayTrust::parse(&raw, RelayTrust::default_known());
+    Ok((RelayClient::new(&addr), trust))
+}
+
+fn log() -> Arc<dyn Fn(String) + Send + Sync> {
+    Arc::new(|l| eprintln!("{l}"))
+}
+
+/// `burrow exit`.
+pub async fn exit(args: ExitArgs, cfg: &Config) -> Result<(), Error> {
+    let (relay, trust) = relay_of(&args.relay, cfg)?;
+    let parse = |v: &[String]| -> Result<Vec<Rule>, Error> {
+        v.iter()
+            .map(|r| Rule::parse(r).map_err(|e| Error::Usage(e.to_string())))
+            .collect()
+    };
+    let policy = Policy::new(
+        parse(&args.allow)?,
+        parse(&args.deny)?,
+        burrow_node::paths::local_addresses(),
+    );
+    let peers = super::book()?;
+    if peers.peers().is_empty() {
+        eprintln!("warning: no paired peers yet, so nobody can use this exit (`burrow pair`)");
+    }
+    run_exit(ExitConfig {
+        relay,
+        trust,
+        me: Arc::new(super::my_identity()?),
+        peers: Arc::new(peers),
+        policy: Arc::new(policy),
+        log: log(),
+    })
+    .await
+}
+
+fn host_port(s: &str) -> Result<(Host, u16), Error> {
+    let bad = || Error::Usage(format!("{s:?} is not HOST:PORT"));
+    let (h, p) = s.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = p.parse().map_err(|_| bad())?;
+    let h = h.trim_start_matches('[').trim_end_matches(']');
+    let host = match h.parse() {
+        Ok(ip) => Host::Ip(ip),
+        Err(_) if !h.is_empty() => Host::Name(h.to_owned()),
+        Err(_) => return Err(bad()),
+    };
+    Ok((host, port))
+}
+
+/// `burrow proxy NAME`.
+pub async fn proxy(args: ProxyArgs, cfg: &Config) -> Result<(), Error> {
+    let (relay, trust) = relay_of(&args.relay, cfg)?;
+    let book = super::book()?;
+    let exit = book
+        .find(&args.exit)
+        .ok_or_else(|| Error::Usage(format!("no paired peer {}: see `burrow peers`", args.exit)))?
+        .key;
+    let proxy = Proxy::new(ProxyConfig {
+        relay,
+        trust,
+        me: Arc::new(super::my_identity()?),
+        exit,
+        log: log(),
+    });
+    let bind = |a: &str| {
+        let a = a.to_owned();
+        async move {
+            tokio::net::TcpListener::bind(&a)
+                .await
+                .map_err(|e| Error::Usage(format!("cannot listen on {a}: {e}")))
+        }
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for f in &args.forward {
+        let (local, target) = f
+            .split_once('=')
+            .ok_or_else(|| Error::Usage(format!("--forward {f}: expected LOCAL=HOST:PORT")))?;
+        let (host, port) = host_port(target)?;
+        let l = bind(local).await?;
+        eprintln!(
+            "forwarding {} to {target} through {}",
+            l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            args.exit
+        );
+        tasks.spawn(proxy.clone().forward(l, host, port));
+    }
+    let l = bind(&args.listen).await?;
+    eprintln!(
+        "proxy listening on {} (SOCKS5 and HTTP CONNECT) through {}",
+        l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        args.exit
+    );
+    tasks.spawn(proxy.serve(l));
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}

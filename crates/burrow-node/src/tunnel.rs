@@ -1,0 +1,874 @@
+//! Exit and proxy (seed 000): a paired machine's internet connection used
+//! through a relay that cannot read or alter the traffic.
+//!
+//! - Both sides authenticate the relay (Noise XX; its fingerprint is pinned
+//!   with `ADDR#FINGERPRINT` or remembered on first use) and prove their own
+//!   identity key to it.
+//! - The exit keeps a mailbox connection under its key and reconnects by
+//!   itself; for each session the relay announces, it opens a new connection,
+//!   runs Noise XX end to end with the proxy, and checks the proxy's key is
+//!   paired. The proxy checks the exit's key is the paired one it asked for.
+//! - Streams are multiplexed ([`burrow_proto::mux`]) with per-stream credit;
+//!   the exit resolves names and checks every address against its
+//!   [`Policy`] before connecting.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+
+use burrow_proto::connector::{MAGIC, Msg, RELAY_CONTEXT, TUNNEL_CONTEXT, VERSION};
+use burrow_proto::mux::{self, Event, Host, Mux, ResetReason};
+use burrow_proto::policy::Policy;
+use burrow_proto::session::{Handshake, LEN_PREFIX, MAX_PLAINTEXT, Opener, Sealer};
+use burrow_proto::socks;
+
+use crate::error::Error;
+use crate::identity::{Identity, PublicIdentity};
+use crate::peers::PeerBook;
+use crate::relay_client::RelayClient;
+
+/// How long a connect to a destination may take at the exit.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes with the relay and the other side.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Mailbox keepalive.
+const PING_EVERY: Duration = Duration::from_secs(20);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Which relay key to trust: a pinned fingerprint, or trust on first use
+/// remembered in a file.
+#[derive(Debug, Clone)]
+pub struct RelayTrust {
+    /// `ADDR#FINGERPRINT` gave one.
+    pub pinned: Option<String>,
+    /// Where first-use fingerprints are kept (`ADDR FINGERPRINT` lines).
+    pub known: Option<PathBuf>,
+}
+
+impl RelayTrust {
+    /// Splits `ADDR#FINGERPRINT`.
+    pub fn parse(relay: &str, known: Option<PathBuf>) -> (String, Self) {
+        match relay.split_once('#') {
+            Some((a, fp)) => (
+                a.to_owned(),
+                Self {
+                    pinned: Some(fp.trim().to_owned()),
+                    known,
+                },
+            ),
+            None => (relay.to_owned(), Self { pinned: None, known }),
+        }
+    }
+
+    /// The default file of first-use fingerprints.
+    pub fn default_known() -> Option<PathBuf> {
+        Identity::default_path().map(|p| p.with_file_name("relays"))
+    }
+
+    fn check(&self, addr: &str, fp: &str) -> Result<(), Error> {
+        if let Some(p) = &self.pinned {
+            return if p == fp {
+                Ok(())
+            } else {
+                Err(Error::Integrity(format!(
+                    "the relay at {addr} presents key {fp}, not the pinned {p}: refusing it"
+                )))
+            };
+        }
+        let Some(path) = &self.known else { return Ok(()) };
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        for line in text.lines() {
+            if let Some((a, known)) = line.split_once(' ')
+                && a == addr
+            {
+                return if known.trim() == fp {
+                    Ok(())
+                } else {
+                    Err(Error::Integrity(format!(
+                        "THE RELAY'S KEY CHANGED: {addr} presented {known} before and {fp} now. \
+                         Someone may be impersonating it. If it was re-keyed on purpose, remove its line \
+                         from {} (or pin it with {addr}#{fp})",
+                        path.display()
+                    )))
+                };
+            }
+        }
+        remember(path, addr, fp)
+    }
+}
+
+fn remember(path: &Path, addr: &str, fp: &str) -> Result<(), Error> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    std::io::Write::write_all(&mut f, format!("{addr} {fp}\n").as_bytes()).map_err(|e| Error::io(path, e))
+}
+
+async fn read_frame(s: &mut TcpStream) -> Result<Vec<u8>, Error> {
+    let mut len = [0u8; LEN_PREFIX];
+    s.read_exact(&mut len).await.map_err(Error::ConnectionLost)?;
+    let mut b = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    s.read_exact(&mut b).await.map_err(Error::ConnectionLost)?;
+    Ok(b)
+}
+
+/// An authenticated connection to the relay.
+struct Link {
+    s: TcpStream,
+    sealer: Sealer,
+    opener: Opener,
+}
+
+impl Link {
+    async fn send(&mut self, m: &Msg) -> Result<(), Error> {
+        let mut out = Vec::new();
+        self.sealer.seal(&m.encode(), &mut out)?;
+        self.s.write_all(&out).await.map_err(Error::ConnectionLost)
+    }
+
+    async fn recv(&mut self) -> Result<Msg, Error> {
+        let ct = read_frame(&mut self.s).await?;
+        let mut plain = vec![0u8; MAX_PLAINTEXT];
+        let n = self.opener.open(&ct, &mut plain)?;
+        match Msg::decode(&plain[..n]).map_err(|e| Error::RelayProtocol(e.to_string()))? {
+            Msg::Error(m) => Err(Error::Relay {
+                kind: "connector".into(),
+                message: burrow_proto::transfer::escape_display(&m),
+            }),
+            m => Ok(m),
+        }
+    }
+}
+
+/// Opens an authenticated connection to the relay ("authenticate" and
+/// "authenticate-ack" of seed 000).
+async fn relay_link(relay: &RelayClient, trust: &RelayTrust, me: &Identity) -> Result<Link, Error> {
+    let mut s = relay.connect().await?;
+    let run = async {
+        let mut hello = MAGIC.to_vec();
+        hello.push(VERSION);
+        s.write_all(&hello).await.map_err(Error::ConnectionLost)?;
+        let mut hs = Handshake::xx(me.x25519_secret(), RELAY_CONTEXT, true)?;
+        s.write_all(&hs.write_message()?)
+            .await
+            .map_err(Error::ConnectionLost)?;
+        let payload = hs.read_message_payload(&read_frame(&mut s).await?)?;
+        let (Some(x25519), Ok(ed25519)) = (hs.remote_static(), <[u8; 32]>::try_from(&payload[..])) else {
+            return Err(Error::RelayProtocol("the relay did not present its keys".into()));
+        };
+        let fp = PublicIdentity { x25519, ed25519 }.fingerprint();
+        trust.check(relay.addr(), &fp)?;
+        s.write_all(&hs.write_message()?)
+            .await
+            .map_err(Error::ConnectionLost)?;
+        let (sealer, opener) = hs.into_transport()?.split();
+        Ok::<_, Error>((sealer, opener))
+    };
+    let (sealer, opener) = tokio::time::timeout(HANDSHAKE_TIMEOUT, run)
+        .await
+        .map_err(|_| Error::Timeout("the relay did not complete the handshake".into()))??;
+    Ok(Link { s, sealer, opener })
+}
+
+/// End-to-end Noise XX through the relay's pipe; returns the peer's key.
+async fn end_to_end(
+    s: &mut TcpStream,
+    me: &Identity,
+    initiator: bool,
+) -> Result<(Sealer, Opener, [u8; 32]), Error> {
+    let run = async {
+        let mut hs = Handshake::xx(me.x25519_secret(), TUNNEL_CONTEXT, initiator)?;
+        if initiator {
+            s.write_all(&hs.write_message()?)
+                .await
+                .map_err(Error::ConnectionLost)?; // helloclient
+            hs.read_message(&read_frame(s).await?)?; // helloserver
+            s.write_all(&hs.write_message()?)
+                .await
+                .map_err(Error::ConnectionLost)?; // publickey
+        } else {
+            hs.read_message(&read_frame(s).await?)?;
+            s.write_all(&hs.write_message()?)
+                .await
+                .map_err(Error::ConnectionLost)?;
+            hs.read_message(&read_frame(s).await?)?;
+        }
+        let peer = hs
+            .remote_static()
+            .ok_or_else(|| Error::Protocol("no key from the other side".into()))?;
+        let (a, b) = hs.into_transport()?.split();
+        Ok::<_, Error>((a, b, peer))
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, run)
+        .await
+        .map_err(|_| Error::Timeout("the other side did not complete the handshake".into()))?
+}
+
+/// What the exit does with a stream the proxy opens.
+type OnOpen = Arc<dyn Fn(Arc<Tunnel>, u32, Host, u16) + Send + Sync>;
+
+/// One stream's plumbing inside a tunnel.
+struct StreamIo {
+    data: mpsc::UnboundedSender<Option<Vec<u8>>>,
+    writable: Arc<Notify>,
+    opened: Option<oneshot::Sender<Result<(), (ResetReason, String)>>>,
+}
+
+/// A running tunnel: the mux, the frame writer, the streams.
+struct Tunnel {
+    mux: Mutex<Mux>,
+    out: mpsc::Sender<Vec<u8>>,
+    streams: Mutex<HashMap<u32, StreamIo>>,
+    /// Becomes true when the session ends (either direction failed).
+    dead: watch::Sender<bool>,
+}
+
+impl Tunnel {
+    /// Starts the reader and writer tasks; `on_open` handles streams the
+    /// other side opens (exit side).
+    fn start(
+        s: TcpStream,
+        mut sealer: Sealer,
+        mut opener: Opener,
+        client: bool,
+        on_open: Option<OnOpen>,
+    ) -> Arc<Self> {
+        let (mut rd, mut wr) = s.into_split();
+        let (out, mut out_rx) = mpsc::channel::<Vec<u8>>(256);
+        let t = Arc::new(Self {
+            mux: Mutex::new(Mux::new(client, mux::DEFAULT_MAX_STREAMS)),
+            out,
+            streams: Mutex::new(HashMap::new()),
+            dead: watch::channel(false).0,
+        });
+        let t1 = t.clone();
+        tokio::spawn(async move {
+            let mut buf = Vec::with_capacity(256 * 1024);
+            let mut dead = t1.dead.subscribe();
+            loop {
+                let f = tokio::select! {
+                    f = out_rx.recv() => match f { Some(f) => f, None => break },
+                    _ = dead.wait_for(|d| *d) => break,
+                };
+                buf.clear();
+                if sealer.seal(&f, &mut buf).is_err() {
+                    break;
+                }
+                // Batch whatever else is queued into one write.
+                while buf.len() < 192 * 1024
+                    && let Ok(more) = out_rx.try_recv()
+                {
+                    if sealer.seal(&more, &mut buf).is_err() {
+                        return;
+                    }
+                }
+                if wr.write_all(&buf).await.is_err() {
+                    break;
+                }
+            }
+            let _ = wr.shutdown().await;
+            t1.kill();
+        });
+        let t2 = t.clone();
+        tokio::spawn(async move {
+            let mut plain = vec![0u8; MAX_PLAINTEXT];
+            loop {
+                let mut len = [0u8; LEN_PREFIX];
+                if rd.read_exact(&mut len).await.is_err() {
+                    break;
+                }
+                let mut ct = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                if rd.read_exact(&mut ct).await.is_err() {
+                    break;
+                }
+                // A record that fails authentication ends everything: no altered byte is delivered.
+                let Ok(n) = opener.open(&ct, &mut plain) else {
+                    tracing::warn!("tunnel: integrity check failed; closing every stream");
+                    break;
+                };
+                let ev = lock(&t2.mux).handle(&plain[..n]).map(|e| match e {
+                    Event::Data { stream, bytes } => {
+                        (Some(bytes.to_vec()), Event::Data { stream, bytes: &[] })
+                    }
+                    other => (None, other),
+                });
+                let (bytes, ev) = match ev {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!("tunnel: {e}");
+                        break;
+                    }
+                };
+                t2.dispatch(ev, bytes, on_open.as_ref());
+            }
+            t2.kill();
+        });
+        t
+    }
+
+    /// Ends the session: every stream ends, the writer stops.
+    fn kill(&self) {
+        lock(&self.streams).clear();
+        self.dead.send_replace(true);
+    }
+
+    /// Waits until the session has ended.
+    async fn ended(&self) {
+        let mut d = self.dead.subscribe();
+        let _ = d.wait_for(|d| *d).await;
+    }
+
+    fn dispatch(self: &Arc<Self>, ev: Event<'_>, bytes: Option<Vec<u8>>, on_open: Option<&OnOpen>) {
+        let mut streams = lock(&self.streams);
+        match ev {
+            Event::Open { stream, host, port } => match on_open {
+                Some(f) => {
+                    drop(streams);
+                    f(self.clone(), stream, host, port);
+                }
+                None => {
+                    let r = lock(&self.mux).reset(stream, ResetReason::Failure, "this side opens no streams");
+                    let _ = self.out.try_send(r);
+                }
+            },
+            Event::Opened { stream } => {
+                if let Some(tx) = streams.get_mut(&stream).and_then(|s| s.opened.take()) {
+                    let _ = tx.send(Ok(()));
+                }
+            }
+            Event::Data { stream, .. } => {
+                if let (Some(s), Some(b)) = (streams.get(&stream), bytes) {
+                    let _ = s.data.send(Some(b));
+                }
+            }
+            Event::Writable { stream } => {
+                if let Some(s) = streams.get(&stream) {
+                    s.writable.notify_one();
+                }
+            }
+            Event::Fin { stream } => {
+                if let Some(s) = streams.get(&stream) {
+                    let _ = s.data.send(None);
+                }
+            }
+            Event::Reset {
+                stream,
+                reason,
+                message,
+            } => {
+                if let Some(mut s) = streams.remove(&stream)
+                    && let Some(tx) = s.opened.take()
+                {
+                    let _ = tx.send(Err((reason, message)));
+                }
+            }
+            Event::Nothing => {}
+        }
+    }
+
+    fn register(
+        &self,
+        stream: u32,
+        opened: Option<oneshot::Sender<Result<(), (ResetReason, String)>>>,
+    ) -> (mpsc::UnboundedReceiver<Option<Vec<u8>>>, Arc<Notify>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let writable = Arc::new(Notify::new());
+        lock(&self.streams).insert(
+            stream,
+            StreamIo {
+                data: tx,
+                writable: writable.clone(),
+                opened,
+            },
+        );
+        (rx, writable)
+    }
+
+    async fn send(&self, frame: Vec<u8>) -> bool {
+        self.out.send(frame).await.is_ok()
+    }
+
+    fn is_closed(&self) -> bool {
+        *self.dead.borrow() || self.out.is_closed()
+    }
+
+    /// Copies between a local socket and a stream until both directions end.
+    async fn pump(
+        self: Arc<Self>,
+        id: u32,
+        local: TcpStream,
+        mut rx: mpsc::UnboundedReceiver<Option<Vec<u8>>>,
+        writable: Arc<Notify>,
+    ) {
+        let (mut lr, mut lw) = local.into_split();
+        let up = {
+            let t = self.clone();
+            async move {
+                let mut buf = vec![0u8; mux::MAX_DATA];
+                loop {
+                    let credit = lock(&t.mux).credit(id);
+                    if credit == 0 {
+                        if !lock(&t.streams).contains_key(&id) {
+                            return;
+                        }
+                        tokio::select! {
+                            _ = writable.notified() => continue,
+                            _ = t.ended() => return,
+                        }
+                    }
+                    let n = match lr.read(&mut buf[..credit]).await {
+                        Ok(0) => {
+                            let fin = lock(&t.mux).fin(id);
+                            if let Some(f) = fin {
+                                t.send(f).await;
+                            }
+                            return;
+                        }
+                        Ok(n) => n,
+                        Err(_) => {
+                            let r = lock(&t.mux).reset(
+                                id,
+                                ResetReason::Aborted,
+                                "the client's connection failed",
+                            );
+                            lock(&t.streams).remove(&id);
+                            t.send(r).await;
+                            return;
+                        }
+                    };
+                    let f = lock(&t.mux).data(id, &buf[..n]);
+                    match f {
+                        Ok(f) => {
+                            if !t.send(f).await {
+                                return;
+                            }
+                        }
+                        Err(_) => return,
+                    }
+                }
+            }
+        };
+        let down = {
+            let t = self.clone();
+            async move {
+                while let Some(item) = rx.recv().await {
+                    match item {
+                        Some(bytes) => {
+                            if lw.write_all(&bytes).await.is_err() {
+                                let r =
+                                    lock(&t.mux).reset(id, ResetReason::Aborted, "the local side went away");
+                                lock(&t.streams).remove(&id);
+                                t.send(r).await;
+                                return;
+                            }
+                            let w = lock(&t.mux).consumed(id, bytes.len());
+                            if let Some(w) = w {
+                                t.send(w).await;
+                            }
+                        }
+                        None => {
+                            let _ = lw.shutdown().await;
+                            return;
+                        }
+                    }
+                }
+                // Reset or the tunnel ended: abort the local connection.
+                let _ = lw.shutdown().await;
+            }
+        };
+        tokio::join!(up, down);
+        lock(&self.streams).remove(&id);
+    }
+}
+
+// ---------------------------------------------------------------- exit
+
+/// What an exit needs.
+pub struct ExitConfig {
+    /// The relay.
+    pub relay: RelayClient,
+    /// How to trust it.
+    pub trust: RelayTrust,
+    /// This installation.
+    pub me: Arc<Identity>,
+    /// Paired peers allowed to use the exit.
+    pub peers: Arc<PeerBook>,
+    /// Egress policy.
+    pub policy: Arc<Policy>,
+    /// Called with a line for the user (connected, reconnecting, sessions).
+    pub log: Arc<dyn Fn(String) + Send + Sync>,
+}
+
+/// Serves as an exit forever: keeps the mailbox up (reconnecting with
+/// backoff), and serves each session the relay announces.
+pub async fn run_exit(cfg: ExitConfig) -> Result<(), Error> {
+    let cfg = Arc::new(cfg);
+    let mut wait = Duration::from_millis(500);
+    loop {
+        match mailbox(&cfg).await {
+            Err(e @ Error::Integrity(_)) => return Err(e),
+            Err(e) => {
+                (cfg.log)(format!(
+                    "relay connection lost ({e}); reconnecting in {:.1}s",
+                    wait.as_secs_f32()
+                ));
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            Ok(()) => wait = Duration::from_millis(500),
+        }
+    }
+}
+
+async fn mailbox(cfg: &Arc<ExitConfig>) -> Result<(), Error> {
+    let mut link = relay_link(&cfg.relay, &cfg.trust, &cfg.me).await?;
+    link.send(&Msg::Listen).await?;
+    (cfg.log)(format!(
+        "exit ready at relay {} as {}",
+        cfg.relay.addr(),
+        cfg.me.public().fingerprint()
+    ));
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            _ = ping.tick() => link.send(&Msg::Ping).await?,
+            m = link.recv() => match m? {
+                Msg::Init { session, peer } => {
+                    let cfg = cfg.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = exit_session(&cfg, session, peer).await {
+                            (cfg.log)(format!("session refused or failed: {e}"));
+                        }
+                    });
+                }
+                Msg::Pong => {}
+                _ => return Err(Error::RelayProtocol("unexpected message on the mailbox".into())),
+            },
+        }
+    }
+}
+
+async fn exit_session(cfg: &Arc<ExitConfig>, session: [u8; 16], peer: [u8; 32]) -> Result<(), Error> {
+    let Some(p) = cfg.peers.by_x25519(&peer) else {
+        return Err(Error::Usage(
+            "a key that is not paired asked for a session".into(),
+        ));
+    };
+    let name = p.name.clone();
+    let mut link = relay_link(&cfg.relay, &cfg.trust, &cfg.me).await?;
+    link.send(&Msg::Accept { session }).await?;
+    match link.recv().await? {
+        Msg::Init { peer: p2, .. } if p2 == peer => {}
+        _ => return Err(Error::RelayProtocol("the relay did not start the session".into())),
+    }
+    let mut s = link.s;
+    let (sealer, opener, seen) = end_to_end(&mut s, &cfg.me, true).await?;
+    if seen != peer {
+        return Err(Error::Integrity(
+            "the proxy's key is not the one the relay announced".into(),
+        ));
+    }
+    (cfg.log)(format!("session from {name}"));
+    let policy = cfg.policy.clone();
+    let on_open: OnOpen = Arc::new(move |t, id, host, port| {
+        let policy = policy.clone();
+        tokio::spawn(exit_stream(t, id, host, port, policy));
+    });
+    let t = Tunnel::start(s, sealer, opener, false, Some(on_open));
+    t.ended().await;
+    Ok(())
+}
+
+fn reset_for(e: &std::io::Error) -> ResetReason {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::ConnectionRefused => ResetReason::ConnectionRefused,
+        K::NetworkUnreachable => ResetReason::NetworkUnreachable,
+        K::HostUnreachable => ResetReason::HostUnreachable,
+        K::TimedOut => ResetReason::TimedOut,
+        _ => ResetReason::Failure,
+    }
+}
+
+async fn exit_stream(t: Arc<Tunnel>, id: u32, host: Host, port: u16, policy: Arc<Policy>) {
+    let (rx, writable) = t.register(id, None);
+    let addrs: Vec<SocketAddr> = match &host {
+        Host::Ip(ip) => vec![SocketAddr::new(*ip, port)],
+        Host::Name(n) => match tokio::net::lookup_host((n.as_str(), port)).await {
+            Ok(a) => a.collect(),
+            Err(_) => Vec::new(),
+        },
+    };
+    let mut last = (
+        ResetReason::HostUnreachable,
+        "the name did not resolve".to_owned(),
+    );
+    let mut conn = None;
+    for a in addrs {
+        // Every address, after resolution: a name may point anywhere.
+        if let Err(why) = policy.check(a) {
+            last = (ResetReason::NotAllowed, format!("{a}: {why}"));
+            continue;
+        }
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(a)).await {
+            Ok(Ok(s)) => {
+                conn = Some(s);
+                break;
+            }
+            Ok(Err(e)) => last = (reset_for(&e), format!("{a}: {e}")),
+            Err(_) => last = (ResetReason::TimedOut, format!("{a}: timed out")),
+        }
+    }
+    let Some(s) = conn else {
+        lock(&t.streams).remove(&id);
+        let r = lock(&t.mux).reset(id, last.0, &last.1);
+        t.send(r).await;
+        return;
+    };
+    let _ = s.set_nodelay(true);
+    let opened = lock(&t.mux).opened(id);
+    t.send(opened).await;
+    t.pump(id, s, rx, writable).await;
+}
+
+// ---------------------------------------------------------------- proxy
+
+/// What a proxy needs.
+pub struct ProxyConfig {
+    /// The relay.
+    pub relay: RelayClient,
+    /// How to trust it.
+    pub trust: RelayTrust,
+    /// This installation.
+    pub me: Arc<Identity>,
+    /// The exit's keys (paired).
+    pub exit: PublicIdentity,
+    /// Called with a line for the user.
+    pub log: Arc<dyn Fn(String) + Send + Sync>,
+}
+
+/// The proxy: one tunnel to the exit, reopened when it ends.
+pub struct Proxy {
+    cfg: ProxyConfig,
+    tunnel: tokio::sync::Mutex<Option<Arc<Tunnel>>>,
+}
+
+impl Proxy {
+    /// A proxy (connects on first use).
+    pub fn new(cfg: ProxyConfig) -> Arc<Self> {
+        Arc::new(Self {
+            cfg,
+            tunnel: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// The live tunnel, opening one if needed.
+    async fn tunnel(&self) -> Result<Arc<Tunnel>, Error> {
+        let mut g = self.tunnel.lock().await;
+        if let Some(t) = g.as_ref()
+            && !t.is_closed()
+        {
+            return Ok(t.clone());
+        }
+        let mut link = relay_link(&self.cfg.relay, &self.cfg.trust, &self.cfg.me).await?;
+        link.send(&Msg::Connect {
+            target: self.cfg.exit.x25519,
+        })
+        .await?;
+        match link.recv().await? {
+            Msg::Init { peer, .. } if peer == self.cfg.exit.x25519 => {}
+            _ => return Err(Error::RelayProtocol("the relay did not start the session".into())),
+        }
+        let mut s = link.s;
+        let (sealer, opener, seen) = end_to_end(&mut s, &self.cfg.me, false).await?;
+        if seen != self.cfg.exit.x25519 {
+            return Err(Error::Integrity(
+                "the exit presented another key than the paired one (refusing)".into(),
+            ));
+        }
+        (self.cfg.log)(format!(
+            "tunnel to the exit {} is up",
+            self.cfg.exit.fingerprint()
+        ));
+        let t = Tunnel::start(s, sealer, opener, true, None);
+        *g = Some(t.clone());
+        Ok(t)
+    }
+
+    /// Opens a stream to `host:port`; on success, the stream's plumbing.
+    async fn open(&self, host: Host, port: u16) -> Result<(Arc<Tunnel>, u32), (ResetReason, String)> {
+        let t = match self.tunnel().await {
+            Ok(t) => t,
+            Err(e) => {
+                (self.cfg.log)(format!("cannot reach the exit: {e}"));
+                return Err((ResetReason::Failure, e.to_string()));
+            }
+        };
+        let (tx, rx) = oneshot::channel();
+        let (id, frame) = lock(&t.mux)
+            .open(host, port)
+            .map_err(|e| (ResetReason::Failure, e.to_string()))?;
+        let _ = t.register(id, Some(tx));
+        if !t.send(frame).await {
+            return Err((ResetReason::Failure, "the tunnel closed".into()));
+        }
+        match tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_secs(5), rx).await {
+            Ok(Ok(Ok(()))) => Ok((t, id)),
+            Ok(Ok(Err(r))) => Err(r),
+            _ => Err((ResetReason::TimedOut, "the exit did not answer".into())),
+        }
+    }
+
+    /// Serves SOCKS5 and HTTP CONNECT on `listener` forever.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        while let Ok((s, _)) = listener.accept().await {
+            let me = self.clone();
+            tokio::spawn(async move { me.client(s).await });
+        }
+    }
+
+    /// Forwards every connection to `listener` to `host:port` through the exit.
+    pub async fn forward(self: Arc<Self>, listener: TcpListener, host: Host, port: u16) {
+        while let Ok((s, _)) = listener.accept().await {
+            let (me, host) = (self.clone(), host.clone());
+            tokio::spawn(async move {
+                if let Ok((t, id)) = me.open(host, port).await {
+                    me.attach(t, id, s).await;
+                }
+            });
+        }
+    }
+
+    async fn attach(&self, t: Arc<Tunnel>, id: u32, s: TcpStream) {
+        let (rx, writable) = {
+            // Re-register keeping the data channel: the stream exists since `open`.
+            let (tx, rx) = mpsc::unbounded_channel();
+            let writable = Arc::new(Notify::new());
+            if let Some(io) = lock(&t.streams).get_mut(&id) {
+                io.data = tx;
+                io.writable = writable.clone();
+            } else {
+                return;
+            }
+            (rx, writable)
+        };
+        let _ = s.set_nodelay(true);
+        t.pump(id, s, rx, writable).await;
+    }
+
+    async fn client(&self, mut s: TcpStream) {
+        let mut buf = Vec::with_capacity(512);
+        if !read_more(&mut s, &mut buf).await {
+            return;
+        }
+        let (target, is_socks) = if buf[0] == 5 {
+            let (answer, used) = loop {
+                match socks::greeting(&buf) {
+                    Ok(Some(x)) => break x,
+                    Ok(None) if read_more(&mut s, &mut buf).await => {}
+                    Ok(None) => return,
+                    Err(_) => {
+                        let _ = s.write_all(&[5, 0xff]).await;
+                        return;
+                    }
+                }
+            };
+            if s.write_all(&answer).await.is_err() {
+                return;
+            }
+            buf.drain(..used);
+            let (t, used) = loop {
+                match socks::request(&buf) {
+                    Ok(Some(x)) => break x,
+                    Ok(None) if read_more(&mut s, &mut buf).await => {}
+                    Ok(None) => return,
+                    Err(e) => {
+                        let _ = s.write_all(&socks::reply(e.reply_code())).await;
+                        return;
+                    }
+                }
+            };
+            buf.drain(..used);
+            (t, true)
+        } else {
+            let (t, used) = loop {
+                match socks::http_connect(&buf) {
+                    Ok(Some(x)) => break x,
+                    Ok(None) if read_more(&mut s, &mut buf).await => {}
+                    Ok(None) => return,
+                    Err(e) => {
+                        let body = e.to_string();
+                        let head = format!(
+                            "HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = s.write_all(head.as_bytes()).await;
+                        return;
+                    }
+                }
+            };
+            buf.drain(..used);
+            (t, false)
+        };
+        match self.open(target.host, target.port).await {
+            Ok((tun, id)) => {
+                let ok = if is_socks {
+                    socks::reply_for(None).to_vec()
+                } else {
+                    socks::http_reply(None)
+                };
+                if s.write_all(&ok).await.is_err() {
+                    return;
+                }
+                if !buf.is_empty() {
+                    // Bytes the client sent right after its request.
+                    let f = lock(&tun.mux).data(id, &buf);
+                    if let Ok(f) = f {
+                        tun.send(f).await;
+                    }
+                }
+                self.attach(tun, id, s).await;
+            }
+            Err((reason, msg)) => {
+                let fail = if is_socks {
+                    socks::reply_for(Some(reason)).to_vec()
+                } else {
+                    socks::http_reply(Some((reason, &msg)))
+                };
+                let _ = s.write_all(&fail).await;
+            }
+        }
+    }
+}
+
+/// Reads more of a client's request (bounded in size and time).
+async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+    if buf.len() > 8 * 1024 {
+        return false;
+    }
+    let mut chunk = [0u8; 1024];
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, s.read(&mut chunk)).await {
+        Ok(Ok(n)) if n > 0 => {
+            buf.extend_from_slice(&chunk[..n]);
+            true
+        }
+        _ => false,
+    }
+}
