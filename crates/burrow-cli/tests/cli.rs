@@ -524,81 +524,120 @@ fn curl(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// A relay, an exit (home A) and a web server, with home B paired to A.
+struct Fixture {
+    ha: tempfile::TempDir,
+    hb: tempfile::TempDir,
+    port: u16,
+    relay_key: std::path::PathBuf,
+    relay: Option<Proc>,
+    exit: Proc,
+    http_port: u16,
+    body: Vec<u8>,
+    _web: Proc,
+    _www: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let (ha, hb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let port = free_port();
+        let relay_key = ha.path().join("relay.key");
+        let relay = relay_on(ha.path(), port, &relay_key);
+        let addr = format!("127.0.0.1:{port}");
+        let mut a = burrow(ha.path());
+        a.args(["pair", "--relay", &addr, "--name", "laptop"]);
+        let a = spawn(a);
+        let code = a.line("code:");
+        let out = burrow(hb.path())
+            .args(["pair", "--relay", &addr, &code, "--name", "home"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(a.finish().0, 0);
+        let www = tempfile::tempdir().unwrap();
+        let body = pseudo_random(3 << 20, "www");
+        std::fs::write(www.path().join("big.bin"), &body).unwrap();
+        std::fs::write(www.path().join("small.txt"), b"hello through the exit\n").unwrap();
+        let http_port = free_port();
+        let mut web = Command::new("python3");
+        web.args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &http_port.to_string(),
+            "--directory",
+        ])
+        .arg(www.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        let web = spawn(web);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", http_port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the web server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // The exit allows only the web server's port on loopback.
+        let mut e = burrow(ha.path());
+        e.args([
+            "exit",
+            "--relay",
+            &addr,
+            "--allow",
+            &format!("127.0.0.1/32:{http_port}"),
+        ]);
+        let exit = spawn(e);
+        exit.line("exit ready");
+        Fixture {
+            ha,
+            hb,
+            port,
+            relay_key,
+            relay: Some(relay),
+            exit,
+            http_port,
+            body,
+            _web: web,
+            _www: www,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}/{path}", self.http_port)
+    }
+
+    /// `burrow proxy home` from `home` through `relay`; returns it and its SOCKS address.
+    fn proxy(&self, home: &Path, relay: &str) -> (Proc, String) {
+        let socks_port = free_port();
+        let mut p = burrow(home);
+        p.args([
+            "proxy",
+            "home",
+            "--relay",
+            relay,
+            "--listen",
+            &format!("127.0.0.1:{socks_port}"),
+        ]);
+        let proxy = spawn(p);
+        proxy.line("proxy listening on");
+        (proxy, format!("127.0.0.1:{socks_port}"))
+    }
+}
+
 #[test]
 fn exit_and_proxy_carry_curl_refuse_by_policy_and_survive_a_relay_restart() {
-    let (ha, hb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let port = free_port();
-    let relay_key = ha.path().join("relay.key");
-    let mut relay = relay_on(ha.path(), port, &relay_key);
-    let addr = format!("127.0.0.1:{port}");
-    // Pair A (exit) and B (proxy).
-    let mut a = burrow(ha.path());
-    a.args(["pair", "--relay", &addr, "--name", "laptop"]);
-    let a = spawn(a);
-    let code = a.line("code:");
-    let out = burrow(hb.path())
-        .args(["pair", "--relay", &addr, &code, "--name", "home"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(a.finish().0, 0);
-    // A web server with a file.
-    let www = tempfile::tempdir().unwrap();
-    let body = pseudo_random(3 << 20, "www");
-    std::fs::write(www.path().join("big.bin"), &body).unwrap();
-    std::fs::write(www.path().join("small.txt"), b"hello through the exit\n").unwrap();
-    let http_port = free_port();
-    let mut web = Command::new("python3");
-    web.args([
-        "-m",
-        "http.server",
-        "--bind",
-        "127.0.0.1",
-        &http_port.to_string(),
-        "--directory",
-    ])
-    .arg(www.path())
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
-    let _web = spawn(web);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", http_port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the web server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    // The exit allows only the web server's port on loopback.
-    let mut e = burrow(ha.path());
-    e.args([
-        "exit",
-        "--relay",
-        &addr,
-        "--allow",
-        &format!("127.0.0.1/32:{http_port}"),
-    ]);
-    let exit = spawn(e);
-    exit.line("exit ready");
-    let socks_port = free_port();
-    let mut p = burrow(hb.path());
-    p.args([
-        "proxy",
-        "home",
-        "--relay",
-        &addr,
-        "--listen",
-        &format!("127.0.0.1:{socks_port}"),
-    ]);
-    let proxy = spawn(p);
-    proxy.line("proxy listening on");
-    let socks = format!("127.0.0.1:{socks_port}");
-    let url = |path: &str| format!("http://127.0.0.1:{http_port}/{path}");
+    let mut f = Fixture::new();
+    let addr = format!("127.0.0.1:{}", f.port);
+    let (proxy, socks) = f.proxy(f.hb.path(), &addr);
     // socks5h and HTTP CONNECT, byte-identical.
-    let out = curl(&["--socks5-hostname", &socks, &url("big.bin")]);
+    let out = curl(&["--socks5-hostname", &socks, &f.url("big.bin")]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.stdout == body, "big.bin differs");
-    let out = curl(&["-p", "-x", &format!("http://{socks}"), &url("small.txt")]);
+    assert!(out.stdout == f.body, "big.bin differs");
+    let out = curl(&["-p", "-x", &format!("http://{socks}"), &f.url("small.txt")]);
     assert_eq!(
         out.stdout,
         b"hello through the exit\n",
@@ -607,7 +646,7 @@ fn exit_and_proxy_carry_curl_refuse_by_policy_and_survive_a_relay_restart() {
     );
     // 200 concurrent requests, all fine.
     let mut many = vec!["--parallel", "--parallel-max", "200", "--socks5-hostname", &socks];
-    let small = url("small.txt");
+    let small = f.url("small.txt");
     for _ in 0..200 {
         many.extend(["-o", "/dev/null", "-w", "%{http_code}\n", &small]);
     }
@@ -619,13 +658,21 @@ fn exit_and_proxy_carry_curl_refuse_by_policy_and_survive_a_relay_restart() {
         "{codes}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // The default policy: loopback on other ports, private, link-local, names resolving there.
-    for target in [
+    // The default policy: loopback on other ports, private, link-local, names
+    // resolving there, and the exit's own addresses (refused before any dial).
+    let mut targets = vec![
         format!("http://127.0.0.1:{}/", free_port()),
         "http://10.1.2.3/".to_owned(),
         "http://169.254.169.254/".to_owned(),
         format!("http://localhost:{}/", free_port()),
-    ] {
+    ];
+    if let Some(own) = burrow_node::paths::local_addresses()
+        .into_iter()
+        .find(|a| a.is_ipv4())
+    {
+        targets.push(format!("http://{own}:9/"));
+    }
+    for target in targets {
         let out = curl(&["--socks5-hostname", &socks, &target]);
         let err = String::from_utf8_lossy(&out.stderr);
         // SOCKS reply 2: "connection not allowed by ruleset" (curl prints the code).
@@ -634,11 +681,23 @@ fn exit_and_proxy_carry_curl_refuse_by_policy_and_survive_a_relay_restart() {
             "{target}: {err}"
         );
     }
+    // A key the exit has not paired with is refused (C knows the exit, not the other way round).
+    let hc = tempfile::tempdir().unwrap();
+    let data = |h: &Path| h.join(".local/share/burrow");
+    std::fs::create_dir_all(data(hc.path())).unwrap();
+    std::fs::copy(data(f.hb.path()).join("peers"), data(hc.path()).join("peers")).unwrap();
+    std::fs::copy(data(f.hb.path()).join("relays"), data(hc.path()).join("relays")).unwrap();
+    let (stranger, ssocks) = f.proxy(hc.path(), &addr);
+    let out = curl(&["--socks5-hostname", &ssocks, &f.url("small.txt")]);
+    assert!(!out.status.success());
+    let (_, err) = stranger.finish_after_kill();
+    assert!(err.contains("not paired"), "{err}");
+    f.exit.line("refused a session from an unpaired key");
     // The relay restarts (same key): the exit reconnects by itself.
-    drop(relay);
-    relay = relay_on(ha.path(), port, &relay_key);
-    exit.line("exit ready");
-    let out = curl(&["--socks5-hostname", &socks, &url("small.txt")]);
+    drop(f.relay.take());
+    f.relay = Some(relay_on(f.ha.path(), f.port, &f.relay_key));
+    f.exit.line("exit ready");
+    let out = curl(&["--socks5-hostname", &socks, &f.url("small.txt")]);
     assert_eq!(
         out.stdout,
         b"hello through the exit\n",
@@ -646,10 +705,56 @@ fn exit_and_proxy_carry_curl_refuse_by_policy_and_survive_a_relay_restart() {
         String::from_utf8_lossy(&out.stderr)
     );
     // A relay with another key is refused by the peers, loudly.
-    drop(relay);
-    let _impostor = relay_on(ha.path(), port, &ha.path().join("other.key"));
-    let out = curl(&["--socks5-hostname", &socks, &url("small.txt")]);
+    drop(f.relay.take());
+    let _impostor = relay_on(f.ha.path(), f.port, &f.ha.path().join("other.key"));
+    let out = curl(&["--socks5-hostname", &socks, &f.url("small.txt")]);
     assert!(!out.status.success());
     let (_, err) = proxy.finish_after_kill();
     assert!(err.contains("KEY CHANGED"), "{err}");
+}
+
+#[test]
+fn a_relay_that_flips_a_byte_breaks_the_session_and_delivers_nothing_altered() {
+    let f = Fixture::new();
+    // A forwarder in front of the relay that flips one byte of what the exit sends back.
+    let tamper = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taddr = tamper.local_addr().unwrap().to_string();
+    let relay_addr = format!("127.0.0.1:{}", f.port);
+    std::thread::spawn(move || {
+        for c in tamper.incoming() {
+            let Ok(c) = c else { return };
+            let Ok(r) = std::net::TcpStream::connect(&relay_addr) else {
+                return;
+            };
+            let (mut c2, mut r2) = (c.try_clone().unwrap(), r.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c2, &mut r2);
+            });
+            let (mut c, mut r) = (c, r);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16384];
+                let mut seen = 0usize;
+                loop {
+                    let n = match std::io::Read::read(&mut r, &mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    let at = 1_000_000usize;
+                    if seen <= at && at < seen + n {
+                        buf[at - seen] ^= 0x20;
+                    }
+                    seen += n;
+                    if c.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let (proxy, socks) = f.proxy(f.hb.path(), &taddr);
+    let out = curl(&["--socks5-hostname", &socks, &f.url("big.bin")]);
+    assert!(!out.status.success(), "the altered download must fail");
+    assert!(out.stdout.len() < f.body.len());
+    assert!(f.body.starts_with(&out.stdout), "an altered byte was delivered");
+    drop(proxy);
 }

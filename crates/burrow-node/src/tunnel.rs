@@ -550,6 +550,13 @@ async fn mailbox(cfg: &Arc<ExitConfig>) -> Result<(), Error> {
         tokio::select! {
             _ = ping.tick() => link.send(&Msg::Ping).await?,
             m = link.recv() => match m? {
+                Msg::Init { session, peer } if cfg.peers.by_x25519(&peer).is_none() => {
+                    (cfg.log)(format!(
+                        "refused a session from an unpaired key ({})",
+                        hex::encode(&peer[..8])
+                    ));
+                    link.send(&Msg::Refuse { session }).await?;
+                }
                 Msg::Init { session, peer } => {
                     let cfg = cfg.clone();
                     tokio::spawn(async move {

@@ -17,6 +17,7 @@
 //!   0x04 Accept   session:16             exit  -> relay  (new connection) I take this session
 //!   0x05 Error    message: len:u16 + UTF-8   relay -> peer, then it closes
 //!   0x06 Ping / 0x07 Pong                keepalives on the mailbox
+//!   0x08 Refuse   session:16             exit  -> relay  (mailbox) not this one: the key is not paired
 //! inside the pipe, end to end (the relay sees ciphertext only):
 //!   exit  -> proxy  e                    "helloclient"
 //!   proxy -> exit   e, ee, s, es         "helloserver"
@@ -66,6 +67,11 @@ pub enum Msg {
     Ping,
     /// Keepalive answer.
     Pong,
+    /// Exit (mailbox): refuses a session (the proxy's key is not paired).
+    Refuse {
+        /// Session id.
+        session: [u8; 16],
+    },
 }
 
 impl Msg {
@@ -97,6 +103,10 @@ impl Msg {
             }
             Msg::Ping => out.push(0x06),
             Msg::Pong => out.push(0x07),
+            Msg::Refuse { session } => {
+                out.push(0x08);
+                out.extend_from_slice(session);
+            }
         }
         out
     }
@@ -115,6 +125,7 @@ impl Msg {
             0x05 => Msg::Error(r.str_u16("message", MAX_MESSAGE)?.to_owned()),
             0x06 => Msg::Ping,
             0x07 => Msg::Pong,
+            0x08 => Msg::Refuse { session: r.array()? },
             other => {
                 return Err(DecodeError::Unknown {
                     what: "connector message",
@@ -147,6 +158,7 @@ mod tests {
             Msg::Error("exit not connected".into()),
             Msg::Ping,
             Msg::Pong,
+            Msg::Refuse { session: [5; 16] },
         ] {
             assert_eq!(Msg::decode(&m.encode()).unwrap(), m);
         }

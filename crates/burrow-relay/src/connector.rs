@@ -38,7 +38,7 @@ impl std::fmt::Debug for RelayKey {
 struct Session {
     exit: [u8; 32],
     proxy: [u8; 32],
-    tx: oneshot::Sender<TcpStream>,
+    tx: oneshot::Sender<Result<TcpStream, String>>,
 }
 
 /// Mailboxes and pending sessions.
@@ -144,7 +144,7 @@ impl Connector {
                         })
                         .await
                         .ok()?;
-                        if let Err(mut back) = p.tx.send(link.s) {
+                        if let Err(Ok(mut back)) = p.tx.send(Ok(link.s)) {
                             let _ = back.shutdown().await;
                         }
                         None
@@ -174,6 +174,12 @@ impl Connector {
                 },
                 r = link.recv() => match r {
                     Ok(Msg::Ping) => if link.send(&Msg::Pong).await.is_err() { break },
+                    Ok(Msg::Refuse { session }) => {
+                        let p = lock(&self.sessions).remove(&session);
+                        if let Some(p) = p.filter(|p| p.exit == peer) {
+                            let _ = p.tx.send(Err("the exit refused: this key is not paired with it".into()));
+                        }
+                    }
                     _ => break,
                 },
             }
@@ -206,7 +212,11 @@ impl Connector {
             return None;
         }
         let exit_stream = match tokio::time::timeout(ACCEPT_TIMEOUT, rx).await {
-            Ok(Ok(s)) => s,
+            Ok(Ok(Ok(s))) => s,
+            Ok(Ok(Err(why))) => {
+                link.refuse(&why).await;
+                return None;
+            }
             _ => {
                 lock(&self.sessions).remove(&session);
                 link.refuse("the exit did not take the session in time").await;
