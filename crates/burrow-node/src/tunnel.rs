@@ -25,7 +25,7 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use burrow_proto::connector::{MAGIC, Msg, RELAY_CONTEXT, TUNNEL_CONTEXT, VERSION};
 use burrow_proto::mux::{self, Event, Host, Mux, ResetReason};
 use burrow_proto::policy::Policy;
-use burrow_proto::session::{Handshake, LEN_PREFIX, MAX_PLAINTEXT, Opener, Sealer};
+use burrow_proto::session::{Handshake, LEN_PREFIX, MAX_PLAINTEXT, Opener, Sealer, peek_record_len};
 use burrow_proto::socks;
 
 use crate::error::Error;
@@ -237,6 +237,8 @@ struct Tunnel {
     streams: Mutex<HashMap<u32, StreamIo>>,
     /// Becomes true when the session ends (either direction failed).
     dead: watch::Sender<bool>,
+    /// Spare 64 KiB buffers: no allocation (and no page faults) per frame.
+    pool: Mutex<Vec<Vec<u8>>>,
 }
 
 impl Tunnel {
@@ -256,6 +258,7 @@ impl Tunnel {
             out,
             streams: Mutex::new(HashMap::new()),
             dead: watch::channel(false).0,
+            pool: Mutex::new(Vec::new()),
         });
         let t1 = t.clone();
         tokio::spawn(async move {
@@ -270,6 +273,7 @@ impl Tunnel {
                 if sealer.seal(&f, &mut buf).is_err() {
                     break;
                 }
+                t1.put(f);
                 // Batch whatever else is queued into one write.
                 while buf.len() < 192 * 1024
                     && let Ok(more) = out_rx.try_recv()
@@ -277,6 +281,7 @@ impl Tunnel {
                     if sealer.seal(&more, &mut buf).is_err() {
                         return;
                     }
+                    t1.put(more);
                 }
                 if wr.write_all(&buf).await.is_err() {
                     break;
@@ -288,38 +293,79 @@ impl Tunnel {
         let t2 = t.clone();
         tokio::spawn(async move {
             let mut plain = vec![0u8; MAX_PLAINTEXT];
-            loop {
-                let mut len = [0u8; LEN_PREFIX];
-                if rd.read_exact(&mut len).await.is_err() {
-                    break;
+            // Large reads, records parsed in place: no allocation per record.
+            let mut buf = vec![0u8; 512 * 1024];
+            let (mut start, mut end) = (0usize, 0usize);
+            'session: loop {
+                loop {
+                    let have = &buf[start..end];
+                    let len = match peek_record_len(have) {
+                        Ok(Some(len)) if have.len() >= LEN_PREFIX + len => len,
+                        Ok(_) => break,
+                        Err(_) => break 'session,
+                    };
+                    let ct = start + LEN_PREFIX..start + LEN_PREFIX + len;
+                    start = ct.end;
+                    // A record that fails authentication ends everything: no altered byte is delivered.
+                    let Ok(n) = opener.open(&buf[ct], &mut plain) else {
+                        tracing::warn!("tunnel: integrity check failed; closing every stream");
+                        break 'session;
+                    };
+                    let ev = lock(&t2.mux).handle(&plain[..n]).map(|e| match e {
+                        Event::Data { stream, bytes } => {
+                            (Some(t2.copy_of(bytes)), Event::Data { stream, bytes: &[] })
+                        }
+                        other => (None, other),
+                    });
+                    let (bytes, ev) = match ev {
+                        Ok(x) => x,
+                        Err(e) => {
+                            tracing::warn!("tunnel: {e}");
+                            break 'session;
+                        }
+                    };
+                    t2.dispatch(ev, bytes, on_open.as_ref());
                 }
-                let mut ct = vec![0u8; usize::from(u16::from_be_bytes(len))];
-                if rd.read_exact(&mut ct).await.is_err() {
-                    break;
+                if start > 0 {
+                    buf.copy_within(start..end, 0);
+                    end -= start;
+                    start = 0;
                 }
-                // A record that fails authentication ends everything: no altered byte is delivered.
-                let Ok(n) = opener.open(&ct, &mut plain) else {
-                    tracing::warn!("tunnel: integrity check failed; closing every stream");
-                    break;
-                };
-                let ev = lock(&t2.mux).handle(&plain[..n]).map(|e| match e {
-                    Event::Data { stream, bytes } => {
-                        (Some(bytes.to_vec()), Event::Data { stream, bytes: &[] })
-                    }
-                    other => (None, other),
-                });
-                let (bytes, ev) = match ev {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!("tunnel: {e}");
-                        break;
-                    }
-                };
-                t2.dispatch(ev, bytes, on_open.as_ref());
+                match rd.read(&mut buf[end..]).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => end += n,
+                }
             }
             t2.kill();
         });
         t
+    }
+
+    /// A copy of `bytes` in a spare buffer.
+    fn copy_of(&self, bytes: &[u8]) -> Vec<u8> {
+        let mut v = lock(&self.pool)
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(mux::MAX_DATA + 16));
+        v.extend_from_slice(bytes);
+        v
+    }
+
+    /// A spare buffer (empty).
+    fn get(&self) -> Vec<u8> {
+        lock(&self.pool)
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(mux::MAX_DATA + 16))
+    }
+
+    /// Returns a buffer for reuse.
+    fn put(&self, mut v: Vec<u8>) {
+        if v.capacity() >= mux::MAX_DATA {
+            v.clear();
+            let mut p = lock(&self.pool);
+            if p.len() < 64 {
+                p.push(v);
+            }
+        }
     }
 
     /// Ends the session: every stream ends, the writer stops.
@@ -452,14 +498,10 @@ impl Tunnel {
                             return;
                         }
                     };
-                    let f = lock(&t.mux).data(id, &buf[..n]);
-                    match f {
-                        Ok(f) => {
-                            if !t.send(f).await {
-                                return;
-                            }
-                        }
-                        Err(_) => return,
+                    let mut f = t.get();
+                    let ok = lock(&t.mux).data_into(id, &buf[..n], &mut f).is_ok();
+                    if !ok || !t.send(f).await {
+                        return;
                     }
                 }
             }
@@ -478,6 +520,7 @@ impl Tunnel {
                                 return;
                             }
                             let w = lock(&t.mux).consumed(id, bytes.len());
+                            t.put(bytes);
                             if let Some(w) = w {
                                 t.send(w).await;
                             }

@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Benchmark of the exit/proxy tunnel (issue 5), in one run, inside a private
+# network namespace (unshare --net, lo only):
+#   direct     curl straight to a local nginx on 127.0.0.1
+#   ssh -D     curl through `ssh -D` (-c aes256-gcm@openssh.com) to a private sshd on 127.0.0.1
+#   burrow     curl through `burrow proxy` -> `burrow relay` -> `burrow exit --allow 127.0.0.1/32`
+# For each: MB/s for a 1 GiB file, and time to first byte of a 1 KiB file
+# (median of 20, a new connection each). Peak RSS of the proxy and the exit.
+#
+# Usage: scripts/bench-tunnel.sh [SIZE_MIB]     (default 1024)
+# Needs: nginx, sshd + ssh (openssh-server), curl, /usr/bin/time.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SIZE_MIB=${1:-1024}
+if [ -z "${BURROW_BENCH_IN_NS:-}" ]; then
+    (cd "$ROOT" && cargo build --release -q -p burrow-cli)
+    exec unshare --net env BURROW_BENCH_IN_NS=1 bash "$0" "$@"
+fi
+ip link set lo up
+BIN="$ROOT/target/release/burrow"
+WORK=$(mktemp -d /dev/shm/burrow-tunnel.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+cd "$WORK"
+wait_for() { # file pattern
+    for _ in $(seq 1 300); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done
+    echo "timed out waiting for '$2' in $1" >&2; cat "$1" >&2; exit 1
+}
+rss() { grep -oP 'Maximum resident set size \(kbytes\): \K[0-9]+' "$1" | awk '{printf "%.1f MiB", $1/1024}'; }
+
+# --- the web server ------------------------------------------------------------------
+mkdir -p www nginx
+head -c $((SIZE_MIB * 1024 * 1024)) /dev/urandom > www/big.bin
+head -c 1024 /dev/urandom > www/small.bin
+cat > nginx/nginx.conf <<EOF
+user root;
+worker_processes 1;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    sendfile on;
+    server { listen 127.0.0.1:8080; root $WORK/www; }
+}
+EOF
+nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx"
+PIDS+=("$(sleep 0.3; cat "$WORK/nginx/nginx.pid")")
+
+# --- sshd on 127.0.0.1:2222 and ssh -D 1081 ----------------------------------------------
+mkdir -p ssh && chmod 700 ssh
+ssh-keygen -q -t ed25519 -N '' -f ssh/host_key
+ssh-keygen -q -t ed25519 -N '' -f ssh/user_key
+cp ssh/user_key.pub ssh/authorized_keys
+mkdir -p /run/sshd
+/usr/sbin/sshd -f /dev/null -D -p 2222 -o ListenAddress=127.0.0.1 -h "$WORK/ssh/host_key" \
+    -o AuthorizedKeysFile="$WORK/ssh/authorized_keys" -o StrictModes=no -o PermitRootLogin=yes \
+    -o PasswordAuthentication=no -o PidFile=none 2> ssh/sshd.log & PIDS+=($!)
+sleep 0.5
+ssh -N -D 127.0.0.1:1081 -p 2222 -c aes256-gcm@openssh.com -i ssh/user_key \
+    -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR root@127.0.0.1 & PIDS+=($!)
+
+# --- burrow: relay, pairing, exit, proxy ---------------------------------------------------
+export HOME_A=$WORK/home-a HOME_B=$WORK/home-b
+mkdir -p "$HOME_A" "$HOME_B"
+"$BIN" relay --listen 127.0.0.1:7000 --key "$WORK/relay.key" 2> relay.err & PIDS+=($!)
+wait_for relay.err "listening on"
+HOME=$HOME_A "$BIN" pair --relay 127.0.0.1:7000 --name laptop 2> pair-a.err > /dev/null & PA=$!
+wait_for pair-a.err "^code:"
+CODE=$(grep '^code:' pair-a.err | cut -d' ' -f2)
+HOME=$HOME_B "$BIN" pair --relay 127.0.0.1:7000 --name home "$CODE" > /dev/null
+wait "$PA"
+HOME=$HOME_A /usr/bin/time -v "$BIN" exit --relay 127.0.0.1:7000 --allow 127.0.0.1/32 2> exit.err & EP=$!; PIDS+=($EP)
+wait_for exit.err "exit ready"
+HOME=$HOME_B /usr/bin/time -v "$BIN" proxy home --relay 127.0.0.1:7000 --listen 127.0.0.1:1080 2> proxy.err & PP=$!; PIDS+=($PP)
+wait_for proxy.err "proxy listening"
+sleep 0.5
+
+echo "== $SIZE_MIB MiB, $(nproc) cores, in a private network namespace"
+SUM=$(sha256sum www/big.bin | cut -d' ' -f1)
+measure() { # name curl-proxy-args...
+    local name=$1; shift
+    local t
+    t=$(curl -sS "$@" -o got.bin -w '%{time_total}' http://127.0.0.1:8080/big.bin)
+    [ "$(sha256sum got.bin | cut -d' ' -f1)" = "$SUM" ] || { echo "MISMATCH via $name" >&2; exit 1; }
+    rm -f got.bin
+    local mbps
+    mbps=$(python3 -c "print(f'{$SIZE_MIB * 1048576 / $t / 1e6:.0f}')")
+    local ttfb=()
+    for _ in $(seq 1 20); do
+        ttfb+=("$(curl -sS "$@" -o /dev/null -w '%{time_starttransfer}' http://127.0.0.1:8080/small.bin)")
+    done
+    local med
+    med=$(printf '%s\n' "${ttfb[@]}" | sort -n | awk '{a[NR]=$1} END {printf "%.2f", (a[int((NR+1)/2)] + a[int(NR/2)+1]) / 2 * 1000}')
+    echo "$name $mbps $med"
+}
+R_DIRECT=$(measure direct)
+R_SSH=$(measure ssh --socks5-hostname 127.0.0.1:1081)
+if [ -n "${BURROW_PERF:-}" ]; then
+    perf record -q -g -o "$ROOT/exit.perf" -p "$(pgrep -P "$EP")" 2>/dev/null & PE=$!
+    perf record -q -g -o "$ROOT/proxy.perf" -p "$(pgrep -P "$PP")" 2>/dev/null & PX=$!
+    sleep 0.5
+fi
+R_BURROW=$(measure burrow --socks5-hostname 127.0.0.1:1080)
+if [ -n "${BURROW_PERF:-}" ]; then kill -INT "$PE" "$PX"; wait "$PE" "$PX" 2>/dev/null || true; fi
+pkill -TERM -P "$PP" || true; pkill -TERM -P "$EP" || true
+wait "$PP" 2>/dev/null || true; wait "$EP" 2>/dev/null || true
+printf '%-8s %10s %14s\n' path "MB/s" "1 KiB TTFB ms"
+for r in "$R_DIRECT" "$R_SSH" "$R_BURROW"; do
+    # shellcheck disable=SC2086
+    printf '%-8s %10s %14s\n' $r
+done
+echo "peak RSS: proxy $(rss proxy.err), exit $(rss exit.err)"
+python3 - "$R_SSH" "$R_BURROW" <<'PY'
+import sys
+s = sys.argv[1].split(); b = sys.argv[2].split()
+print(f"burrow / ssh -D throughput: {float(b[1]) / float(s[1]):.2f}x   TTFB burrow - ssh: {float(b[2]) - float(s[2]):+.2f} ms")
+PY
