@@ -738,8 +738,68 @@ async fn copy_half(
     mut to: OwnedWriteHalf,
     size: usize,
 ) -> std::io::Result<()> {
+    let res =
+        match rustix::pipe::pipe_with(rustix::pipe::PipeFlags::NONBLOCK | rustix::pipe::PipeFlags::CLOEXEC) {
+            Ok(pipe) => splice_half(shared, &from, &to, pipe, size).await,
+            Err(_) => copy_loop(shared, &mut from, &mut to, size).await,
+        };
+    // Pass the end on, clean or not, so the other peer is not left waiting.
+    let _ = to.shutdown().await;
+    res
+}
+
+/// Moves bytes socket → pipe → socket in the kernel (splice(2)): the relay
+/// never copies them into its own memory.
+async fn splice_half(
+    shared: &Shared,
+    from: &OwnedReadHalf,
+    to: &OwnedWriteHalf,
+    (pr, pw): (std::os::fd::OwnedFd, std::os::fd::OwnedFd),
+    size: usize,
+) -> std::io::Result<()> {
+    use rustix::pipe::{SpliceFlags, splice};
+    use tokio::io::Interest;
+    let _ = rustix::pipe::fcntl_setpipe_size(&pw, size);
+    let flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
+    let (src, dst): (&TcpStream, &TcpStream) = (from.as_ref(), to.as_ref());
+    loop {
+        src.readable().await?;
+        let n = match src.try_io(Interest::READABLE, || {
+            splice(src, None, &pw, None, size, flags).map_err(std::io::Error::from)
+        }) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        let mut left = n;
+        while left > 0 {
+            dst.writable().await?;
+            match dst.try_io(Interest::WRITABLE, || {
+                splice(&pr, None, dst, None, left, flags).map_err(std::io::Error::from)
+            }) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(m) => left -= m,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        shared
+            .metrics
+            .bytes_relayed
+            .fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// The portable fallback: copy through a buffer.
+async fn copy_loop(
+    shared: &Shared,
+    from: &mut OwnedReadHalf,
+    to: &mut OwnedWriteHalf,
+    size: usize,
+) -> std::io::Result<()> {
     let mut buf = vec![0u8; size];
-    let res = async {
+    async {
         loop {
             let n = from.read(&mut buf).await?;
             if n == 0 {
@@ -752,10 +812,7 @@ async fn copy_half(
                 .fetch_add(n as u64, Ordering::Relaxed);
         }
     }
-    .await;
-    // Pass the end on, clean or not, so the other peer is not left waiting.
-    let _ = to.shutdown().await;
-    res
+    .await
 }
 
 impl std::fmt::Debug for Relay {
