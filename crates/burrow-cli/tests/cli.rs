@@ -534,7 +534,6 @@ struct Fixture {
     exit: Proc,
     http_port: u16,
     body: Vec<u8>,
-    _web: Proc,
     _www: tempfile::TempDir,
 }
 
@@ -559,28 +558,7 @@ impl Fixture {
         let body = pseudo_random(3 << 20, "www");
         std::fs::write(www.path().join("big.bin"), &body).unwrap();
         std::fs::write(www.path().join("small.txt"), b"hello through the exit\n").unwrap();
-        let http_port = free_port();
-        let mut web = Command::new("python3");
-        web.args([
-            "-m",
-            "http.server",
-            "--bind",
-            "127.0.0.1",
-            &http_port.to_string(),
-            "--directory",
-        ])
-        .arg(www.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-        let web = spawn(web);
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", http_port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the web server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let http_port = http_server(www.path());
         // The exit allows only the web server's port on loopback.
         let mut e = burrow(ha.path());
         e.args([
@@ -601,7 +579,6 @@ impl Fixture {
             exit,
             http_port,
             body,
-            _web: web,
             _www: www,
         }
     }

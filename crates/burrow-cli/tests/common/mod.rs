@@ -265,3 +265,57 @@ pub fn veth(a: &Netns, a_ip: &str, b: &Netns, b_ip: &str) {
     b.ip(&["addr", "add", b_ip, "dev", &eb]);
     b.ip(&["link", "set", &eb, "up"]);
 }
+
+/// A small static-file HTTP/1.1 server on 127.0.0.1 (a thread per
+/// connection, `Connection: close`, the kernel's full listen backlog), for
+/// tests that need many concurrent requests. Returns its port; it lives as
+/// long as the test process.
+pub fn http_server(root: &Path) -> u16 {
+    use std::io::Write;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let root = root.to_path_buf();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { continue };
+            let root = root.clone();
+            std::thread::spawn(move || {
+                let mut req = Vec::new();
+                let mut b = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 16384 {
+                    match c.read(&mut b) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&b[..n]),
+                    }
+                }
+                let line = String::from_utf8_lossy(&req);
+                let path = line
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or("/")
+                    .trim_start_matches('/')
+                    .to_owned();
+                let body = if path.contains("..") {
+                    None
+                } else {
+                    std::fs::read(root.join(&path)).ok()
+                };
+                let _ = match body {
+                    Some(b) => c
+                        .write_all(
+                            format!(
+                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                                b.len()
+                            )
+                            .as_bytes(),
+                        )
+                        .and_then(|_| c.write_all(&b)),
+                    None => c.write_all(
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    ),
+                };
+            });
+        }
+    });
+    port
+}
