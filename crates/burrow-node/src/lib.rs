@@ -436,14 +436,7 @@ impl From<lobby::Paired> for Meeting {
 
 /// Lobby mode's sender password: four list words (44 bits).
 pub fn lobby_password() -> String {
-    let mut words = Vec::new();
-    let list = burrow_proto::code::wordlist();
-    for _ in 0..4 {
-        let mut b = [0u8; 2];
-        random(&mut b);
-        words.push(list[usize::from(u16::from_be_bytes(b) & 0x07ff)]);
-    }
-    words.join("-")
+    burrow_proto::code::random_words(4, &mut random).to_string()
 }
 
 fn random(b: &mut [u8]) {

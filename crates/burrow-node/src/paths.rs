@@ -169,6 +169,16 @@ async fn read_exact_or_lost(s: &mut TcpStream, buf: &mut [u8]) -> Result<(), Err
     s.read_exact(buf).await.map(|_| ()).map_err(Error::ConnectionLost)
 }
 
+/// Reads one length-prefixed frame (a handshake message or a record's
+/// ciphertext), exactly: nothing after it is consumed.
+pub(crate) async fn read_frame(s: &mut TcpStream) -> Result<Vec<u8>, Error> {
+    let mut len = [0u8; LEN_PREFIX];
+    read_exact_or_lost(s, &mut len).await?;
+    let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    read_exact_or_lost(s, &mut msg).await?;
+    Ok(msg)
+}
+
 /// Runs the Noise handshake on an async stream (the sender initiates).
 pub(crate) async fn handshake(
     s: &mut TcpStream,
@@ -178,13 +188,6 @@ pub(crate) async fn handshake(
     limit: Duration,
 ) -> Result<(Sealer, Opener), Error> {
     let run = async {
-        let read_frame = async |s: &mut TcpStream| -> Result<Vec<u8>, Error> {
-            let mut len = [0u8; LEN_PREFIX];
-            read_exact_or_lost(s, &mut len).await?;
-            let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
-            read_exact_or_lost(s, &mut msg).await?;
-            Ok(msg)
-        };
         let t = if initiator {
             let mut hs = Handshake::initiator(key, context)?;
             s.write_all(&hs.write_message()?)
@@ -222,10 +225,7 @@ pub(crate) async fn read_record(
 ) -> Result<Vec<u8>, Error> {
     let run = async {
         loop {
-            let mut len = [0u8; LEN_PREFIX];
-            read_exact_or_lost(s, &mut len).await?;
-            let mut ct = vec![0u8; usize::from(u16::from_be_bytes(len))];
-            read_exact_or_lost(s, &mut ct).await?;
+            let ct = read_frame(s).await?;
             let mut plain = vec![0u8; MAX_PLAINTEXT.max(ct.len())];
             let n = opener.open(&ct, &mut plain)?;
             plain.truncate(n);

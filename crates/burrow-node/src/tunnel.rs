@@ -30,6 +30,7 @@ use burrow_proto::socks;
 
 use crate::error::Error;
 use crate::identity::{Identity, PublicIdentity};
+use crate::paths::{read_frame, send_record};
 use crate::peers::PeerBook;
 use crate::relay_client::RelayClient;
 
@@ -120,14 +121,6 @@ fn remember(path: &Path, addr: &str, fp: &str) -> Result<(), Error> {
     std::io::Write::write_all(&mut f, format!("{addr} {fp}\n").as_bytes()).map_err(|e| Error::io(path, e))
 }
 
-async fn read_frame(s: &mut TcpStream) -> Result<Vec<u8>, Error> {
-    let mut len = [0u8; LEN_PREFIX];
-    s.read_exact(&mut len).await.map_err(Error::ConnectionLost)?;
-    let mut b = vec![0u8; usize::from(u16::from_be_bytes(len))];
-    s.read_exact(&mut b).await.map_err(Error::ConnectionLost)?;
-    Ok(b)
-}
-
 /// An authenticated connection to the relay.
 struct Link {
     s: TcpStream,
@@ -137,9 +130,7 @@ struct Link {
 
 impl Link {
     async fn send(&mut self, m: &Msg) -> Result<(), Error> {
-        let mut out = Vec::new();
-        self.sealer.seal(&m.encode(), &mut out)?;
-        self.s.write_all(&out).await.map_err(Error::ConnectionLost)
+        send_record(&mut self.s, &mut self.sealer, &m.encode()).await
     }
 
     async fn recv(&mut self) -> Result<Msg, Error> {

@@ -88,21 +88,27 @@ pub fn complete_word(prefix: &str) -> Vec<&'static str> {
     wordlist().iter().copied().filter(|w| w.starts_with(&p)).collect()
 }
 
+/// `n` random list words joined by `-` (11 bits each); `fill` supplies
+/// cryptographically secure random bytes.
+pub fn random_words(n: usize, fill: &mut dyn FnMut(&mut [u8])) -> Zeroizing<String> {
+    let list = wordlist();
+    let mut words = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut b = [0u8; 2];
+        fill(&mut b);
+        words.push(list[usize::from(u16::from_be_bytes(b) & 0x07ff)]);
+    }
+    Zeroizing::new(words.join("-"))
+}
+
 impl Code {
     /// A fresh code on `channel` with [`WORDS_PER_CODE`] random words.
     /// `fill` supplies cryptographically secure random bytes.
     pub fn generate(channel: &str, fill: &mut dyn FnMut(&mut [u8])) -> Result<Self, CodeError> {
         validate_channel(channel)?;
-        let list = wordlist();
-        let mut words = Vec::with_capacity(WORDS_PER_CODE);
-        for _ in 0..WORDS_PER_CODE {
-            let mut b = [0u8; 2];
-            fill(&mut b);
-            words.push(list[usize::from(u16::from_be_bytes(b) & 0x07ff)]);
-        }
         Ok(Self {
             channel: channel.to_owned(),
-            secret: Zeroizing::new(words.join("-")),
+            secret: random_words(WORDS_PER_CODE, fill),
         })
     }
 

@@ -26,7 +26,7 @@
 //!   then mux frames in records           "data"
 //! ```
 
-use crate::wire::{DecodeError, Reader, put_bytes_u16};
+use crate::wire::{DecodeError, Reader, clip, put_bytes_u16};
 
 /// The first bytes of a connector connection.
 pub const MAGIC: &[u8; 4] = b"BRWX";
@@ -95,11 +95,7 @@ impl Msg {
             }
             Msg::Error(m) => {
                 out.push(0x05);
-                let mut cut = m.len().min(MAX_MESSAGE);
-                while !m.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                put_bytes_u16(&mut out, &m.as_bytes()[..cut]);
+                put_bytes_u16(&mut out, clip(m, MAX_MESSAGE).as_bytes());
             }
             Msg::Ping => out.push(0x06),
             Msg::Pong => out.push(0x07),

@@ -23,7 +23,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::wire::{DecodeError, Reader, put_bytes_u8, put_bytes_u16};
+use crate::wire::{DecodeError, Reader, clip, put_bytes_u8, put_bytes_u16};
 
 /// Bytes of credit each side grants each stream at the start.
 pub const INITIAL_WINDOW: u32 = 1024 * 1024;
@@ -148,14 +148,6 @@ pub enum Frame<'a> {
         /// Details for the user.
         message: String,
     },
-}
-
-fn clip(s: &str, max: usize) -> &str {
-    let mut cut = s.len().min(max);
-    while !s.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    &s[..cut]
 }
 
 impl Frame<'_> {

@@ -83,11 +83,16 @@ impl std::fmt::Debug for Handshake {
 }
 
 impl Handshake {
-    fn build(psk: &SessionKey, context: &str, initiator: bool) -> Result<Self, SessionError> {
-        let params = NOISE_NNPSK0.parse().map_err(SessionError::Handshake)?;
+    /// Builds either side of `pattern` with its key material set by `keys`.
+    fn build<'b>(
+        pattern: &str,
+        context: &str,
+        initiator: bool,
+        keys: impl FnOnce(Builder<'b>) -> Result<Builder<'b>, snow::Error>,
+    ) -> Result<Self, SessionError> {
+        let params = pattern.parse().map_err(SessionError::Handshake)?;
         let prologue = prologue(context);
-        let b = Builder::new(params)
-            .psk(0, psk.as_bytes())
+        let b = keys(Builder::new(params))
             .and_then(|b| b.prologue(&prologue))
             .map_err(SessionError::Handshake)?;
         let hs = if initiator {
@@ -101,31 +106,21 @@ impl Handshake {
 
     /// The sender's side. `context` must match the peer's (the channel name).
     pub fn initiator(psk: &SessionKey, context: &str) -> Result<Self, SessionError> {
-        Self::build(psk, context, true)
+        Self::build(NOISE_NNPSK0, context, true, |b| b.psk(0, psk.as_bytes()))
     }
 
     /// The recipient's side.
     pub fn responder(psk: &SessionKey, context: &str) -> Result<Self, SessionError> {
-        Self::build(psk, context, false)
+        Self::build(NOISE_NNPSK0, context, false, |b| b.psk(0, psk.as_bytes()))
     }
 
     /// An `XX` handshake with this side's static X25519 key (its identity).
     /// After it, [`Handshake::remote_static`] is the peer's identity key,
     /// which the caller must check against what it expects.
     pub fn xx(local_static: &[u8; 32], context: &str, initiator: bool) -> Result<Self, SessionError> {
-        let params = NOISE_XX.parse().map_err(SessionError::Handshake)?;
-        let prologue = prologue(context);
-        let b = Builder::new(params)
-            .local_private_key(local_static)
-            .and_then(|b| b.prologue(&prologue))
-            .map_err(SessionError::Handshake)?;
-        let hs = if initiator {
-            b.build_initiator()
-        } else {
-            b.build_responder()
-        }
-        .map_err(SessionError::Handshake)?;
-        Ok(Self { hs })
+        Self::build(NOISE_XX, context, initiator, |b| {
+            b.local_private_key(local_static)
+        })
     }
 
     /// The peer's static key, once a message carrying it was read.
@@ -301,34 +296,6 @@ impl Opener {
     }
 }
 
-/// Runs an `XX` handshake in memory; returns both transports and the
-/// static key each side saw (tests).
-pub fn xx_in_memory(
-    a: &[u8; 32],
-    b: &[u8; 32],
-    context: &str,
-) -> Result<(Transport, Transport, [u8; 32], [u8; 32]), SessionError> {
-    let mut i = Handshake::xx(a, context, true)?;
-    let mut r = Handshake::xx(b, context, false)?;
-    r.read_message(&i.write_message()?[LEN_PREFIX..])?;
-    let m2 = r.write_message_with(b"responder says hi")?;
-    assert_eq_payload(&i.read_message_payload(&m2[LEN_PREFIX..])?, b"responder says hi")?;
-    r.read_message(&i.write_message()?[LEN_PREFIX..])?;
-    let (ra, rb) = (
-        i.remote_static().ok_or(SessionError::Exhausted)?,
-        r.remote_static().ok_or(SessionError::Exhausted)?,
-    );
-    Ok((i.into_transport()?, r.into_transport()?, ra, rb))
-}
-
-fn assert_eq_payload(got: &[u8], want: &[u8]) -> Result<(), SessionError> {
-    if got == want {
-        Ok(())
-    } else {
-        Err(SessionError::Integrity)
-    }
-}
-
 /// Runs both handshake sides in memory (tests, benchmarks, fuzzing).
 pub fn pair_in_memory(psk: &SessionKey, context: &str) -> Result<(Transport, Transport), SessionError> {
     let mut i = Handshake::initiator(psk, context)?;
@@ -343,6 +310,34 @@ pub fn pair_in_memory(psk: &SessionKey, context: &str) -> Result<(Transport, Tra
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs an `XX` handshake in memory; returns both transports and the
+    /// static key each side saw (tests).
+    fn xx_in_memory(
+        a: &[u8; 32],
+        b: &[u8; 32],
+        context: &str,
+    ) -> Result<(Transport, Transport, [u8; 32], [u8; 32]), SessionError> {
+        let mut i = Handshake::xx(a, context, true)?;
+        let mut r = Handshake::xx(b, context, false)?;
+        r.read_message(&i.write_message()?[LEN_PREFIX..])?;
+        let m2 = r.write_message_with(b"responder says hi")?;
+        assert_eq_payload(&i.read_message_payload(&m2[LEN_PREFIX..])?, b"responder says hi")?;
+        r.read_message(&i.write_message()?[LEN_PREFIX..])?;
+        let (ra, rb) = (
+            i.remote_static().ok_or(SessionError::Exhausted)?,
+            r.remote_static().ok_or(SessionError::Exhausted)?,
+        );
+        Ok((i.into_transport()?, r.into_transport()?, ra, rb))
+    }
+
+    fn assert_eq_payload(got: &[u8], want: &[u8]) -> Result<(), SessionError> {
+        if got == want {
+            Ok(())
+        } else {
+            Err(SessionError::Integrity)
+        }
+    }
 
     #[test]
     fn xx_authenticates_both_static_keys() {

@@ -17,7 +17,7 @@
 //! ```
 
 use crate::code::{MAX_CHANNEL_LEN, validate_channel};
-use crate::wire::{DecodeError, Reader, put_bytes_u8, put_bytes_u16};
+use crate::wire::{DecodeError, Reader, clip, put_bytes_u8, put_bytes_u16};
 
 /// The first four bytes of a stapling connection.
 pub const STAPLE_MAGIC: &[u8; 4] = b"BRWS";
@@ -217,11 +217,7 @@ impl StapleReply {
             StapleReply::Waiting => vec![0x01],
             StapleReply::Refused(reason) => {
                 let mut out = vec![0xff];
-                let mut cut = reason.len().min(MAX_REASON_LEN);
-                while !reason.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                put_bytes_u16(&mut out, &reason.as_bytes()[..cut]);
+                put_bytes_u16(&mut out, clip(reason, MAX_REASON_LEN).as_bytes());
                 out
             }
         }

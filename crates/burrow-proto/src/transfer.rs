@@ -68,7 +68,7 @@ use std::collections::HashSet;
 
 use thiserror::Error;
 
-use crate::wire::{DecodeError, Reader, put_bytes_u16};
+use crate::wire::{DecodeError, Reader, clip, put_bytes_u16};
 
 /// Offer format version.
 pub const OFFER_VERSION: u8 = 1;
@@ -223,14 +223,6 @@ fn read_resume(r: &mut Reader<'_>) -> Result<Vec<ResumeAt>, DecodeError> {
         });
     }
     Ok(list)
-}
-
-fn clip(s: &str, max: usize) -> &str {
-    let mut cut = s.len().min(max);
-    while !s.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    &s[..cut]
 }
 
 impl Message<'_> {

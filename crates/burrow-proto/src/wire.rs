@@ -148,6 +148,15 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// `s` cut to at most `max` bytes, on a character boundary.
+pub fn clip(s: &str, max: usize) -> &str {
+    let mut cut = s.len().min(max);
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &s[..cut]
+}
+
 /// Appends a u16 length and the bytes. The caller guarantees `b.len() <= u16::MAX`
 /// (every encoder checks its field against its `MAX_*` first).
 pub fn put_bytes_u16(out: &mut Vec<u8>, b: &[u8]) {

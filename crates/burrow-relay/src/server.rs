@@ -497,7 +497,7 @@ async fn handle_staple(shared: Arc<Shared>, mut stream: TcpStream, ip: IpAddr) {
         Err(_) => return refuse(&shared, &mut stream, "timeout", "hello not received in time").await,
     };
     let ch = hello.channel.clone();
-    let checked = lock(&shared.table).staple_check(Instant::now(), ip, &ch, &hex_uuid(&hello.uuid));
+    let checked = lock(&shared.table).staple_check(Instant::now(), ip, &ch, &hex_bytes(&hello.uuid));
     let ticket = match checked {
         Ok(t) => t,
         Err(e) => return refuse(&shared, &mut stream, e.kind(), &e.to_string()).await,
@@ -614,7 +614,7 @@ async fn handle_token(shared: Arc<Shared>, mut stream: TcpStream) {
         Err(_) => return refuse(&shared, &mut stream, "timeout", "hello not received in time").await,
     };
     // Channel names never contain ':', so token keys cannot collide with them.
-    let key = format!("t:{}", hex_uuid(&hello.token));
+    let key = format!("t:{}", hex_bytes(&hello.token));
     let next = {
         let mut pending = lock(&shared.pending);
         match pending.remove(&key) {
@@ -634,7 +634,7 @@ async fn handle_token(shared: Arc<Shared>, mut stream: TcpStream) {
     }
 }
 
-fn hex_uuid(u: &[u8]) -> String {
+fn hex_bytes(u: &[u8]) -> String {
     u.iter().map(|b| format!("{b:02x}")).collect()
 }
 
