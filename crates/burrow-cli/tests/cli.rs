@@ -533,6 +533,7 @@ struct Fixture {
     relay: Option<Proc>,
     exit: Proc,
     http_port: u16,
+    banner_port: u16,
     body: Vec<u8>,
     _www: tempfile::TempDir,
 }
@@ -559,6 +560,14 @@ impl Fixture {
         std::fs::write(www.path().join("big.bin"), &body).unwrap();
         std::fs::write(www.path().join("small.txt"), b"hello through the exit\n").unwrap();
         let http_port = http_server(www.path());
+        // A server that speaks first (like SSH): a banner on connect.
+        let banner = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let banner_port = banner.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for mut c in banner.incoming().flatten() {
+                let _ = c.write_all(b"SSH-2.0-banner-first\r\n");
+            }
+        });
         // The exit allows only the web server's port on loopback.
         let mut e = burrow(ha.path());
         e.args([
@@ -566,7 +575,7 @@ impl Fixture {
             "--relay",
             &addr,
             "--allow",
-            &format!("127.0.0.1/32:{http_port}"),
+            &format!("127.0.0.1/32:{http_port},{banner_port}"),
         ]);
         let exit = spawn(e);
         exit.line("exit ready");
@@ -578,6 +587,7 @@ impl Fixture {
             relay: Some(relay),
             exit,
             http_port,
+            banner_port,
             body,
             _www: www,
         }
@@ -688,6 +698,31 @@ fn exit_and_proxy_carry_curl_refuse_by_policy_and_survive_a_relay_restart() {
     assert!(!out.status.success());
     let (_, err) = proxy.finish_after_kill();
     assert!(err.contains("KEY CHANGED"), "{err}");
+}
+
+#[test]
+fn forward_delivers_what_a_server_says_first() {
+    let f = Fixture::new();
+    let local = free_port();
+    let mut p = burrow(f.hb.path());
+    p.args([
+        "proxy",
+        "home",
+        "--relay",
+        &format!("127.0.0.1:{}", f.port),
+        "--listen",
+        &format!("127.0.0.1:{}", free_port()),
+        "--forward",
+        &format!("127.0.0.1:{local}=127.0.0.1:{}", f.banner_port),
+    ]);
+    let proxy = spawn(p);
+    proxy.line("proxy listening on");
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", local)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut got = [0u8; 22];
+    std::io::Read::read_exact(&mut c, &mut got).unwrap();
+    assert_eq!(&got, b"SSH-2.0-banner-first\r\n");
+    drop(proxy);
 }
 
 #[test]

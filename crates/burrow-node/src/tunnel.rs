@@ -705,6 +705,22 @@ pub struct ProxyConfig {
     pub log: Arc<dyn Fn(String) + Send + Sync>,
 }
 
+/// A stream the exit has connected, with its plumbing.
+struct Opened {
+    t: Arc<Tunnel>,
+    id: u32,
+    rx: mpsc::UnboundedReceiver<Option<Vec<u8>>>,
+    writable: Arc<Notify>,
+}
+
+impl Opened {
+    /// Copies between the local connection and the stream until both end.
+    async fn pump(self, s: TcpStream) {
+        let _ = s.set_nodelay(true);
+        self.t.pump(self.id, s, self.rx, self.writable).await;
+    }
+}
+
 /// The proxy: one tunnel to the exit, reopened when it ends.
 pub struct Proxy {
     cfg: ProxyConfig,
@@ -754,7 +770,7 @@ impl Proxy {
     }
 
     /// Opens a stream to `host:port`; on success, the stream's plumbing.
-    async fn open(&self, host: Host, port: u16) -> Result<(Arc<Tunnel>, u32), (ResetReason, String)> {
+    async fn open(&self, host: Host, port: u16) -> Result<Opened, (ResetReason, String)> {
         let t = match self.tunnel().await {
             Ok(t) => t,
             Err(e) => {
@@ -762,16 +778,18 @@ impl Proxy {
                 return Err((ResetReason::Failure, e.to_string()));
             }
         };
-        let (tx, rx) = oneshot::channel();
+        let (tx, opened) = oneshot::channel();
         let (id, frame) = lock(&t.mux)
             .open(host, port)
             .map_err(|e| (ResetReason::Failure, e.to_string()))?;
-        let _ = t.register(id, Some(tx));
+        // Registered before Open goes out: bytes the destination sends right
+        // after connecting (an SSH banner) wait in the stream's channel.
+        let (rx, writable) = t.register(id, Some(tx));
         if !t.send(frame).await {
             return Err((ResetReason::Failure, "the tunnel closed".into()));
         }
-        match tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_secs(5), rx).await {
-            Ok(Ok(Ok(()))) => Ok((t, id)),
+        match tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_secs(5), opened).await {
+            Ok(Ok(Ok(()))) => Ok(Opened { t, id, rx, writable }),
             Ok(Ok(Err(r))) => Err(r),
             _ => Err((ResetReason::TimedOut, "the exit did not answer".into())),
         }
@@ -790,28 +808,11 @@ impl Proxy {
         while let Ok((s, _)) = listener.accept().await {
             let (me, host) = (self.clone(), host.clone());
             tokio::spawn(async move {
-                if let Ok((t, id)) = me.open(host, port).await {
-                    me.attach(t, id, s).await;
+                if let Ok(o) = me.open(host, port).await {
+                    o.pump(s).await;
                 }
             });
         }
-    }
-
-    async fn attach(&self, t: Arc<Tunnel>, id: u32, s: TcpStream) {
-        let (rx, writable) = {
-            // Re-register keeping the data channel: the stream exists since `open`.
-            let (tx, rx) = mpsc::unbounded_channel();
-            let writable = Arc::new(Notify::new());
-            if let Some(io) = lock(&t.streams).get_mut(&id) {
-                io.data = tx;
-                io.writable = writable.clone();
-            } else {
-                return;
-            }
-            (rx, writable)
-        };
-        let _ = s.set_nodelay(true);
-        t.pump(id, s, rx, writable).await;
     }
 
     async fn client(&self, mut s: TcpStream) {
@@ -869,7 +870,7 @@ impl Proxy {
             (t, false)
         };
         match self.open(target.host, target.port).await {
-            Ok((tun, id)) => {
+            Ok(o) => {
                 let ok = if is_socks {
                     socks::reply_for(None).to_vec()
                 } else {
@@ -880,12 +881,12 @@ impl Proxy {
                 }
                 if !buf.is_empty() {
                     // Bytes the client sent right after its request.
-                    let f = lock(&tun.mux).data(id, &buf);
+                    let f = lock(&o.t.mux).data(o.id, &buf);
                     if let Ok(f) = f {
-                        tun.send(f).await;
+                        o.t.send(f).await;
                     }
                 }
-                self.attach(tun, id, s).await;
+                o.pump(s).await;
             }
             Err((reason, msg)) => {
                 let fail = if is_socks {
