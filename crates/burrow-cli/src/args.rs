@@ -228,6 +228,14 @@ pub struct ReceiveArgs {
     #[arg(long)]
     pub overwrite: bool,
 
+    /// Hash every received file again and check it against the sender's
+    /// BLAKE3 (costs CPU). Without it, files are checked by the session's
+    /// authenticated encryption, which rejects any altered, missing or
+    /// reordered byte, and resumed files are also hashed. Also
+    /// BURROW_VERIFY=1 or `verify = true` in the config file.
+    #[arg(long, env = "BURROW_VERIFY", value_parser = clap::builder::BoolishValueParser::new())]
+    pub verify: bool,
+
     /// Print one JSON object per event on stdout instead of human output (needs --yes).
     #[arg(long, requires = "yes")]
     pub json: bool,

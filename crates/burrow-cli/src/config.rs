@@ -5,6 +5,7 @@
 //! ```toml
 //! relay = "relay.example.org:9009"
 //! relay_only = false   # true: never connect straight to the other side
+//! verify = false       # true: `receive` hashes every file again (as --verify)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -20,6 +21,8 @@ pub struct Config {
     pub relay: Option<String>,
     /// Never use a direct path.
     pub relay_only: Option<bool>,
+    /// Receiver: hash every file again.
+    pub verify: Option<bool>,
 }
 
 /// The default config path, if a home is known.

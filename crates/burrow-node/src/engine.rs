@@ -19,13 +19,13 @@ use std::time::{Duration, Instant};
 
 use burrow_proto::transfer::{
     Entry, EntryKind, MAX_CHUNK, MAX_RESUME, Message, OfferKind, Receiver, ResumeAt, RxEvent, UNKNOWN_SIZE,
-    escape_display, offer_records,
+    Verify, escape_display, offer_records,
 };
 
 use crate::error::Error;
 use crate::files::{self, Item};
 use crate::paths::Conn;
-use crate::record::{DataBuf, Keepalive, RecordReader, RecordWriter, SharedWriter};
+use crate::record::{DataBatch, Keepalive, RecordReader, RecordWriter, SharedWriter};
 use crate::{Compress, Decision, Event, Observer, OfferInfo, ReceiveReport, SendReport, Sink};
 
 /// `O_NOFOLLOW`: partial files are reopened only if they are not links.
@@ -367,7 +367,7 @@ fn text_entry(len: u64) -> Entry {
 
 /// Reads file bytes into records, compressing them when that pays.
 pub(crate) struct Chunker {
-    buf: DataBuf,
+    batch: DataBatch,
     zip: Option<Zip>,
 }
 
@@ -397,7 +397,7 @@ impl Chunker {
             }),
         };
         Self {
-            buf: DataBuf::default(),
+            batch: DataBatch::default(),
             zip,
         }
     }
@@ -410,25 +410,39 @@ impl Chunker {
         }
     }
 
-    /// Sends the first `n` bytes of the buffer, compressed if that saves at
-    /// least a tenth. Returns whether it compressed.
+    /// Sends the `n` bytes just read into the batch's space: compressed if
+    /// that saves at least a tenth (then at once, as its own record), else
+    /// as a `Data` record built in place, written with the batch. Returns
+    /// whether it compressed.
     fn send(&mut self, w: &SharedWriter, n: usize, state: FileZip) -> Result<bool, Error> {
         if state != FileZip::Off
             && let Some(z) = &mut self.zip
         {
             let limit = n * 9 / 10;
             if limit > 64 {
-                z.out[0] = 0x0d;
+                z.out[0] = Message::ZDATA;
                 if let Ok(m) =
-                    z.c.compress_to_buffer(&self.buf.record(n)[1..], &mut z.out[1..1 + limit])
+                    z.c.compress_to_buffer(self.batch.pending(n), &mut z.out[1..1 + limit])
                 {
-                    w.lock().send(&z.out[..1 + m])?;
+                    let mut g = w.lock();
+                    g.send_batch(&mut self.batch)?;
+                    g.send(&z.out[..1 + m])?;
                     return Ok(true);
                 }
             }
         }
-        w.lock().send(self.buf.record(n))?;
+        if self.batch.commit(n) {
+            w.lock().send_batch(&mut self.batch)?;
+        }
         Ok(false)
+    }
+
+    /// Writes the records still in the batch.
+    fn flush(&mut self, w: &SharedWriter) -> Result<(), Error> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        w.lock().send_batch(&mut self.batch)
     }
 }
 
@@ -474,7 +488,7 @@ fn send_reader(
     let mut zip = chunker.start_file();
     loop {
         // Read outside the lock: a slow source (stdin) must not block keepalives.
-        let n = match rd.read(chunker.buf.space()) {
+        let n = match rd.read(chunker.batch.space()) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(Error::io(name, e)),
@@ -482,7 +496,7 @@ fn send_reader(
         if n == 0 {
             break;
         }
-        hasher.update(&chunker.buf.record(n)[1..]);
+        hasher.update(chunker.batch.pending(n));
         sent += n as u64;
         if size.is_some_and(|s| sent > s) {
             return Err(Error::Usage(format!(
@@ -502,6 +516,7 @@ fn send_reader(
             name.display()
         )));
     }
+    chunker.flush(w)?;
     w.lock()
         .send(&Message::FileEnd(*hasher.finalize().as_bytes()).to_vec())
 }
@@ -736,13 +751,16 @@ pub(crate) struct RecvState {
     started: Option<Instant>,
     /// Lobby mode: the sender's identity, shown with the offer.
     peer: Option<String>,
+    /// Which files are hashed again on arrival.
+    verify: Verify,
 }
 
 impl RecvState {
-    /// A fresh state; `from` is shown with the offer.
-    pub(crate) fn from_peer(peer: Option<String>) -> Self {
+    /// A fresh state; `peer` is shown with the offer.
+    pub(crate) fn new(peer: Option<String>, verify: Verify) -> Self {
         Self {
             peer,
+            verify,
             ..Default::default()
         }
     }
@@ -766,7 +784,7 @@ pub(crate) fn run_receive(
     let Session {
         w, mut r, _keepalive, ..
     } = Session::open(conn, idle)?;
-    let mut rx = Receiver::new();
+    let mut rx = Receiver::new().verify(state.verify);
     loop {
         let rec = expect_msg(&mut r, "sending its offer")?;
         match rx.handle(&rec) {

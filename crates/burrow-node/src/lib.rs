@@ -65,7 +65,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub use burrow_proto::code::Code;
-pub use burrow_proto::transfer::{Entry, EntryKind, OfferKind, escape_display};
+pub use burrow_proto::transfer::{Entry, EntryKind, OfferKind, Verify, escape_display};
 pub use error::{Error, ErrorKind};
 pub use paths::PathKind;
 
@@ -278,6 +278,7 @@ pub struct Transfer {
     relay_only: bool,
     reconnect_for: Duration,
     discover_for: Duration,
+    verify: Verify,
 }
 
 /// Builder for [`Transfer`].
@@ -295,12 +296,21 @@ pub struct TransferBuilder {
     relay_only: bool,
     reconnect_for: Option<Duration>,
     discover_for: Option<Duration>,
+    verify: Verify,
 }
 
 /// Default for [`TransferBuilder::reconnect_for`].
 pub const DEFAULT_RECONNECT: Duration = Duration::from_secs(60);
 
 impl TransferBuilder {
+    /// Receiver: hash every file again on arrival and check it against the
+    /// sender's hash. By default only resumed files are (every byte is
+    /// already authenticated by the session; see [`Verify`]).
+    pub fn verify_all(mut self, yes: bool) -> Self {
+        self.verify = if yes { Verify::All } else { Verify::Resumed };
+        self
+    }
+
     /// Never connect straight to the other peer, and tell it not to try:
     /// every byte goes through the relay (default: race a direct path).
     pub fn relay_only(mut self, yes: bool) -> Self {
@@ -396,6 +406,7 @@ impl TransferBuilder {
             exclude: files::Exclude::new(&self.exclude)?,
             compress: self.compress,
             relay_only: self.relay_only,
+            verify: self.verify,
             reconnect_for: self.reconnect_for.unwrap_or(DEFAULT_RECONNECT),
             discover_for: self.discover_for.unwrap_or(lan::DISCOVER_TIMEOUT),
             idle_timeout: self
@@ -637,7 +648,7 @@ impl Transfer {
         let (mut paths, mut conn) = self
             .connect(relay, rv, burrow_proto::api::Role::Recipient)
             .await?;
-        let mut state = engine::RecvState::from_peer(from);
+        let mut state = engine::RecvState::new(from, self.verify);
         let sink = std::sync::Arc::new(sink);
         loop {
             obs.event(Event::Connected {

@@ -35,7 +35,7 @@ use tokio::task::JoinSet;
 
 use burrow_proto::api::Role;
 use burrow_proto::pake::SessionKey;
-use burrow_proto::session::{Handshake, LEN_PREFIX, MAX_PLAINTEXT, Opener, Sealer};
+use burrow_proto::session::{Handshake, LEN_PREFIX, Opener, Sealer};
 use burrow_proto::staple::TokenHello;
 use burrow_proto::transfer::{MAX_HINTS, Message};
 
@@ -225,12 +225,11 @@ pub(crate) async fn read_record(
 ) -> Result<Vec<u8>, Error> {
     let run = async {
         loop {
-            let ct = read_frame(s).await?;
-            let mut plain = vec![0u8; MAX_PLAINTEXT.max(ct.len())];
-            let n = opener.open(&ct, &mut plain)?;
-            plain.truncate(n);
-            if plain != Message::Keepalive.to_vec() {
-                return Ok(plain);
+            let mut ct = read_frame(s).await?;
+            let n = opener.open_in_place(&mut ct)?.len();
+            ct.truncate(n);
+            if ct != Message::Keepalive.to_vec() {
+                return Ok(ct);
             }
         }
     };

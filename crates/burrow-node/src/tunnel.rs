@@ -25,7 +25,7 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use burrow_proto::connector::{MAGIC, Msg, RELAY_CONTEXT, TUNNEL_CONTEXT, VERSION};
 use burrow_proto::mux::{self, Event, Host, Mux, ResetReason};
 use burrow_proto::policy::Policy;
-use burrow_proto::session::{Handshake, LEN_PREFIX, MAX_PLAINTEXT, Opener, Sealer, peek_record_len};
+use burrow_proto::session::{Handshake, LEN_PREFIX, Opener, Sealer, peek_record_len};
 use burrow_proto::socks;
 
 use crate::error::Error;
@@ -134,10 +134,9 @@ impl Link {
     }
 
     async fn recv(&mut self) -> Result<Msg, Error> {
-        let ct = read_frame(&mut self.s).await?;
-        let mut plain = vec![0u8; MAX_PLAINTEXT];
-        let n = self.opener.open(&ct, &mut plain)?;
-        match Msg::decode(&plain[..n]).map_err(|e| Error::RelayProtocol(e.to_string()))? {
+        let mut ct = read_frame(&mut self.s).await?;
+        let plain = self.opener.open_in_place(&mut ct)?;
+        match Msg::decode(plain).map_err(|e| Error::RelayProtocol(e.to_string()))? {
             Msg::Error(m) => Err(Error::Relay {
                 kind: "connector".into(),
                 message: burrow_proto::transfer::escape_display(&m),
@@ -283,8 +282,7 @@ impl Tunnel {
         });
         let t2 = t.clone();
         tokio::spawn(async move {
-            let mut plain = vec![0u8; MAX_PLAINTEXT];
-            // Large reads, records parsed in place: no allocation per record.
+            // Large reads, records parsed and decrypted in place: no allocation per record.
             let mut buf = vec![0u8; 512 * 1024];
             let (mut start, mut end) = (0usize, 0usize);
             'session: loop {
@@ -298,11 +296,11 @@ impl Tunnel {
                     let ct = start + LEN_PREFIX..start + LEN_PREFIX + len;
                     start = ct.end;
                     // A record that fails authentication ends everything: no altered byte is delivered.
-                    let Ok(n) = opener.open(&buf[ct], &mut plain) else {
+                    let Ok(plain) = opener.open_in_place(&mut buf[ct]) else {
                         tracing::warn!("tunnel: integrity check failed; closing every stream");
                         break 'session;
                     };
-                    let ev = lock(&t2.mux).handle(&plain[..n]).map(|e| match e {
+                    let ev = lock(&t2.mux).handle(plain).map(|e| match e {
                         Event::Data { stream, bytes } => {
                             (Some(t2.copy_of(bytes)), Event::Data { stream, bytes: &[] })
                         }

@@ -11,8 +11,9 @@
 //!   for each file entry, in order:
 //!     [Skip{offset}]             ------>     only if the receiver proposed resuming this
 //!                                            file at `offset` and the prefixes' hashes match
-//!     Data{bytes} ...            ------>     written to a temporary name, hashed
-//!     FileEnd{blake3}            ------>     hash checked, file renamed into place
+//!     Data{bytes} ...            ------>     written to a temporary name
+//!     FileEnd{blake3}            ------>     size (and hash, see below) checked,
+//!                                            file renamed into place
 //!   Done                         ------>
 //!                                <------   Ack  (everything verified)
 //! either side, any time:         Error{message}
@@ -60,6 +61,18 @@
 //! of its file; only if the hashes match does it send `Skip{offset}` and the
 //! rest of the file, else it sends the whole file. Either way the final
 //! `FileEnd` hash covers the entire file, so a resumed file is verified end to end.
+//!
+//! **What is verified, and how.** The sender hashes every file as it streams
+//! it (BLAKE3, no pre-pass) and sends the hash in `FileEnd`. Every byte a
+//! receiver writes arrived in an AES-256-GCM record under the session key,
+//! with a counter nonce: altered, dropped, reordered or replayed records end
+//! the session, and `FileEnd` comes exactly at the file's size. Hashing those
+//! bytes again on the receiver proves nothing the AEAD did not (it would only
+//! catch a bug in our own receiving code), and costs a quarter of the
+//! receiver's CPU, so by default ([`Verify::Resumed`]) the receiver checks
+//! the `FileEnd` hash only for files it resumed: their first bytes came from
+//! its disk, not from this session. [`Verify::All`] (`burrow receive
+//! --verify`) hashes every file again and checks every `FileEnd`.
 //!
 //! Paths are relative, `/`-separated, and checked by [`validate_rel_path`]:
 //! nothing the peer sends can name a place outside the output folder.
@@ -226,6 +239,11 @@ fn read_resume(r: &mut Reader<'_>) -> Result<Vec<ResumeAt>, DecodeError> {
 }
 
 impl Message<'_> {
+    /// The type byte of [`Message::Data`] (records built in place start with it).
+    pub const DATA: u8 = 0x06;
+    /// The type byte of [`Message::ZData`].
+    pub const ZDATA: u8 = 0x0d;
+
     /// Appends the encoded message to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         match self {
@@ -260,7 +278,7 @@ impl Message<'_> {
                 put_bytes_u16(out, clip(r, MAX_MESSAGE).as_bytes());
             }
             Message::Data(d) => {
-                out.push(0x06);
+                out.push(Self::DATA);
                 out.extend_from_slice(d);
             }
             Message::FileEnd(h) => {
@@ -279,7 +297,7 @@ impl Message<'_> {
             }
             Message::Keepalive => out.push(0x0c),
             Message::ZData(d) => {
-                out.push(0x0d);
+                out.push(Self::ZDATA);
                 out.extend_from_slice(d);
             }
             Message::Hints { direct, addrs } => {
@@ -378,14 +396,14 @@ impl<'a> Message<'a> {
             0x03 => Message::OfferEnd,
             0x04 => Message::Accept(read_resume(&mut r)?),
             0x05 => Message::Reject(r.str_u16("reason", MAX_MESSAGE)?.to_owned()),
-            0x06 => Message::Data(r.rest()),
+            Self::DATA => Message::Data(r.rest()),
             0x07 => Message::FileEnd(r.array()?),
             0x08 => Message::Done,
             0x09 => Message::Ack,
             0x0a => Message::Error(r.str_u16("message", MAX_MESSAGE)?.to_owned()),
             0x0b => Message::Skip(r.u64()?),
             0x0c => Message::Keepalive,
-            0x0d => Message::ZData(r.rest()),
+            Self::ZDATA => Message::ZData(r.rest()),
             0x0e => {
                 let flags = r.u8()?;
                 if flags > 1 {
@@ -596,9 +614,20 @@ enum RxState {
     Failed,
 }
 
+/// Which files the receiver hashes again to check their `FileEnd` hash
+/// (see the module docs: the session's AEAD already authenticates every byte).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Verify {
+    /// Only resumed files, whose first bytes came from the receiver's disk.
+    #[default]
+    Resumed,
+    /// Every file.
+    All,
+}
+
 /// The receiving side of a transfer, sans-IO: feed it each record's
 /// plaintext with [`Receiver::handle`] and act on the [`RxEvent`]s.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Receiver {
     state: RxState,
     kind: OfferKind,
@@ -610,7 +639,9 @@ pub struct Receiver {
     sum: u64,
     current: usize,
     in_file: u64,
-    hasher: blake3::Hasher,
+    /// The current file's hash so far, when it is to be checked.
+    hasher: Option<blake3::Hasher>,
+    verify: Verify,
     received: u64,
     /// Whether the current file has seen any message yet.
     started: bool,
@@ -638,11 +669,23 @@ impl Receiver {
             sum: 0,
             current: 0,
             in_file: 0,
-            hasher: blake3::Hasher::new(),
+            hasher: None,
+            verify: Verify::Resumed,
             received: 0,
             started: false,
             resume: std::collections::HashMap::new(),
         }
+    }
+
+    /// Which files' `FileEnd` hashes are checked (default: [`Verify::Resumed`]).
+    pub fn verify(mut self, verify: Verify) -> Self {
+        self.verify = verify;
+        self.hasher = self.fresh_hasher();
+        self
+    }
+
+    fn fresh_hasher(&self) -> Option<blake3::Hasher> {
+        (self.verify == Verify::All).then(blake3::Hasher::new)
     }
 
     /// The offer so far (complete once [`RxEvent::OfferReady`] was returned).
@@ -743,7 +786,7 @@ impl Receiver {
         }
         self.in_file = 0;
         self.started = false;
-        self.hasher = blake3::Hasher::new();
+        self.hasher = self.fresh_hasher();
     }
 
     fn fail<T>(&mut self, e: TransferError) -> Result<T, TransferError> {
@@ -860,7 +903,7 @@ impl Receiver {
                     Some((proposed, hasher)) if proposed == offset && !self.started => {
                         self.started = true;
                         self.in_file = offset;
-                        self.hasher = hasher;
+                        self.hasher = Some(hasher);
                         Ok(RxEvent::Resumed { index, offset })
                     }
                     _ => self.fail(TransferError::Unexpected(
@@ -886,7 +929,9 @@ impl Receiver {
                 if e.size != UNKNOWN_SIZE && self.in_file != e.size {
                     return self.fail(TransferError::Unexpected("file ended before its size"));
                 }
-                if self.hasher.finalize() != blake3::Hash::from_bytes(hash) {
+                if let Some(h) = self.hasher.take()
+                    && h.finalize() != blake3::Hash::from_bytes(hash)
+                {
                     let name = escape_display(&e.path);
                     return self.fail(TransferError::HashMismatch(name));
                 }
@@ -923,7 +968,9 @@ impl Receiver {
         }
         self.in_file = new_len;
         self.received += bytes.len() as u64;
-        self.hasher.update(bytes);
+        if let Some(h) = &mut self.hasher {
+            h.update(bytes);
+        }
         Ok(RxEvent::Data {
             index: self.current,
             bytes,
@@ -1086,18 +1133,45 @@ mod tests {
     }
 
     #[test]
-    fn hash_mismatch_is_detected() {
+    fn hash_mismatch_is_detected_when_verifying_all() {
+        let mut rx = Receiver::new().verify(Verify::All);
+        for rec in offer_records(OfferKind::Files, &[file("a", 3), file("b", 2)]) {
+            rx.handle(&rec).unwrap();
+        }
+        rx.accept().unwrap();
+        rx.handle(&Message::Data(b"abc").to_vec()).unwrap();
+        rx.handle(&Message::FileEnd(*blake3::hash(b"abc").as_bytes()).to_vec())
+            .unwrap();
+        // The second file too: the hasher starts again for every file.
+        rx.handle(&Message::Data(b"xy").to_vec()).unwrap();
+        let err = rx
+            .handle(&Message::FileEnd(*blake3::hash(b"xz").as_bytes()).to_vec())
+            .unwrap_err();
+        assert_eq!(err, TransferError::HashMismatch("b".into()));
+        assert!(rx.handle(&Message::Done.to_vec()).is_err());
+    }
+
+    /// By default a file that arrived whole in this session is trusted to
+    /// the AEAD (its hash is not recomputed); sizes are still enforced.
+    #[test]
+    fn by_default_only_sizes_are_checked_for_whole_files() {
         let mut rx = Receiver::new();
         for rec in offer_records(OfferKind::Files, &[file("a", 3)]) {
             rx.handle(&rec).unwrap();
         }
         rx.accept().unwrap();
-        rx.handle(&Message::Data(b"abc").to_vec()).unwrap();
-        let err = rx
-            .handle(&Message::FileEnd(*blake3::hash(b"abd").as_bytes()).to_vec())
-            .unwrap_err();
-        assert_eq!(err, TransferError::HashMismatch("a".into()));
-        assert!(rx.handle(&Message::Done.to_vec()).is_err());
+        rx.handle(&Message::Data(b"ab").to_vec()).unwrap();
+        let early = rx.clone();
+        assert!(matches!(
+            rx.handle(&Message::FileEnd([0; 32]).to_vec()),
+            Err(TransferError::Unexpected(_))
+        ));
+        let mut rx = early;
+        rx.handle(&Message::Data(b"c").to_vec()).unwrap();
+        assert_eq!(
+            rx.handle(&Message::FileEnd([0; 32]).to_vec()).unwrap(),
+            RxEvent::FileVerified { index: 0 }
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
 
 use burrow_proto::connector::{Msg, RELAY_CONTEXT, VERSION};
-use burrow_proto::session::{Handshake, LEN_PREFIX, MAX_PLAINTEXT, Opener, Sealer};
+use burrow_proto::session::{Handshake, LEN_PREFIX, Opener, Sealer};
 
 /// How long a proxy waits for the exit to take its session.
 const ACCEPT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -76,13 +76,12 @@ impl Link {
     }
 
     async fn recv(&mut self) -> std::io::Result<Msg> {
-        let ct = read_frame(&mut self.s).await?;
-        let mut plain = vec![0u8; MAX_PLAINTEXT];
-        let n = self
+        let mut ct = read_frame(&mut self.s).await?;
+        let plain = self
             .opener
-            .open(&ct, &mut plain)
+            .open_in_place(&mut ct)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        Msg::decode(&plain[..n]).map_err(|e| std::io::Error::other(e.to_string()))
+        Msg::decode(plain).map_err(|e| std::io::Error::other(e.to_string()))
     }
 
     async fn refuse(mut self, why: &str) {

@@ -42,6 +42,7 @@ pub async fn run(args: ReceiveArgs, cfg: &Config) -> Result<(), Error> {
         .discover_for(Duration::from_secs(args.lan_wait))
         .idle_timeout(args.timeout.duration())
         .relay_only(args.path.relay_only || cfg.relay_only.unwrap_or(false))
+        .verify_all(args.verify || cfg.verify.unwrap_or(false))
         .reconnect_for(Duration::from_secs(args.path.reconnect))
         .build()?;
     let mode = Mode::detect(args.json);
