@@ -12,9 +12,10 @@
 #  (d) the end-to-end time of one 1 KiB file (median of 20)
 #  (e) resume: the receiver is killed halfway through, both sides run again
 #      with a new code; the bytes moved the second time, as a share of the file
-# Prints MB/s, the ratios, and every burrow process's peak RSS.
+# Prints MB/s, the ratios, and every burrow process's peak RSS. (a) and (b)
+# alternate baseline and burrow ROUNDS times (default 3) and compare medians.
 #
-# Usage: scripts/bench-transfer.sh [SIZE_MIB]      (default 1024)
+# Usage: [ROUNDS=3] scripts/bench-transfer.sh [SIZE_MIB]      (default 1024)
 # Runs itself inside a private network namespace (unshare --net: lo, plus a
 # veth interface 10.99.0.1 so that direct paths have an address to advertise),
 # so nothing is advertised to or reaches any other address. Data lives in
@@ -66,53 +67,67 @@ rss() { grep -oP 'Maximum resident set size \(kbytes\): \K[0-9]+' "$1" | awk '{p
 
 echo "== $SIZE_MIB MiB, $(nproc) cores, in a private network namespace"
 
-# --- plaintext baseline: socat as the relay -------------------------------
-rm -f out.socat
-timeout 300 socat -b 262144 -u TCP-LISTEN:7002,reuseaddr OPEN:out.socat,creat,trunc & R=$!; PIDS+=($R)
-timeout 300 socat -b 262144 TCP-LISTEN:7001,reuseaddr TCP:127.0.0.1:7002 & F=$!; PIDS+=($F)
-sleep 0.3
-t0=$(now)
-timeout 300 socat -b 262144 -u OPEN:data.bin TCP:127.0.0.1:7001
-wait "$R"
-t1=$(now)
-check out.socat; rm -f out.socat
-PLAIN=$(mbps "$t0" "$t1")
-echo "plaintext (socat forwarder): $PLAIN MB/s"
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {printf "%.0f", (a[int((NR+1)/2)] + a[int(NR/2)+1]) / 2}'; }
+maxrss() { # files...: the largest peak RSS among them
+    cat "$@" | grep -oP 'Maximum resident set size \(kbytes\): \K[0-9]+' | sort -n | tail -1 | awk '{printf "%.1f MiB", $1/1024}'
+}
+# This VM's speed moves by ±30% from minute to minute: each baseline and
+# burrow run alternate ROUNDS times and the medians are compared.
+ROUNDS=${ROUNDS:-3}
 
-# --- burrow through its relay ----------------------------------------------
 /usr/bin/time -v "$BIN" relay --listen 127.0.0.1:7100 2> relay.err & RP=$!; PIDS+=($RP)
 wait_for relay.err "listening on"
-mkdir -p out.burrow
-/usr/bin/time -v timeout 300 "$BIN" send --relay-only --relay 127.0.0.1:7100 data.bin 2> send.err & SP=$!; PIDS+=($SP)
-wait_for send.err "^code:"
-CODE=$(grep '^code:' send.err | cut -d' ' -f2)
-t0=$(now)
-/usr/bin/time -v timeout 300 "$BIN" receive --relay-only --relay 127.0.0.1:7100 --yes --out out.burrow "$CODE" 2> recv.err
-wait "$SP"
-t1=$(now)
-check out.burrow/data.bin; rm -rf out.burrow
-BURROW=$(mbps "$t0" "$t1")
-echo "burrow via relay:            $BURROW MB/s   (peak RSS: sender $(rss send.err), receiver $(rss recv.err))"
+PLAINS=(); BURROWS=(); IPERFS=(); DIRECTS=()
+for round in $(seq 1 "$ROUNDS"); do
+    # --- plaintext baseline: socat as the relay -------------------------------
+    rm -f out.socat
+    timeout 300 socat -b 262144 -u TCP-LISTEN:7002,reuseaddr OPEN:out.socat,creat,trunc & R=$!; PIDS+=($R)
+    timeout 300 socat -b 262144 TCP-LISTEN:7001,reuseaddr TCP:127.0.0.1:7002 & F=$!; PIDS+=($F)
+    sleep 0.3
+    t0=$(now)
+    timeout 300 socat -b 262144 -u OPEN:data.bin TCP:127.0.0.1:7001
+    wait "$R"
+    t1=$(now)
+    check out.socat; rm -f out.socat
+    PLAINS+=("$(mbps "$t0" "$t1")")
 
-# --- direct: iperf3 baseline, then burrow with the race --------------------------
-iperf3 -s -1 -B 10.99.0.1 -p 7400 > iperf-s.log 2>&1 & IP=$!; PIDS+=($IP)
-sleep 0.3
-IPERF=$(iperf3 -c 10.99.0.1 -p 7400 -n "$BYTES" -J | python3 -c "import json,sys; print(f\"{json.load(sys.stdin)['end']['sum_received']['bits_per_second'] / 8e6:.0f}\")")
-wait "$IP" || true
-echo "plaintext direct (iperf3):   $IPERF MB/s"
-mkdir -p out.direct
-/usr/bin/time -v timeout 300 "$BIN" send --json --relay 127.0.0.1:7100 data.bin > dsend.json 2> dsend.err & SP=$!; PIDS+=($SP)
-wait_for dsend.json '"code"'
-CODE=$(python3 -c "import json; print(json.loads(open('dsend.json').readline())['code'])")
-t0=$(now)
-/usr/bin/time -v timeout 300 "$BIN" receive --json --relay 127.0.0.1:7100 --yes --out out.direct "$CODE" > drecv.json 2> drecv.err
-wait "$SP"
-t1=$(now)
-grep -q '"path":"direct"' drecv.json || { echo "the direct path did not win:" >&2; grep connected drecv.json >&2; exit 1; }
-check out.direct/data.bin; rm -rf out.direct
-DIRECT=$(mbps "$t0" "$t1")
+    # --- burrow through its relay ---------------------------------------------
+    mkdir -p out.burrow
+    /usr/bin/time -v timeout 300 "$BIN" send --relay-only --relay 127.0.0.1:7100 data.bin 2> send.err.$round & SP=$!; PIDS+=($SP)
+    wait_for send.err.$round "^code:"
+    CODE=$(grep '^code:' send.err.$round | cut -d' ' -f2)
+    t0=$(now)
+    /usr/bin/time -v timeout 300 "$BIN" receive --relay-only --relay 127.0.0.1:7100 --yes --out out.burrow "$CODE" 2> recv.err.$round
+    wait "$SP"
+    t1=$(now)
+    check out.burrow/data.bin; rm -rf out.burrow
+    BURROWS+=("$(mbps "$t0" "$t1")")
+
+    # --- direct: iperf3 baseline, then burrow with the race --------------------
+    iperf3 -s -1 -B 10.99.0.1 -p 7400 > iperf-s.log 2>&1 & IP=$!; PIDS+=($IP)
+    sleep 0.3
+    IPERFS+=("$(iperf3 -c 10.99.0.1 -p 7400 -n "$BYTES" -J | python3 -c "import json,sys; print(f\"{json.load(sys.stdin)['end']['sum_received']['bits_per_second'] / 8e6:.0f}\")")")
+    wait "$IP" || true
+    mkdir -p out.direct
+    /usr/bin/time -v timeout 300 "$BIN" send --json --relay 127.0.0.1:7100 data.bin > dsend.json 2> dsend.err.$round & SP=$!; PIDS+=($SP)
+    wait_for dsend.json '"code"'
+    CODE=$(python3 -c "import json; print(json.loads(open('dsend.json').readline())['code'])")
+    t0=$(now)
+    /usr/bin/time -v timeout 300 "$BIN" receive --json --relay 127.0.0.1:7100 --yes --out out.direct "$CODE" > drecv.json 2> drecv.err.$round
+    wait "$SP"
+    t1=$(now)
+    grep -q '"path":"direct"' drecv.json || { echo "the direct path did not win:" >&2; grep connected drecv.json >&2; exit 1; }
+    check out.direct/data.bin; rm -rf out.direct
+    DIRECTS+=("$(mbps "$t0" "$t1")")
+    echo "round $round: socat ${PLAINS[-1]}, burrow relay ${BURROWS[-1]}, iperf3 ${IPERFS[-1]}, burrow direct ${DIRECTS[-1]} MB/s"
+done
 pkill -TERM -P "$RP"; wait "$RP" || true
-echo "burrow direct:               $DIRECT MB/s   (peak RSS: sender $(rss dsend.err), receiver $(rss drecv.err); relay over both runs $(rss relay.err))"
+PLAIN=$(median "${PLAINS[@]}"); BURROW=$(median "${BURROWS[@]}")
+IPERF=$(median "${IPERFS[@]}"); DIRECT=$(median "${DIRECTS[@]}")
+echo "plaintext (socat forwarder): $PLAIN MB/s (median of $ROUNDS)"
+echo "burrow via relay:            $BURROW MB/s   (peak RSS: sender $(maxrss send.err.*), receiver $(maxrss recv.err.*))"
+echo "plaintext direct (iperf3):   $IPERF MB/s"
+echo "burrow direct:               $DIRECT MB/s   (peak RSS: sender $(maxrss dsend.err.*), receiver $(maxrss drecv.err.*); relay over all runs $(rss relay.err))"
 
 # --- magic-wormhole through its transit relay -------------------------------
 timeout 600 twist wormhole-mailbox --port=tcp:7200:interface=127.0.0.1 > mailbox.log 2>&1 & M=$!; PIDS+=($M)

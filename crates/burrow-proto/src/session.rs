@@ -23,8 +23,8 @@
 //! reordered record) ends the session: nothing from it is delivered.
 //!
 //! `snow` runs the handshake; the transport phase is driven here on the two
-//! keys of Noise's `Split()` (`dangerously_get_raw_split`) with `ring`'s
-//! AES-256-GCM, so that records are sealed and opened *in place* (snow's
+//! keys of Noise's `Split()` (`dangerously_get_raw_split`) with
+//! `aws-lc-rs`' AES-256-GCM, so that records are sealed and opened *in place* (snow's
 //! transport API copies every record once more). The bytes on the wire are
 //! identical to snow's own transport messages; a test checks that against
 //! snow.
