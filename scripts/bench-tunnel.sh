@@ -4,10 +4,11 @@
 #   direct     curl straight to a local nginx on 127.0.0.1
 #   ssh -D     curl through `ssh -D` (-c aes256-gcm@openssh.com) to a private sshd on 127.0.0.1
 #   burrow     curl through `burrow proxy` -> `burrow relay` -> `burrow exit --allow 127.0.0.1/32`
-# For each: MB/s for a 1 GiB file, and time to first byte of a 1 KiB file
+# For each: MB/s for a 1 GiB file (the three alternate ROUNDS times, default
+# 3, and the medians are compared), and time to first byte of a 1 KiB file
 # (median of 20, a new connection each). Peak RSS of the proxy and the exit.
 #
-# Usage: scripts/bench-tunnel.sh [SIZE_MIB]     (default 1024)
+# Usage: [ROUNDS=3] scripts/bench-tunnel.sh [SIZE_MIB]     (default 1024)
 # Needs: nginx, sshd + ssh (openssh-server), curl, /usr/bin/time.
 set -euo pipefail
 
@@ -84,31 +85,44 @@ sleep 0.5
 
 echo "== $SIZE_MIB MiB, $(nproc) cores, in a private network namespace"
 SUM=$(sha256sum www/big.bin | cut -d' ' -f1)
-measure() { # name curl-proxy-args...
-    local name=$1; shift
+throughput() { # curl-proxy-args...: MB/s for the big file, checked
     local t
     t=$(curl -sS "$@" -o got.bin -w '%{time_total}' http://127.0.0.1:8080/big.bin)
-    [ "$(sha256sum got.bin | cut -d' ' -f1)" = "$SUM" ] || { echo "MISMATCH via $name" >&2; exit 1; }
+    [ "$(sha256sum got.bin | cut -d' ' -f1)" = "$SUM" ] || { echo "MISMATCH via $*" >&2; exit 1; }
     rm -f got.bin
-    local mbps
-    mbps=$(python3 -c "print(f'{$SIZE_MIB * 1048576 / $t / 1e6:.0f}')")
-    local ttfb=()
-    for _ in $(seq 1 20); do
-        ttfb+=("$(curl -sS "$@" -o /dev/null -w '%{time_starttransfer}' http://127.0.0.1:8080/small.bin)")
-    done
-    local med
-    med=$(printf '%s\n' "${ttfb[@]}" | sort -n | awk '{a[NR]=$1} END {printf "%.2f", (a[int((NR+1)/2)] + a[int(NR/2)+1]) / 2 * 1000}')
-    echo "$name $mbps $med"
+    python3 -c "print(f'{$SIZE_MIB * 1048576 / $t / 1e6:.0f}')"
 }
-R_DIRECT=$(measure direct)
-R_SSH=$(measure ssh --socks5-hostname 127.0.0.1:1081)
+ttfb() { # curl-proxy-args...: median time to first byte of the small file, ms
+    local all=()
+    for _ in $(seq 1 20); do
+        all+=("$(curl -sS "$@" -o /dev/null -w '%{time_starttransfer}' http://127.0.0.1:8080/small.bin)")
+    done
+    printf '%s\n' "${all[@]}" | sort -n | awk '{a[NR]=$1} END {printf "%.2f", (a[int((NR+1)/2)] + a[int(NR/2)+1]) / 2 * 1000}'
+}
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {printf "%.0f", (a[int((NR+1)/2)] + a[int(NR/2)+1]) / 2}'; }
+# This VM's speed moves by ±30% from minute to minute: the three paths
+# alternate ROUNDS times and the medians are compared.
+ROUNDS=${ROUNDS:-3}
 if [ -n "${BURROW_PERF:-}" ]; then
     perf record -q -g -o "$ROOT/exit.perf" -p "$(pgrep -P "$EP")" 2>/dev/null & PE=$!
     perf record -q -g -o "$ROOT/proxy.perf" -p "$(pgrep -P "$PP")" 2>/dev/null & PX=$!
     sleep 0.5
 fi
-R_BURROW=$(measure burrow --socks5-hostname 127.0.0.1:1080)
+if [ -n "${BURROW_PERF_ALL:-}" ]; then
+    # System-wide, during one burrow download only.
+    perf record -q -a -o "$ROOT/all.perf" -- curl -sS --socks5-hostname 127.0.0.1:1080 -o /dev/null http://127.0.0.1:8080/big.bin
+fi
+T_DIRECT=(); T_SSH=(); T_BURROW=()
+for round in $(seq 1 "$ROUNDS"); do
+    T_DIRECT+=("$(throughput)")
+    T_SSH+=("$(throughput --socks5-hostname 127.0.0.1:1081)")
+    T_BURROW+=("$(throughput --socks5-hostname 127.0.0.1:1080)")
+    echo "round $round: direct ${T_DIRECT[-1]}, ssh -D ${T_SSH[-1]}, burrow ${T_BURROW[-1]} MB/s"
+done
 if [ -n "${BURROW_PERF:-}" ]; then kill -INT "$PE" "$PX"; wait "$PE" "$PX" 2>/dev/null || true; fi
+R_DIRECT="direct $(median "${T_DIRECT[@]}") $(ttfb)"
+R_SSH="ssh $(median "${T_SSH[@]}") $(ttfb --socks5-hostname 127.0.0.1:1081)"
+R_BURROW="burrow $(median "${T_BURROW[@]}") $(ttfb --socks5-hostname 127.0.0.1:1080)"
 pkill -TERM -P "$PP" || true; pkill -TERM -P "$EP" || true
 wait "$PP" 2>/dev/null || true; wait "$EP" 2>/dev/null || true
 printf '%-8s %10s %14s\n' path "MB/s" "1 KiB TTFB ms"
@@ -116,6 +130,7 @@ for r in "$R_DIRECT" "$R_SSH" "$R_BURROW"; do
     # shellcheck disable=SC2086
     printf '%-8s %10s %14s\n' $r
 done
+echo "(MB/s: median of $ROUNDS alternating rounds)"
 echo "peak RSS: proxy $(rss proxy.err), exit $(rss exit.err)"
 python3 - "$R_SSH" "$R_BURROW" <<'PY'
 import sys

@@ -25,7 +25,7 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use burrow_proto::connector::{MAGIC, Msg, RELAY_CONTEXT, TUNNEL_CONTEXT, VERSION};
 use burrow_proto::mux::{self, Event, Host, Mux, ResetReason};
 use burrow_proto::policy::Policy;
-use burrow_proto::session::{Handshake, LEN_PREFIX, Opener, Sealer, peek_record_len};
+use burrow_proto::session::{Handshake, LEN_PREFIX, MAX_RECORD, Opener, Sealer, TAG_LEN, peek_record_len};
 use burrow_proto::socks;
 
 use crate::error::Error;
@@ -215,7 +215,7 @@ type OnOpen = Arc<dyn Fn(Arc<Tunnel>, u32, Host, u16) + Send + Sync>;
 
 /// One stream's plumbing inside a tunnel.
 struct StreamIo {
-    data: mpsc::UnboundedSender<Option<Vec<u8>>>,
+    data: mpsc::UnboundedSender<Option<Chunk>>,
     writable: Arc<Notify>,
     opened: Option<oneshot::Sender<Result<(), (ResetReason, String)>>>,
 }
@@ -229,6 +229,129 @@ struct Tunnel {
     dead: watch::Sender<bool>,
     /// Spare 64 KiB buffers: no allocation (and no page faults) per frame.
     pool: Mutex<Vec<Vec<u8>>>,
+    /// The reader's buffers.
+    recv_bufs: Arc<RecvBufs>,
+}
+
+/// Bytes per read on the tunnel's connection.
+const RECV_BUF: usize = 512 * 1024;
+/// Receive buffers held by streams at most; beyond, `Data` is copied out.
+const MAX_SHARED: usize = 8;
+
+/// The tunnel reader's buffers. After a read, the records in a buffer are
+/// decrypted in place and the buffer is shared ([`RecvBuf`]) with every
+/// stream whose `Data` lies in it: the bytes reach the local socket without
+/// a copy, and the last piece written returns the buffer here. With
+/// [`MAX_SHARED`] buffers out (slow local sides), data is copied instead, so
+/// memory stays bounded.
+#[derive(Default)]
+struct RecvBufs {
+    pool: Mutex<Vec<Vec<u8>>>,
+    out: std::sync::atomic::AtomicUsize,
+}
+
+impl RecvBufs {
+    fn take(&self) -> Vec<u8> {
+        lock(&self.pool).pop().unwrap_or_else(|| vec![0u8; RECV_BUF])
+    }
+
+    fn share(self: &Arc<Self>, v: Vec<u8>) -> Arc<RecvBuf> {
+        self.out.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Arc::new(RecvBuf {
+            v,
+            home: self.clone(),
+        })
+    }
+
+    /// The buffer back if no stream holds a piece of it (`false`), else a
+    /// fresh one with `tail` copied to its front (`true`).
+    fn unshare(&self, b: Arc<RecvBuf>, tail: std::ops::Range<usize>) -> (Vec<u8>, bool) {
+        match Arc::try_unwrap(b) {
+            Ok(mut b) => (std::mem::take(&mut b.v), false),
+            Err(shared) => {
+                let mut v = self.take();
+                v[..tail.len()].copy_from_slice(&shared.v[tail]);
+                (v, true)
+            }
+        }
+    }
+
+    fn crowded(&self) -> bool {
+        self.out.load(std::sync::atomic::Ordering::Relaxed) >= MAX_SHARED
+    }
+}
+
+/// A receive buffer shared by the streams whose data it holds.
+struct RecvBuf {
+    v: Vec<u8>,
+    home: Arc<RecvBufs>,
+}
+
+impl Drop for RecvBuf {
+    fn drop(&mut self) {
+        self.home.out.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        if self.v.len() == RECV_BUF {
+            let mut p = lock(&self.home.pool);
+            if p.len() < 4 {
+                p.push(std::mem::take(&mut self.v));
+            }
+        }
+    }
+}
+
+/// `Data` on its way to a stream's local socket.
+enum Chunk {
+    /// A piece of a shared receive buffer.
+    Shared(Arc<RecvBuf>, std::ops::Range<usize>),
+    /// A copy in a pooled buffer.
+    Copied(Vec<u8>),
+}
+
+impl Chunk {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Shared(b, r) => &b.v[r.clone()],
+            Chunk::Copied(v) => v,
+        }
+    }
+}
+
+/// Frames written with one `writev` at most.
+const WRITE_BATCH: usize = 16;
+
+/// `frame` laid out as a record to seal in place: `[prefix][frame][tag]`.
+fn as_record(frame: &[u8]) -> Vec<u8> {
+    let mut r = Vec::with_capacity(LEN_PREFIX + frame.len() + TAG_LEN);
+    r.extend_from_slice(&[0; LEN_PREFIX]);
+    r.extend_from_slice(frame);
+    r.extend_from_slice(&[0; TAG_LEN]);
+    r
+}
+
+/// Writes every frame, in order, with as few `writev` calls as the socket allows.
+async fn write_all_frames(wr: &mut (impl AsyncWriteExt + Unpin), frames: &[Vec<u8>]) -> std::io::Result<()> {
+    let (mut i, mut off) = (0usize, 0usize);
+    while i < frames.len() {
+        let slices: Vec<std::io::IoSlice<'_>> = std::iter::once(std::io::IoSlice::new(&frames[i][off..]))
+            .chain(frames[i + 1..].iter().map(|f| std::io::IoSlice::new(f)))
+            .collect();
+        let mut n = wr.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 && i < frames.len() {
+            let left = frames[i].len() - off;
+            if n >= left {
+                n -= left;
+                i += 1;
+                off = 0;
+            } else {
+                off += n;
+                n = 0;
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Tunnel {
@@ -249,32 +372,39 @@ impl Tunnel {
             streams: Mutex::new(HashMap::new()),
             dead: watch::channel(false).0,
             pool: Mutex::new(Vec::new()),
+            recv_bufs: Arc::default(),
         });
         let t1 = t.clone();
         tokio::spawn(async move {
-            let mut buf = Vec::with_capacity(256 * 1024);
+            // Frames arrive laid out as records (`Tunnel::send`): sealed where
+            // they are and written together with one `writev`, never copied.
+            let mut batch: Vec<Vec<u8>> = Vec::with_capacity(WRITE_BATCH);
             let mut dead = t1.dead.subscribe();
-            loop {
+            'writer: loop {
                 let f = tokio::select! {
                     f = out_rx.recv() => match f { Some(f) => f, None => break },
                     _ = dead.wait_for(|d| *d) => break,
                 };
-                buf.clear();
-                if sealer.seal(&f, &mut buf).is_err() {
-                    break;
-                }
-                t1.put(f);
-                // Batch whatever else is queued into one write.
-                while buf.len() < 192 * 1024
+                let mut queued = f.len();
+                batch.push(f);
+                // Whatever else is queued goes in the same write.
+                while queued < 192 * 1024
+                    && batch.len() < WRITE_BATCH
                     && let Ok(more) = out_rx.try_recv()
                 {
-                    if sealer.seal(&more, &mut buf).is_err() {
-                        return;
-                    }
-                    t1.put(more);
+                    queued += more.len();
+                    batch.push(more);
                 }
-                if wr.write_all(&buf).await.is_err() {
+                for f in &mut batch {
+                    if sealer.seal_in_place(f).is_err() {
+                        break 'writer;
+                    }
+                }
+                if write_all_frames(&mut wr, &batch).await.is_err() {
                     break;
+                }
+                for f in batch.drain(..) {
+                    t1.put(f);
                 }
             }
             let _ = wr.shutdown().await;
@@ -282,40 +412,70 @@ impl Tunnel {
         });
         let t2 = t.clone();
         tokio::spawn(async move {
-            // Large reads, records parsed and decrypted in place: no allocation per record.
-            let mut buf = vec![0u8; 512 * 1024];
+            // Large reads; records are decrypted in place, then the buffer is
+            // shared with the streams their `Data` goes to (no copy) and the
+            // next read goes into another buffer (see `RecvBuf`).
+            let mut buf = t2.recv_bufs.take();
             let (mut start, mut end) = (0usize, 0usize);
+            let mut plains: Vec<std::ops::Range<usize>> = Vec::new();
             'session: loop {
+                let mut failed = false;
                 loop {
                     let have = &buf[start..end];
                     let len = match peek_record_len(have) {
                         Ok(Some(len)) if have.len() >= LEN_PREFIX + len => len,
                         Ok(_) => break,
-                        Err(_) => break 'session,
+                        Err(_) => {
+                            failed = true;
+                            break;
+                        }
                     };
                     let ct = start + LEN_PREFIX..start + LEN_PREFIX + len;
                     start = ct.end;
                     // A record that fails authentication ends everything: no altered byte is delivered.
-                    let Ok(plain) = opener.open_in_place(&mut buf[ct]) else {
-                        tracing::warn!("tunnel: integrity check failed; closing every stream");
-                        break 'session;
-                    };
-                    let ev = lock(&t2.mux).handle(plain).map(|e| match e {
-                        Event::Data { stream, bytes } => {
-                            (Some(t2.copy_of(bytes)), Event::Data { stream, bytes: &[] })
+                    match opener.open_in_place(&mut buf[ct.clone()]) {
+                        Ok(p) => plains.push(ct.start..ct.start + p.len()),
+                        Err(_) => {
+                            tracing::warn!("tunnel: integrity check failed; closing every stream");
+                            failed = true;
+                            break;
                         }
-                        other => (None, other),
-                    });
-                    let (bytes, ev) = match ev {
-                        Ok(x) => x,
-                        Err(e) => {
-                            tracing::warn!("tunnel: {e}");
-                            break 'session;
-                        }
-                    };
-                    t2.dispatch(ev, bytes, on_open.as_ref());
+                    }
                 }
-                if start > 0 {
+                if !plains.is_empty() {
+                    let shared = t2.recv_bufs.share(std::mem::take(&mut buf));
+                    for r in plains.drain(..) {
+                        let ev = lock(&t2.mux).handle(&shared.v[r.clone()]).map(|e| match e {
+                            Event::Data { stream, bytes } => {
+                                let data = r.end - bytes.len()..r.end;
+                                (Some(t2.chunk(&shared, data)), Event::Data { stream, bytes: &[] })
+                            }
+                            other => (None, other),
+                        });
+                        let (bytes, ev) = match ev {
+                            Ok(x) => x,
+                            Err(e) => {
+                                tracing::warn!("tunnel: {e}");
+                                break 'session;
+                            }
+                        };
+                        t2.dispatch(ev, bytes, on_open.as_ref());
+                    }
+                    // Streams still hold pieces of it: read on into another
+                    // buffer, with the partial record moved over.
+                    let (b, moved) = t2.recv_bufs.unshare(shared, start..end);
+                    buf = b;
+                    if moved {
+                        end -= start;
+                        start = 0;
+                    }
+                }
+                if failed {
+                    break 'session;
+                }
+                // Move the partial record to the front only when a whole
+                // record might not fit after it (not on every read).
+                if start > 0 && (start == end || buf.len() - start < LEN_PREFIX + MAX_RECORD) {
                     buf.copy_within(start..end, 0);
                     end -= start;
                     start = 0;
@@ -330,26 +490,36 @@ impl Tunnel {
         t
     }
 
+    /// `Data` at `range` of a shared receive buffer, for a stream: the piece
+    /// itself, or a copy when too many buffers are held by slow streams.
+    fn chunk(&self, shared: &Arc<RecvBuf>, range: std::ops::Range<usize>) -> Chunk {
+        if self.recv_bufs.crowded() {
+            Chunk::Copied(self.copy_of(&shared.v[range]))
+        } else {
+            Chunk::Shared(shared.clone(), range)
+        }
+    }
+
     /// A copy of `bytes` in a spare buffer.
     fn copy_of(&self, bytes: &[u8]) -> Vec<u8> {
-        let mut v = lock(&self.pool)
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(mux::MAX_DATA + 16));
+        let mut v = self.get();
+        v.clear();
         v.extend_from_slice(bytes);
         v
     }
 
-    /// A spare buffer (empty).
+    /// A spare buffer with room for a whole record. Its contents (and
+    /// length) are whatever it last held: resizing it then zero-fills only
+    /// what it did not hold before.
     fn get(&self) -> Vec<u8> {
         lock(&self.pool)
             .pop()
-            .unwrap_or_else(|| Vec::with_capacity(mux::MAX_DATA + 16))
+            .unwrap_or_else(|| Vec::with_capacity(LEN_PREFIX + MAX_RECORD))
     }
 
     /// Returns a buffer for reuse.
-    fn put(&self, mut v: Vec<u8>) {
-        if v.capacity() >= mux::MAX_DATA {
-            v.clear();
+    fn put(&self, v: Vec<u8>) {
+        if v.capacity() >= LEN_PREFIX + MAX_RECORD {
             let mut p = lock(&self.pool);
             if p.len() < 64 {
                 p.push(v);
@@ -369,7 +539,7 @@ impl Tunnel {
         let _ = d.wait_for(|d| *d).await;
     }
 
-    fn dispatch(self: &Arc<Self>, ev: Event<'_>, bytes: Option<Vec<u8>>, on_open: Option<&OnOpen>) {
+    fn dispatch(self: &Arc<Self>, ev: Event<'_>, bytes: Option<Chunk>, on_open: Option<&OnOpen>) {
         let mut streams = lock(&self.streams);
         match ev {
             Event::Open { stream, host, port } => match on_open {
@@ -379,7 +549,7 @@ impl Tunnel {
                 }
                 None => {
                     let r = lock(&self.mux).reset(stream, ResetReason::Failure, "this side opens no streams");
-                    let _ = self.out.try_send(r);
+                    let _ = self.out.try_send(as_record(&r));
                 }
             },
             Event::Opened { stream } => {
@@ -421,7 +591,7 @@ impl Tunnel {
         &self,
         stream: u32,
         opened: Option<oneshot::Sender<Result<(), (ResetReason, String)>>>,
-    ) -> (mpsc::UnboundedReceiver<Option<Vec<u8>>>, Arc<Notify>) {
+    ) -> (mpsc::UnboundedReceiver<Option<Chunk>>, Arc<Notify>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let writable = Arc::new(Notify::new());
         lock(&self.streams).insert(
@@ -435,8 +605,14 @@ impl Tunnel {
         (rx, writable)
     }
 
+    /// Queues a frame (plaintext); it is copied into record layout.
     async fn send(&self, frame: Vec<u8>) -> bool {
-        self.out.send(frame).await.is_ok()
+        self.out.send(as_record(&frame)).await.is_ok()
+    }
+
+    /// Queues a frame already laid out as a record (see [`as_record`]).
+    async fn send_record(&self, record: Vec<u8>) -> bool {
+        self.out.send(record).await.is_ok()
     }
 
     fn is_closed(&self) -> bool {
@@ -448,14 +624,16 @@ impl Tunnel {
         self: Arc<Self>,
         id: u32,
         local: TcpStream,
-        mut rx: mpsc::UnboundedReceiver<Option<Vec<u8>>>,
+        mut rx: mpsc::UnboundedReceiver<Option<Chunk>>,
         writable: Arc<Notify>,
     ) {
         let (mut lr, mut lw) = local.into_split();
         let up = {
             let t = self.clone();
             async move {
-                let mut buf = vec![0u8; mux::MAX_DATA];
+                // Data goes straight into a frame laid out as a record:
+                // [prefix][Data header][bytes][tag], sealed in place later.
+                const AT: usize = LEN_PREFIX + Mux::DATA_HEADER;
                 loop {
                     let credit = lock(&t.mux).credit(id);
                     if credit == 0 {
@@ -467,7 +645,9 @@ impl Tunnel {
                             _ = t.ended() => return,
                         }
                     }
-                    let n = match lr.read(&mut buf[..credit]).await {
+                    let mut f = t.get();
+                    f.resize(AT + credit, 0);
+                    let n = match lr.read(&mut f[AT..]).await {
                         Ok(0) => {
                             let fin = lock(&t.mux).fin(id);
                             if let Some(f) = fin {
@@ -487,9 +667,10 @@ impl Tunnel {
                             return;
                         }
                     };
-                    let mut f = t.get();
-                    let ok = lock(&t.mux).data_into(id, &buf[..n], &mut f).is_ok();
-                    if !ok || !t.send(f).await {
+                    f.truncate(AT + n);
+                    let ok = lock(&t.mux).data_in_place(id, &mut f[LEN_PREFIX..]).is_ok();
+                    f.resize(AT + n + TAG_LEN, 0);
+                    if !ok || !t.send_record(f).await {
                         return;
                     }
                 }
@@ -500,8 +681,9 @@ impl Tunnel {
             async move {
                 while let Some(item) = rx.recv().await {
                     match item {
-                        Some(bytes) => {
-                            if lw.write_all(&bytes).await.is_err() {
+                        Some(chunk) => {
+                            let bytes = chunk.bytes();
+                            if lw.write_all(bytes).await.is_err() {
                                 let r =
                                     lock(&t.mux).reset(id, ResetReason::Aborted, "the local side went away");
                                 lock(&t.streams).remove(&id);
@@ -509,7 +691,9 @@ impl Tunnel {
                                 return;
                             }
                             let w = lock(&t.mux).consumed(id, bytes.len());
-                            t.put(bytes);
+                            if let Chunk::Copied(v) = chunk {
+                                t.put(v);
+                            }
                             if let Some(w) = w {
                                 t.send(w).await;
                             }
@@ -707,7 +891,7 @@ pub struct ProxyConfig {
 struct Opened {
     t: Arc<Tunnel>,
     id: u32,
-    rx: mpsc::UnboundedReceiver<Option<Vec<u8>>>,
+    rx: mpsc::UnboundedReceiver<Option<Chunk>>,
     writable: Arc<Notify>,
 }
 
@@ -910,5 +1094,67 @@ async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
             true
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// Takes at most 7 bytes per call, gathered across slices.
+    struct Trickle(Vec<u8>);
+
+    impl tokio::io::AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            b: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let n = b.len().min(7);
+            self.0.extend_from_slice(&b[..n]);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[std::io::IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            let mut n = 0;
+            for b in bufs {
+                let k = b.len().min(7 - n);
+                self.0.extend_from_slice(&b[..k]);
+                n += k;
+                if n == 7 {
+                    break;
+                }
+            }
+            Poll::Ready(Ok(n))
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_are_written_whole_and_in_order_across_partial_writes() {
+        let frames: Vec<Vec<u8>> = (0..9u8).map(|i| vec![i; usize::from(i) * 5]).collect();
+        let mut w = Trickle(Vec::new());
+        write_all_frames(&mut w, &frames).await.unwrap();
+        assert_eq!(w.0, frames.concat());
+    }
+
+    #[test]
+    fn as_record_leaves_room_for_prefix_and_tag() {
+        let r = as_record(b"frame");
+        assert_eq!(r.len(), LEN_PREFIX + 5 + TAG_LEN);
+        assert_eq!(&r[LEN_PREFIX..LEN_PREFIX + 5], b"frame");
     }
 }
