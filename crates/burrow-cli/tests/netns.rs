@@ -96,6 +96,12 @@ fn the_direct_path_wins_when_it_exists_and_relay_only_forces_the_relay() {
     let dst = tempfile::tempdir().unwrap();
     let paths = transfer(&lan, home.path(), &file, dst.path(), &["--relay-only"]);
     assert_eq!(paths, ("relay".into(), "relay".into()));
+
+    // A small offer skips the race: the relay carries it at once.
+    let small = data_file(home.path(), "small.bin", 4 << 10);
+    let dst = tempfile::tempdir().unwrap();
+    let paths = transfer(&lan, home.path(), &small, dst.path(), &[]);
+    assert_eq!(paths, ("relay".into(), "relay".into()));
 }
 
 #[test]

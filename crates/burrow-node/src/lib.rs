@@ -299,6 +299,9 @@ pub struct TransferBuilder {
     verify: Verify,
 }
 
+/// Offers smaller than this (bytes) skip the direct-path race.
+pub const SMALL_OFFER: u64 = 1 << 20;
+
 /// Default for [`TransferBuilder::reconnect_for`].
 pub const DEFAULT_RECONNECT: Duration = Duration::from_secs(60);
 
@@ -552,7 +555,19 @@ impl Transfer {
         mut payload: engine::Payload,
         mut obs: O,
     ) -> Result<SendReport, Error> {
-        let (mut paths, mut conn) = self.connect(relay, rv, burrow_proto::api::Role::Sender).await?;
+        // A small offer goes straight over the relay: racing a direct path
+        // costs more than it saves (extra connections and handshakes, and up
+        // to RELAY_DELAY where direct attempts are silently dropped).
+        let small = match &payload {
+            engine::Payload::Items(items) => {
+                items.iter().map(|i| i.entry.size).fold(0u64, u64::saturating_add) < SMALL_OFFER
+            }
+            engine::Payload::Text(t) => (t.len() as u64) < SMALL_OFFER,
+            engine::Payload::Stream(_) => false,
+        };
+        let (mut paths, mut conn) = self
+            .connect(relay, rv, burrow_proto::api::Role::Sender, !small)
+            .await?;
         let mut state = engine::SendState::default();
         loop {
             obs.event(Event::Connected {
@@ -582,9 +597,10 @@ impl Transfer {
         relay: &RelayClient,
         rv: Meeting,
         role: burrow_proto::api::Role,
+        direct: bool,
     ) -> Result<(paths::Paths, paths::Conn), Error> {
-        let mut paths =
-            paths::Paths::new(rv.key, role, relay.clone(), self.relay_only, self.idle_timeout).await;
+        let relay_only = self.relay_only || !direct;
+        let mut paths = paths::Paths::new(rv.key, role, relay.clone(), relay_only, self.idle_timeout).await;
         let conn = paths.first(rv.stream, &rv.context).await?;
         Ok((paths, conn))
     }
@@ -646,7 +662,7 @@ impl Transfer {
         from: Option<String>,
     ) -> Result<ReceiveReport, Error> {
         let (mut paths, mut conn) = self
-            .connect(relay, rv, burrow_proto::api::Role::Recipient)
+            .connect(relay, rv, burrow_proto::api::Role::Recipient, true)
             .await?;
         let mut state = engine::RecvState::new(from, self.verify);
         let sink = std::sync::Arc::new(sink);

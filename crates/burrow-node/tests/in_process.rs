@@ -82,7 +82,11 @@ async fn folder_arrives_identical() {
         .unwrap()
         .unwrap();
     let (robs, _, rlog) = obs(Decision::Accept);
-    let report = transfer(&addr)
+    // This receiver also hashes every file again (`--verify`).
+    let report = common::builder(&addr)
+        .verify_all(true)
+        .build()
+        .unwrap()
         .receive(&Code::parse(&code).unwrap(), Sink::Dir(dst.path().into()), robs)
         .await
         .unwrap();

@@ -38,6 +38,11 @@ pub async fn relay_with(cfg: impl FnOnce(&mut RelayConfig)) -> RelayHandle {
 }
 
 pub fn transfer(addr: &str) -> Transfer {
+    builder(addr).build().unwrap()
+}
+
+/// The settings of [`transfer`], to add to.
+pub fn builder(addr: &str) -> burrow_node::TransferBuilder {
     Transfer::builder()
         .relay(addr)
         .step_timeout(Duration::from_secs(10))
@@ -45,8 +50,6 @@ pub fn transfer(addr: &str) -> Transfer {
         // This machine has a real interface: only namespace tests may use direct paths.
         .relay_only(true)
         .reconnect_for(Duration::ZERO)
-        .build()
-        .unwrap()
 }
 
 /// Sends `src` through `addr` and receives into `dst`; returns both results.
