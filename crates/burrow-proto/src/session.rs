@@ -14,7 +14,7 @@
 //! ([`Sealer`], [`Opener`]) can live in different tasks. Every record is
 //!
 //! ```text
-//! record = len:u16 (big-endian, 17..=65535) | AEAD ciphertext (plaintext + 16-byte tag)
+//! record = len:u16 (big-endian, 16..=65535) | AEAD ciphertext (plaintext + 16-byte tag)
 //! ```
 //!
 //! with AES-256-GCM and a per-direction counter nonce, exactly Noise's
