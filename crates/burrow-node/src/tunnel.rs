@@ -292,7 +292,7 @@ impl Drop for RecvBuf {
         self.home.out.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         if self.v.len() == RECV_BUF {
             let mut p = lock(&self.home.pool);
-            if p.len() < 4 {
+            if p.len() <= MAX_SHARED {
                 p.push(std::mem::take(&mut self.v));
             }
         }
