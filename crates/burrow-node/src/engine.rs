@@ -1,12 +1,14 @@
 //! The transfer engine: runs on a blocking thread over a stapled connection.
 //!
 //! Sending: handshake, offer, wait for the decision, then for each file
-//! read → hash → seal → write (one 64 KiB record at a time, buffers reused),
-//! `FileEnd` with the BLAKE3, `Done`, and wait for the `Ack`.
+//! read straight into a batch of four 60 KiB records → hash → seal in place →
+//! one write (buffers reused), `FileEnd` with the BLAKE3, `Done`, and wait for
+//! the `Ack`.
 //! Receiving: handshake, collect the offer through the proto
 //! [`Receiver`](burrow_proto::transfer::Receiver) machine, check it against the
 //! output folder, ask, then write each file under a hidden temporary name and
-//! rename it into place only after its hash was verified.
+//! rename it into place once complete (every byte authenticated by the
+//! session; the hash checked for resumed files, or all with `--verify`).
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
