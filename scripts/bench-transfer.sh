@@ -37,15 +37,9 @@ ip addr add 10.99.0.1/24 dev bench0
 ip link set bench0 up
 ip link set bench1 up
 
-BIN="$ROOT/target/release/burrow"
-WORK=$(mktemp -d /dev/shm/burrow-bench.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+WORK_NAME=burrow-bench
+# shellcheck source=scripts/bench-common.sh
+. "$ROOT/scripts/bench-common.sh"
 trap 'echo "bench failed at line $LINENO" >&2; for f in r1-recv.err r2-recv.err r2-send.err r1-send.err; do [ -f "$f" ] && tail -3 "$f" >&2; done' ERR
 cd "$WORK"
 
@@ -57,17 +51,10 @@ check() { # file
     s=$(b3sum --no-names "$1" 2>/dev/null || sha256sum "$1" | cut -d' ' -f1)
     [ "$s" = "$SUM" ] || { echo "MISMATCH in $1" >&2; exit 1; }
 }
-now() { date +%s.%N; }
 mbps() { python3 -c "print(f'{$BYTES / ($2 - $1) / 1e6:.0f}')"; }
-wait_for() { # file pattern
-    for _ in $(seq 1 300); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done
-    echo "timed out waiting for '$2' in $1" >&2; cat "$1" >&2; exit 1
-}
-rss() { grep -oP 'Maximum resident set size \(kbytes\): \K[0-9]+' "$1" | awk '{printf "%.1f MiB", $1/1024}'; }
 
 echo "== $SIZE_MIB MiB, $(nproc) cores, in a private network namespace"
 
-median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {printf "%.0f", (a[int((NR+1)/2)] + a[int(NR/2)+1]) / 2}'; }
 maxrss() { # files...: the largest peak RSS among them
     cat "$@" | grep -oP 'Maximum resident set size \(kbytes\): \K[0-9]+' | sort -n | tail -1 | awk '{printf "%.1f MiB", $1/1024}'
 }

@@ -19,21 +19,10 @@ if [ -z "${BURROW_BENCH_IN_NS:-}" ]; then
     exec unshare --net env BURROW_BENCH_IN_NS=1 bash "$0" "$@"
 fi
 ip link set lo up
-BIN="$ROOT/target/release/burrow"
-WORK=$(mktemp -d /dev/shm/burrow-tunnel.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+WORK_NAME=burrow-tunnel
+# shellcheck source=scripts/bench-common.sh
+. "$ROOT/scripts/bench-common.sh"
 cd "$WORK"
-wait_for() { # file pattern
-    for _ in $(seq 1 300); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done
-    echo "timed out waiting for '$2' in $1" >&2; cat "$1" >&2; exit 1
-}
-rss() { grep -oP 'Maximum resident set size \(kbytes\): \K[0-9]+' "$1" | awk '{printf "%.1f MiB", $1/1024}'; }
 
 # --- the web server ------------------------------------------------------------------
 mkdir -p www nginx
@@ -99,7 +88,6 @@ ttfb() { # curl-proxy-args...: median time to first byte of the small file, ms
     done
     printf '%s\n' "${all[@]}" | sort -n | awk '{a[NR]=$1} END {printf "%.2f", (a[int((NR+1)/2)] + a[int(NR/2)+1]) / 2 * 1000}'
 }
-median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {printf "%.0f", (a[int((NR+1)/2)] + a[int(NR/2)+1]) / 2}'; }
 # This VM's speed moves by ±30% from minute to minute: the three paths
 # alternate ROUNDS times and the medians are compared.
 ROUNDS=${ROUNDS:-3}

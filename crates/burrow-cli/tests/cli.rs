@@ -458,14 +458,7 @@ fn pair_stores_each_side_under_a_name_and_unpair_forgets() {
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     };
     let (fp1, fp2) = (id(h1.path()), id(h2.path()));
-    let mut a = burrow(h1.path());
-    a.args(["pair", "--relay", &addr, "--name", "office"]);
-    let a = spawn(a);
-    let code = a.line("code:");
-    let out = burrow(h2.path())
-        .args(["pair", "--relay", &addr, &code, "--name", "home"])
-        .output()
-        .unwrap();
+    let (a, out) = pair(h1.path(), "office", h2.path(), "home", &addr);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
@@ -497,6 +490,27 @@ fn pair_stores_each_side_under_a_name_and_unpair_forgets() {
     let out = burrow(h2.path()).args(["unpair", "home"]).output().unwrap();
     assert!(out.status.success());
     assert_eq!(peers(h2.path()).trim(), "");
+}
+
+/// `burrow pair` through `addr`: the first home prints a code (and keeps
+/// running), the second joins with it. Returns the first side and the
+/// second's output.
+fn pair(
+    first: &Path,
+    first_name: &str,
+    second: &Path,
+    second_name: &str,
+    addr: &str,
+) -> (Proc, std::process::Output) {
+    let mut a = burrow(first);
+    a.args(["pair", "--relay", addr, "--name", first_name]);
+    let a = spawn(a);
+    let code = a.line("code:");
+    let out = burrow(second)
+        .args(["pair", "--relay", addr, &code, "--name", second_name])
+        .output()
+        .unwrap();
+    (a, out)
 }
 
 fn free_port() -> u16 {
@@ -545,14 +559,7 @@ impl Fixture {
         let relay_key = ha.path().join("relay.key");
         let relay = relay_on(ha.path(), port, &relay_key);
         let addr = format!("127.0.0.1:{port}");
-        let mut a = burrow(ha.path());
-        a.args(["pair", "--relay", &addr, "--name", "laptop"]);
-        let a = spawn(a);
-        let code = a.line("code:");
-        let out = burrow(hb.path())
-            .args(["pair", "--relay", &addr, &code, "--name", "home"])
-            .output()
-            .unwrap();
+        let (a, out) = pair(ha.path(), "laptop", hb.path(), "home", &addr);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(a.finish().0, 0);
         let www = tempfile::tempdir().unwrap();

@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use burrow_proto::session::{
-    LEN_PREFIX, MAX_PLAINTEXT, MAX_RECORD, Opener, Sealer, TAG_LEN, peek_record_len,
+    LEN_PREFIX, MAX_PLAINTEXT, MAX_RECORD, Opener, Sealer, TAG_LEN, compact_before_read, peek_record_len,
 };
 use burrow_proto::transfer::Message;
 
@@ -133,15 +133,20 @@ impl Default for DataBatch {
 }
 
 impl DataBatch {
+    /// Where the next record's file bytes start.
+    fn next_data(&self) -> usize {
+        self.filled.len() * SLOT + LEN_PREFIX + 1
+    }
+
     /// Where the next record's file bytes go (read into it, then [`DataBatch::commit`]).
     pub fn space(&mut self) -> &mut [u8] {
-        let at = self.filled.len() * SLOT + LEN_PREFIX + 1;
+        let at = self.next_data();
         &mut self.buf[at..at + DATA_SPACE]
     }
 
     /// The first `n` bytes of [`DataBatch::space`], read but not committed.
     pub fn pending(&self, n: usize) -> &[u8] {
-        let at = self.filled.len() * SLOT + LEN_PREFIX + 1;
+        let at = self.next_data();
         &self.buf[at..at + n]
     }
 
@@ -149,7 +154,8 @@ impl DataBatch {
     /// Returns whether the batch should be written now (full, or ended by a short read).
     pub fn commit(&mut self, n: usize) -> bool {
         // Sealing encrypted the slot's type byte along with its bytes last time.
-        self.buf[self.filled.len() * SLOT + LEN_PREFIX] = Message::DATA;
+        let at = self.next_data();
+        self.buf[at - 1] = Message::DATA;
         self.filled.push(n);
         n < DATA_SPACE || self.filled.len() == SLOTS
     }
@@ -254,11 +260,8 @@ impl<R: Read> RecordReader<R> {
                 self.start = ct.end;
                 return Ok(Some(self.opener.open_in_place(&mut self.buf[ct])?));
             }
-            // Need more bytes. Move the partial record to the front only when
-            // a whole record might not fit after it (not on every read).
-            if self.start > 0
-                && (self.start == self.end || self.buf.len() - self.start < LEN_PREFIX + MAX_RECORD)
-            {
+            // Need more bytes.
+            if compact_before_read(self.start, self.end, self.buf.len()) {
                 self.buf.copy_within(self.start..self.end, 0);
                 self.end -= self.start;
                 self.start = 0;
@@ -285,15 +288,19 @@ mod tests {
     use burrow_proto::pake::SessionKey;
     use burrow_proto::session::pair_in_memory;
 
+    /// A writer into memory and the opener for what it writes.
+    fn one_way(seed: u8) -> (RecordWriter<Vec<u8>>, Opener) {
+        let (a, b) = pair_in_memory(&SessionKey::from_bytes([seed; 32]), "t").unwrap();
+        let (tx, _) = a.split();
+        let (_, rx) = b.split();
+        (RecordWriter::new(Vec::new(), tx), rx)
+    }
+
     /// Records built in place come out as the same `Data` messages, in
     /// order with records queued around them, across several batches.
     #[test]
     fn batches_keep_order_with_queued_records() {
-        let key = SessionKey::from_bytes([4; 32]);
-        let (a, b) = pair_in_memory(&key, "t").unwrap();
-        let (tx, _) = a.split();
-        let (_, rx) = b.split();
-        let mut w = RecordWriter::new(Vec::new(), tx);
+        let (mut w, rx) = one_way(4);
         let mut batch = DataBatch::default();
         let mut want: Vec<Vec<u8>> = Vec::new();
         // Full slots until a batch is due, a short one that ends a batch, control records between.
@@ -351,11 +358,7 @@ mod tests {
 
     #[test]
     fn records_survive_arbitrary_read_boundaries() {
-        let key = SessionKey::from_bytes([3; 32]);
-        let (a, b) = pair_in_memory(&key, "t").unwrap();
-        let (tx, _) = a.split();
-        let (_, rx) = b.split();
-        let mut w = RecordWriter::new(Vec::new(), tx);
+        let (mut w, rx) = one_way(3);
         let msgs: Vec<Vec<u8>> = (0..50).map(|i| vec![i as u8; i * 1300]).collect();
         for m in &msgs {
             w.send(m).unwrap();
@@ -378,11 +381,7 @@ mod tests {
 
     #[test]
     fn truncated_stream_is_an_error() {
-        let key = SessionKey::from_bytes([3; 32]);
-        let (a, b) = pair_in_memory(&key, "t").unwrap();
-        let (tx, _) = a.split();
-        let (_, rx) = b.split();
-        let mut w = RecordWriter::new(Vec::new(), tx);
+        let (mut w, rx) = one_way(3);
         w.send(b"hello").unwrap();
         w.flush().unwrap();
         let mut bytes = w.w.clone();

@@ -25,7 +25,9 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use burrow_proto::connector::{MAGIC, Msg, RELAY_CONTEXT, TUNNEL_CONTEXT, VERSION};
 use burrow_proto::mux::{self, Event, Host, Mux, ResetReason};
 use burrow_proto::policy::Policy;
-use burrow_proto::session::{Handshake, LEN_PREFIX, MAX_RECORD, Opener, Sealer, TAG_LEN, peek_record_len};
+use burrow_proto::session::{
+    Handshake, LEN_PREFIX, MAX_RECORD, Opener, Sealer, TAG_LEN, compact_before_read, peek_record_len,
+};
 use burrow_proto::socks;
 
 use crate::error::Error;
@@ -473,9 +475,7 @@ impl Tunnel {
                 if failed {
                     break 'session;
                 }
-                // Move the partial record to the front only when a whole
-                // record might not fit after it (not on every read).
-                if start > 0 && (start == end || buf.len() - start < LEN_PREFIX + MAX_RECORD) {
+                if compact_before_read(start, end, buf.len()) {
                     buf.copy_within(start..end, 0);
                     end -= start;
                     start = 0;

@@ -333,6 +333,14 @@ pub fn peek_record_len(buf: &[u8]) -> Result<Option<usize>, DecodeError> {
     Ok(Some(len))
 }
 
+/// Whether a reader whose buffer (`cap` bytes) holds the start of an
+/// incomplete record at `start..end` must move it to the front before
+/// reading more: only when a whole record might not fit after `start` (or
+/// nothing is held), not on every read.
+pub fn compact_before_read(start: usize, end: usize, cap: usize) -> bool {
+    start > 0 && (start == end || cap - start < LEN_PREFIX + MAX_RECORD)
+}
+
 impl Opener {
     /// Decrypts one record's ciphertext (without the length prefix, with
     /// the tag) where it lies; returns the plaintext, a prefix of `ct`.

@@ -1,0 +1,21 @@
+# Shared by the bench scripts, sourced once they run inside their private
+# network namespace: the binary, a scratch folder in /dev/shm (set WORK_NAME
+# first) removed on exit with every process in PIDS, and small helpers.
+BIN="$ROOT/target/release/burrow"
+WORK=$(mktemp -d "/dev/shm/${WORK_NAME:-burrow-bench}.XXXXXX")
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+now() { date +%s.%N; }
+wait_for() { # file pattern
+    for _ in $(seq 1 300); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done
+    echo "timed out waiting for '$2' in $1" >&2; cat "$1" >&2; exit 1
+}
+# Peak RSS from a `/usr/bin/time -v` log.
+rss() { grep -oP 'Maximum resident set size \(kbytes\): \K[0-9]+' "$1" | awk '{printf "%.1f MiB", $1/1024}'; }
+# Median of the arguments, rounded.
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {printf "%.0f", (a[int((NR+1)/2)] + a[int(NR/2)+1]) / 2}'; }
