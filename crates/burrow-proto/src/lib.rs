@@ -24,10 +24,12 @@
 //! | [`socks`] | SOCKS5 and HTTP CONNECT for the local proxy |
 //! | [`staple`] | the stapling hello and reply (seed 001, steps 11–17) |
 //! | [`session`] | the Noise `NNpsk0` handshake and the AEAD record layer |
+//! | [`aead`] | the record layer's AES-256-GCM on the fastest library for this CPU |
 //! | [`transfer`] | transfer messages and the receiving state machine |
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod aead;
 pub mod api;
 pub mod channels;
 pub mod code;

@@ -24,12 +24,13 @@
 //!
 //! `snow` runs the handshake; the transport phase is driven here on the two
 //! keys of Noise's `Split()` (`dangerously_get_raw_split`) with
-//! `aws-lc-rs`' AES-256-GCM, so that records are sealed and opened *in place* (snow's
+//! AES-256-GCM from ring or aws-lc-rs, whichever is faster on this CPU
+//! ([`crate::aead`]), so that records are sealed and opened *in place* (snow's
 //! transport API copies every record once more). The bytes on the wire are
 //! identical to snow's own transport messages; a test checks that against
 //! snow.
 
-use aws_lc_rs::aead;
+use crate::aead;
 use snow::{Builder, HandshakeState};
 use thiserror::Error;
 use zeroize::Zeroizing;
@@ -46,7 +47,7 @@ pub const NOISE_XX: &str = "Noise_XX_25519_AESGCM_SHA256";
 /// Largest Noise message (ciphertext).
 pub const MAX_RECORD: usize = 65535;
 /// AEAD tag length.
-pub const TAG_LEN: usize = 16;
+pub const TAG_LEN: usize = aead::TAG_LEN;
 /// Largest plaintext in one record.
 pub const MAX_PLAINTEXT: usize = MAX_RECORD - TAG_LEN;
 /// Bytes of the length prefix.
@@ -192,11 +193,7 @@ impl Handshake {
         let (k1, k2) = self.hs.dangerously_get_raw_split();
         let (k1, k2) = (Zeroizing::new(k1), Zeroizing::new(k2));
         let (send, recv) = if initiator { (k1, k2) } else { (k2, k1) };
-        let key = |k: &[u8; 32]| {
-            aead::UnboundKey::new(&aead::AES_256_GCM, k)
-                .map(aead::LessSafeKey::new)
-                .map_err(|_| SessionError::Exhausted)
-        };
+        let key = |k: &[u8; 32]| aead::Key::new(k).map_err(|_| SessionError::Exhausted);
         Ok(Transport {
             send: key(&send)?,
             recv: key(&recv)?,
@@ -206,8 +203,8 @@ impl Handshake {
 
 /// An established session. Split it to send and receive independently.
 pub struct Transport {
-    send: aead::LessSafeKey,
-    recv: aead::LessSafeKey,
+    send: aead::Key,
+    recv: aead::Key,
 }
 
 impl std::fmt::Debug for Transport {
@@ -234,14 +231,14 @@ impl Transport {
 
 /// Noise's AESGCM nonce: 32 zero bits, then the counter big-endian.
 fn noise_nonce(n: u64) -> aead::Nonce {
-    let mut b = [0u8; aead::NONCE_LEN];
+    let mut b = [0u8; 12];
     b[4..].copy_from_slice(&n.to_be_bytes());
-    aead::Nonce::assume_unique_for_key(b)
+    b
 }
 
 /// Encrypts outgoing records.
 pub struct Sealer {
-    key: aead::LessSafeKey,
+    key: aead::Key,
     nonce: u64,
 }
 
@@ -286,9 +283,9 @@ impl Sealer {
         let (body, tag_out) = rest.split_at_mut(plain_len);
         let tag = self
             .key
-            .seal_in_place_separate_tag(noise_nonce(self.nonce), aead::Aad::empty(), body)
+            .seal_in_place(noise_nonce(self.nonce), body)
             .map_err(|_| SessionError::Exhausted)?;
-        tag_out.copy_from_slice(tag.as_ref());
+        tag_out.copy_from_slice(&tag);
         self.nonce += 1;
         Ok(())
     }
@@ -307,7 +304,7 @@ fn check_plaintext(len: usize) -> Result<(), SessionError> {
 
 /// Decrypts incoming records.
 pub struct Opener {
-    key: aead::LessSafeKey,
+    key: aead::Key,
     nonce: u64,
 }
 
@@ -357,7 +354,7 @@ impl Opener {
         }
         let plain = self
             .key
-            .open_in_place(noise_nonce(self.nonce), aead::Aad::empty(), ct)
+            .open_in_place(noise_nonce(self.nonce), ct)
             .map_err(|_| SessionError::Integrity)?;
         self.nonce += 1;
         Ok(plain)
