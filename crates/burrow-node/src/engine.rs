@@ -1,9 +1,9 @@
 //! The transfer engine: runs on a blocking thread over a stapled connection.
 //!
 //! Sending: handshake, offer, wait for the decision, then for each file
-//! read straight into a batch of four 60 KiB records → hash → seal in place →
-//! one write (buffers reused), `FileEnd` with the BLAKE3, `Done`, and wait for
-//! the `Ack`.
+//! read straight into a batch of four 60 KiB records → hash (if the receiver
+//! checks this file) → seal in place → one write (buffers reused), `FileEnd`
+//! (with the BLAKE3 if hashed), `Done`, and wait for the `Ack`.
 //! Receiving: handshake, collect the offer through the proto
 //! [`Receiver`](burrow_proto::transfer::Receiver) machine, check it against the
 //! output folder, ask, then write each file under a hidden temporary name and
@@ -233,12 +233,20 @@ pub(crate) fn run_send(
     }
     // A person may take their time: the receiver's keepalives prove it is still there.
     let answer = expect_msg(&mut r, "answering the offer")?;
-    let (from, resume): (usize, HashMap<u32, ResumeAt>) =
+    let (from, hash_all, resume): (usize, bool, HashMap<u32, ResumeAt>) =
         match Message::decode(&answer).map_err(|e| Error::Protocol(e.to_string()))? {
-            Message::Accept(list) => (0, list.into_iter().map(|r| (r.index, r)).collect()),
-            Message::Continue { from, resume } if !first_run => {
-                (from as usize, resume.into_iter().map(|r| (r.index, r)).collect())
+            Message::Accept { hash_all, resume } => {
+                (0, hash_all, resume.into_iter().map(|r| (r.index, r)).collect())
             }
+            Message::Continue {
+                from,
+                hash_all,
+                resume,
+            } if !first_run => (
+                from as usize,
+                hash_all,
+                resume.into_iter().map(|r| (r.index, r)).collect(),
+            ),
             Message::Reject(reason) => return Err(Error::Declined(escape_display(&reason))),
             Message::Error(m) => return Err(Error::PeerClosed(escape_display(&m))),
             _ => return Err(Error::Protocol("unexpected answer to the offer".into())),
@@ -288,8 +296,8 @@ pub(crate) fn run_send(
                     };
                     let mut f = File::open(src).map_err(|e| Error::io(src, e))?;
                     let start = match u32::try_from(index).ok().and_then(|i| resume.get(&i)) {
-                        Some(r) => verify_prefix(&mut f, src, r)?,
-                        None => Start::default(),
+                        Some(r) => verify_prefix(&mut f, src, r, hash_all)?,
+                        None => Start::new(hash_all),
                     };
                     if start.offset > 0 {
                         w.lock().send(&Message::Skip(start.offset).to_vec())?;
@@ -311,7 +319,7 @@ pub(crate) fn run_send(
                     t.as_bytes(),
                     size,
                     name,
-                    Start::default(),
+                    Start::new(hash_all),
                     &mut progress,
                     obs,
                 )?;
@@ -319,7 +327,16 @@ pub(crate) fn run_send(
             }
             Payload::Stream(rd) => {
                 let name = Path::new("stdin");
-                send_reader(&w, &mut buf, rd, None, name, Start::default(), &mut progress, obs)?;
+                send_reader(
+                    &w,
+                    &mut buf,
+                    rd,
+                    None,
+                    name,
+                    Start::new(hash_all),
+                    &mut progress,
+                    obs,
+                )?;
                 state.sent = progress.done;
             }
         }
@@ -448,28 +465,39 @@ impl Chunker {
     }
 }
 
-/// Where a file's data starts: 0, or a verified resume point with the
-/// hasher state over the bytes before it.
-#[derive(Default)]
+/// Where a file's data starts: 0, or a verified resume point; and the
+/// hasher (over the bytes before the start) when the receiver checks this
+/// file's hash: every file if it asked for all (`hash_all`), else only
+/// resumed ones (see `burrow_proto::transfer`, "What is verified").
 struct Start {
     offset: u64,
-    hasher: blake3::Hasher,
+    hasher: Option<blake3::Hasher>,
+}
+
+impl Start {
+    /// From the beginning, hashed if the receiver checks every file.
+    fn new(hash_all: bool) -> Self {
+        Self {
+            offset: 0,
+            hasher: hash_all.then(blake3::Hasher::new),
+        }
+    }
 }
 
 /// Hashes the first `r.offset` bytes of `f`; if they match the receiver's
-/// prefix, resume there (the file position is left at the offset), else
-/// rewind and send everything.
-fn verify_prefix(f: &mut File, src: &Path, r: &ResumeAt) -> Result<Start, Error> {
+/// prefix, resume there (the file position is left at the offset; the rest
+/// is hashed, the receiver checks it), else rewind and send everything.
+fn verify_prefix(f: &mut File, src: &Path, r: &ResumeAt, hash_all: bool) -> Result<Start, Error> {
     let mut hasher = blake3::Hasher::new();
     let copied = std::io::copy(&mut (&mut *f).take(r.offset), &mut hasher).map_err(|e| Error::io(src, e))?;
     if copied == r.offset && hasher.finalize() == blake3::Hash::from_bytes(r.prefix) {
         return Ok(Start {
             offset: r.offset,
-            hasher,
+            hasher: Some(hasher),
         });
     }
     f.seek(SeekFrom::Start(0)).map_err(|e| Error::io(src, e))?;
-    Ok(Start::default())
+    Ok(Start::new(hash_all))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -498,7 +526,9 @@ fn send_reader(
         if n == 0 {
             break;
         }
-        hasher.update(chunker.batch.pending(n));
+        if let Some(h) = &mut hasher {
+            h.update(chunker.batch.pending(n));
+        }
         sent += n as u64;
         if size.is_some_and(|s| sent > s) {
             return Err(Error::Usage(format!(
@@ -520,7 +550,7 @@ fn send_reader(
     }
     chunker.flush(w)?;
     w.lock()
-        .send(&Message::FileEnd(*hasher.finalize().as_bytes()).to_vec())
+        .send(&Message::FileEnd(hasher.map(|h| *h.finalize().as_bytes())).to_vec())
 }
 
 /// Where received bytes go.

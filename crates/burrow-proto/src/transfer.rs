@@ -7,12 +7,12 @@
 //!   Offer{kind, entries, total}  ------>
 //!   Entry{...} x entries         ------>     (validated one by one)
 //!   OfferEnd                     ------>     user decides
-//!                                <------   Accept{resume proposals} | Reject{reason}
+//!                                <------   Accept{hash_all, resume proposals} | Reject{reason}
 //!   for each file entry, in order:
 //!     [Skip{offset}]             ------>     only if the receiver proposed resuming this
 //!                                            file at `offset` and the prefixes' hashes match
 //!     Data{bytes} ...            ------>     written to a temporary name
-//!     FileEnd{blake3}            ------>     size (and hash, see below) checked,
+//!     FileEnd{[blake3]}          ------>     size (and hash, see below) checked,
 //!                                            file renamed into place
 //!   Done                         ------>
 //!                                <------   Ack  (everything verified)
@@ -26,10 +26,10 @@
 //! | 0x01 | Offer | version:u8 (=1), kind:u8 (0 files, 1 text, 2 stream), entries:u64, total:u64 |
 //! | 0x02 | Entry | kind:u8 (0 file, 1 dir), flags:u8 (bit 0 executable), size:u64 (u64::MAX = unknown), path: len:u16 + UTF-8 |
 //! | 0x03 | OfferEnd | — |
-//! | 0x04 | Accept | n:u32, then n × (index:u32, offset:u64, blake3 of the first `offset` bytes:32) |
+//! | 0x04 | Accept | flags:u8 (bit 0 `hash_all`: hash every file), n:u32, then n × (index:u32, offset:u64, blake3 of the first `offset` bytes:32) |
 //! | 0x05 | Reject | reason: len:u16 + UTF-8 |
 //! | 0x06 | Data | the rest of the record |
-//! | 0x07 | FileEnd | blake3:32 |
+//! | 0x07 | FileEnd | blake3:32 of the whole file, or nothing when the receiver will not check it (see below) |
 //! | 0x08 | Done | — |
 //! | 0x09 | Ack | — |
 //! | 0x0a | Error | message: len:u16 + UTF-8 |
@@ -38,7 +38,7 @@
 //! | 0x0d | ZData | one zstd frame: file bytes that decompress to at most [`MAX_CHUNK`] bytes |
 //! | 0x0e | Hints | flags:u8 (bit 0: direct paths allowed), n:u8 (≤ [`MAX_HINTS`]), n × (family:u8 4\|6, address:4\|16, port:u16) |
 //! | 0x0f | Use | — (sender: "this connection carries the session from here on") |
-//! | 0x10 | Continue | from:u32, then a resume list as in `Accept` |
+//! | 0x10 | Continue | from:u32, then flags and a resume list as in `Accept` |
 //!
 //! **Paths.** Right after the handshake on the relay, each side sends
 //! `Hints` (the addresses it listens on for a direct connection, possibly
@@ -62,17 +62,24 @@
 //! rest of the file, else it sends the whole file. Either way the final
 //! `FileEnd` hash covers the entire file, so a resumed file is verified end to end.
 //!
-//! **What is verified, and how.** The sender hashes every file as it streams
-//! it (BLAKE3, no pre-pass) and sends the hash in `FileEnd`. Every byte a
-//! receiver writes arrived in an AES-256-GCM record under the session key,
-//! with a counter nonce: altered, dropped, reordered or replayed records end
-//! the session, and `FileEnd` comes exactly at the file's size. Hashing those
-//! bytes again on the receiver proves nothing the AEAD did not (it would only
-//! catch a bug in our own receiving code), and costs a quarter of the
-//! receiver's CPU, so by default ([`Verify::Resumed`]) the receiver checks
-//! the `FileEnd` hash only for files it resumed: their first bytes came from
-//! its disk, not from this session. [`Verify::All`] (`burrow receive
-//! --verify`) hashes every file again and checks every `FileEnd`.
+//! **What is verified, and how.** Every byte a receiver writes arrived in an
+//! AES-256-GCM record under the session key, with a counter nonce: altered,
+//! dropped, reordered or replayed records end the session, and `FileEnd`
+//! comes exactly at the file's size. Hashing those bytes again on the
+//! receiver proves nothing the AEAD did not (it would only catch a bug in our
+//! own receiving code), and costs a quarter of the receiver's CPU, so by
+//! default ([`Verify::Resumed`]) the receiver checks a BLAKE3 only for files
+//! it resumed: their first bytes came from its disk, not from this session.
+//! [`Verify::All`] (`burrow receive --verify`) checks every file, and says
+//! so with `hash_all` in `Accept` (and `Continue`).
+//!
+//! The sender hashes a file (BLAKE3, as it streams it: no pre-pass) exactly
+//! when its hash will be checked: every file under `hash_all`, else the files
+//! it resumed with `Skip` (their prefix is hashed anyway, to check the
+//! receiver's proposal). Other files end with an empty `FileEnd`: a hash
+//! nobody checks would cost the sender a third of its CPU (BLAKE3 is its
+//! largest single cost) for nothing. A receiver that needs a hash and gets
+//! an empty `FileEnd` fails the transfer.
 //!
 //! Paths are relative, `/`-separated, and checked by [`validate_rel_path`]:
 //! nothing the peer sends can name a place outside the output folder.
@@ -165,13 +172,18 @@ pub enum Message<'a> {
     /// End of the offer.
     OfferEnd,
     /// The receiver accepts, proposing to resume some files.
-    Accept(Vec<ResumeAt>),
+    Accept {
+        /// The receiver checks every file's hash: the sender must send them all.
+        hash_all: bool,
+        /// Resume proposals.
+        resume: Vec<ResumeAt>,
+    },
     /// The receiver declines.
     Reject(String),
     /// File bytes.
     Data(&'a [u8]),
-    /// End of the current file, with its BLAKE3.
-    FileEnd([u8; 32]),
+    /// End of the current file, with its BLAKE3 when the receiver checks it.
+    FileEnd(Option<[u8; 32]>),
     /// All files sent.
     Done,
     /// All files received and verified.
@@ -198,12 +210,15 @@ pub enum Message<'a> {
     Continue {
         /// The first entry not yet complete.
         from: u32,
+        /// As in `Accept`.
+        hash_all: bool,
         /// Resume proposals (as in `Accept`).
         resume: Vec<ResumeAt>,
     },
 }
 
-fn put_resume(out: &mut Vec<u8>, resume: &[ResumeAt]) {
+fn put_resume(out: &mut Vec<u8>, hash_all: bool, resume: &[ResumeAt]) {
+    out.push(u8::from(hash_all));
     let n = resume.len().min(MAX_RESUME);
     out.extend_from_slice(&(n as u32).to_be_bytes());
     for r in &resume[..n] {
@@ -213,7 +228,15 @@ fn put_resume(out: &mut Vec<u8>, resume: &[ResumeAt]) {
     }
 }
 
-fn read_resume(r: &mut Reader<'_>) -> Result<Vec<ResumeAt>, DecodeError> {
+/// The flags byte and resume list of `Accept` and `Continue`.
+fn read_resume(r: &mut Reader<'_>) -> Result<(bool, Vec<ResumeAt>), DecodeError> {
+    let flags = r.u8()?;
+    if flags > 1 {
+        return Err(DecodeError::Invalid {
+            what: "accept flags",
+            reason: "unknown bits",
+        });
+    }
     let n = r.u32()? as usize;
     if n > MAX_RESUME {
         return Err(DecodeError::TooLong {
@@ -235,7 +258,7 @@ fn read_resume(r: &mut Reader<'_>) -> Result<Vec<ResumeAt>, DecodeError> {
             prefix: r.array()?,
         });
     }
-    Ok(list)
+    Ok((flags == 1, list))
 }
 
 impl Message<'_> {
@@ -269,9 +292,9 @@ impl Message<'_> {
                 put_bytes_u16(out, clip(&e.path, MAX_PATH).as_bytes());
             }
             Message::OfferEnd => out.push(0x03),
-            Message::Accept(resume) => {
+            Message::Accept { hash_all, resume } => {
                 out.push(0x04);
-                put_resume(out, resume);
+                put_resume(out, *hash_all, resume);
             }
             Message::Reject(r) => {
                 out.push(0x05);
@@ -283,7 +306,9 @@ impl Message<'_> {
             }
             Message::FileEnd(h) => {
                 out.push(0x07);
-                out.extend_from_slice(h);
+                if let Some(h) = h {
+                    out.extend_from_slice(h);
+                }
             }
             Message::Done => out.push(0x08),
             Message::Ack => out.push(0x09),
@@ -320,10 +345,14 @@ impl Message<'_> {
                 }
             }
             Message::Use => out.push(0x0f),
-            Message::Continue { from, resume } => {
+            Message::Continue {
+                from,
+                hash_all,
+                resume,
+            } => {
                 out.push(0x10);
                 out.extend_from_slice(&from.to_be_bytes());
-                put_resume(out, resume);
+                put_resume(out, *hash_all, resume);
             }
         }
     }
@@ -394,10 +423,14 @@ impl<'a> Message<'a> {
                 })
             }
             0x03 => Message::OfferEnd,
-            0x04 => Message::Accept(read_resume(&mut r)?),
+            0x04 => {
+                let (hash_all, resume) = read_resume(&mut r)?;
+                Message::Accept { hash_all, resume }
+            }
             0x05 => Message::Reject(r.str_u16("reason", MAX_MESSAGE)?.to_owned()),
             Self::DATA => Message::Data(r.rest()),
-            0x07 => Message::FileEnd(r.array()?),
+            0x07 if r.remaining() == 0 => Message::FileEnd(None),
+            0x07 => Message::FileEnd(Some(r.array()?)),
             0x08 => Message::Done,
             0x09 => Message::Ack,
             0x0a => Message::Error(r.str_u16("message", MAX_MESSAGE)?.to_owned()),
@@ -442,9 +475,11 @@ impl<'a> Message<'a> {
             0x0f => Message::Use,
             0x10 => {
                 let from = r.u32()?;
+                let (hash_all, resume) = read_resume(&mut r)?;
                 Message::Continue {
                     from,
-                    resume: read_resume(&mut r)?,
+                    hash_all,
+                    resume,
                 }
             }
             t => {
@@ -720,8 +755,12 @@ impl Receiver {
         &mut self,
         proposals: Vec<(usize, u64, blake3::Hasher)>,
     ) -> Result<Vec<u8>, TransferError> {
-        let wire = self.start_receiving(0, proposals)?;
-        Ok(Message::Accept(wire).to_vec())
+        let resume = self.start_receiving(0, proposals)?;
+        Ok(Message::Accept {
+            hash_all: self.verify == Verify::All,
+            resume,
+        }
+        .to_vec())
     }
 
     /// After a reconnect: the offer (sent again) was accepted before, and
@@ -739,6 +778,7 @@ impl Receiver {
         let resume = self.start_receiving(from, proposals)?;
         Ok(Message::Continue {
             from: wire_from,
+            hash_all: self.verify == Verify::All,
             resume,
         }
         .to_vec())
@@ -929,11 +969,16 @@ impl Receiver {
                 if e.size != UNKNOWN_SIZE && self.in_file != e.size {
                     return self.fail(TransferError::Unexpected("file ended before its size"));
                 }
-                if let Some(h) = self.hasher.take()
-                    && h.finalize() != blake3::Hash::from_bytes(hash)
-                {
-                    let name = escape_display(&e.path);
-                    return self.fail(TransferError::HashMismatch(name));
+                if let Some(h) = self.hasher.take() {
+                    let Some(hash) = hash else {
+                        return self.fail(TransferError::Unexpected(
+                            "the sender sent no hash for a file this side checks",
+                        ));
+                    };
+                    if h.finalize() != blake3::Hash::from_bytes(hash) {
+                        let name = escape_display(&e.path);
+                        return self.fail(TransferError::HashMismatch(name));
+                    }
                 }
                 let index = self.current;
                 self.current += 1;
@@ -1053,15 +1098,21 @@ mod tests {
             "0200010000000000000003".to_owned() + "0003612f62"
         );
         assert_eq!(Message::OfferEnd.to_vec(), [3]);
-        assert_eq!(Message::Accept(vec![]).to_vec(), [4, 0, 0, 0, 0]);
-        let acc = Message::Accept(vec![ResumeAt {
-            index: 2,
-            offset: 5,
-            prefix: [0xaa; 32],
-        }]);
+        let accept = |hash_all, resume| Message::Accept { hash_all, resume };
+        assert_eq!(accept(false, vec![]).to_vec(), [4, 0, 0, 0, 0, 0]);
+        assert_eq!(accept(true, vec![]).to_vec(), [4, 1, 0, 0, 0, 0]);
+        assert!(Message::decode(&[4, 2, 0, 0, 0, 0]).is_err(), "unknown flags");
+        let acc = accept(
+            false,
+            vec![ResumeAt {
+                index: 2,
+                offset: 5,
+                prefix: [0xaa; 32],
+            }],
+        );
         assert_eq!(
-            hex::encode(&acc.to_vec()[..17]),
-            "04000000010000000200000000000000".to_owned() + "05"
+            hex::encode(&acc.to_vec()[..18]),
+            "0400000000010000000200000000000000".to_owned() + "05"
         );
         assert_eq!(hex::encode(Message::Skip(9).to_vec()), "0b0000000000000009");
         let hints = Message::Hints {
@@ -1081,17 +1132,25 @@ mod tests {
             hex::encode(
                 Message::Continue {
                     from: 3,
+                    hash_all: true,
                     resume: vec![]
                 }
                 .to_vec()
             ),
-            "100000000300000000"
+            "10000000030100000000"
         );
         // A resume list longer than its bytes is refused before allocating.
-        assert!(Message::decode(&[4, 0, 0, 0x0f, 0xff]).is_err());
+        assert!(Message::decode(&[4, 0, 0, 0, 0x0f, 0xff]).is_err());
         assert_eq!(hex::encode(Message::Reject("no".into()).to_vec()), "0500026e6f");
         assert_eq!(Message::Data(b"xy").to_vec(), [6, b'x', b'y']);
-        assert_eq!(Message::FileEnd([9; 32]).to_vec()[..2], [7, 9]);
+        assert_eq!(Message::FileEnd(Some([9; 32])).to_vec()[..2], [7, 9]);
+        assert_eq!(Message::FileEnd(Some([9; 32])).to_vec().len(), 33);
+        assert_eq!(Message::FileEnd(None).to_vec(), [7]);
+        assert_eq!(Message::decode(&[7]).unwrap(), Message::FileEnd(None));
+        assert!(
+            Message::decode(&[7, 1, 2]).is_err(),
+            "a truncated hash is not an empty one"
+        );
         assert_eq!(Message::Done.to_vec(), [8]);
         assert_eq!(Message::Ack.to_vec(), [9]);
         assert_eq!(hex::encode(Message::Error("x".into()).to_vec()), "0a000178");
@@ -1109,7 +1168,7 @@ mod tests {
             if let RxEvent::Data { index, bytes } = rx.handle(&m)? {
                 got.push((index, bytes.to_vec()));
             }
-            let end = Message::FileEnd(*blake3::hash(bytes).as_bytes()).to_vec();
+            let end = Message::FileEnd(Some(*blake3::hash(bytes).as_bytes())).to_vec();
             rx.handle(&end)?;
         }
         assert_eq!(rx.handle(&Message::Done.to_vec())?, RxEvent::Finished);
@@ -1140,12 +1199,12 @@ mod tests {
         }
         rx.accept().unwrap();
         rx.handle(&Message::Data(b"abc").to_vec()).unwrap();
-        rx.handle(&Message::FileEnd(*blake3::hash(b"abc").as_bytes()).to_vec())
+        rx.handle(&Message::FileEnd(Some(*blake3::hash(b"abc").as_bytes())).to_vec())
             .unwrap();
         // The second file too: the hasher starts again for every file.
         rx.handle(&Message::Data(b"xy").to_vec()).unwrap();
         let err = rx
-            .handle(&Message::FileEnd(*blake3::hash(b"xz").as_bytes()).to_vec())
+            .handle(&Message::FileEnd(Some(*blake3::hash(b"xz").as_bytes())).to_vec())
             .unwrap_err();
         assert_eq!(err, TransferError::HashMismatch("b".into()));
         assert!(rx.handle(&Message::Done.to_vec()).is_err());
@@ -1163,13 +1222,13 @@ mod tests {
         rx.handle(&Message::Data(b"ab").to_vec()).unwrap();
         let early = rx.clone();
         assert!(matches!(
-            rx.handle(&Message::FileEnd([0; 32]).to_vec()),
+            rx.handle(&Message::FileEnd(Some([0; 32])).to_vec()),
             Err(TransferError::Unexpected(_))
         ));
         let mut rx = early;
         rx.handle(&Message::Data(b"c").to_vec()).unwrap();
         assert_eq!(
-            rx.handle(&Message::FileEnd([0; 32]).to_vec()).unwrap(),
+            rx.handle(&Message::FileEnd(Some([0; 32])).to_vec()).unwrap(),
             RxEvent::FileVerified { index: 0 }
         );
     }
@@ -1281,14 +1340,15 @@ mod tests {
                 Message::Offer { kind: OfferKind::Stream, entries: n, total: t },
                 Message::Entry(e),
                 Message::Data(&data),
-                Message::FileEnd(h),
+                Message::FileEnd(Some(h)),
+                Message::FileEnd(None),
                 Message::Reject(s.clone()),
                 Message::Error(s),
-                Message::Accept(vec![ResumeAt { index: n as u32, offset: t, prefix: h }]),
+                Message::Accept { hash_all: n % 2 == 1, resume: vec![ResumeAt { index: n as u32, offset: t, prefix: h }] },
                 Message::Skip(t),
-                Message::OfferEnd, Message::Accept(vec![]), Message::Done, Message::Ack, Message::Keepalive, Message::ZData(&data),
+                Message::OfferEnd, Message::Accept { hash_all: false, resume: vec![] }, Message::Done, Message::Ack, Message::Keepalive, Message::ZData(&data),
                 Message::Use,
-                Message::Continue { from: n as u32, resume: vec![ResumeAt { index: t as u32, offset: n, prefix: h }] },
+                Message::Continue { from: n as u32, hash_all: t % 2 == 0, resume: vec![ResumeAt { index: t as u32, offset: n, prefix: h }] },
                 Message::Hints { direct: n % 2 == 0, addrs: vec![std::net::SocketAddr::new(std::net::Ipv6Addr::from(h[..16].try_into().unwrap_or([0u8; 16])).into(), t as u16), std::net::SocketAddr::from((std::net::Ipv4Addr::from(n as u32), 7))] },
             ];
             for m in msgs {
@@ -1338,7 +1398,11 @@ mod resume_tests {
         let acc = rx
             .accept_resuming(vec![(0, 6, prefix_hasher(&data[..6]))])
             .unwrap();
-        let Ok(Message::Accept(list)) = Message::decode(&acc) else {
+        let Ok(Message::Accept {
+            hash_all: false,
+            resume: list,
+        }) = Message::decode(&acc)
+        else {
             panic!()
         };
         assert_eq!(list[0].offset, 6);
@@ -1348,7 +1412,7 @@ mod resume_tests {
             RxEvent::Resumed { index: 0, offset: 6 }
         );
         rx.handle(&Message::Data(&data[6..]).to_vec()).unwrap();
-        let end = Message::FileEnd(*blake3::hash(data).as_bytes()).to_vec();
+        let end = Message::FileEnd(Some(*blake3::hash(data).as_bytes())).to_vec();
         assert_eq!(rx.handle(&end).unwrap(), RxEvent::FileVerified { index: 0 });
         assert_eq!(rx.received(), (data.len() - 6) as u64);
     }
@@ -1369,7 +1433,12 @@ mod resume_tests {
         let msg = rx
             .continue_from(1, vec![(2, 6, prefix_hasher(b"012345"))])
             .unwrap();
-        let Ok(Message::Continue { from: 1, resume }) = Message::decode(&msg) else {
+        let Ok(Message::Continue {
+            from: 1,
+            hash_all: false,
+            resume,
+        }) = Message::decode(&msg)
+        else {
             panic!("not a Continue")
         };
         assert_eq!((resume.len(), resume[0].index, resume[0].offset), (1, 2, 6));
@@ -1381,13 +1450,13 @@ mod resume_tests {
         rx.handle(&Message::Data(b"6789").to_vec()).unwrap();
         let h = *blake3::hash(b"0123456789").as_bytes();
         assert_eq!(
-            rx.handle(&Message::FileEnd(h).to_vec()).unwrap(),
+            rx.handle(&Message::FileEnd(Some(h)).to_vec()).unwrap(),
             RxEvent::FileVerified { index: 2 }
         );
         rx.handle(&Message::Data(b"xy").to_vec()).unwrap();
         let h = *blake3::hash(b"xy").as_bytes();
         assert_eq!(
-            rx.handle(&Message::FileEnd(h).to_vec()).unwrap(),
+            rx.handle(&Message::FileEnd(Some(h)).to_vec()).unwrap(),
             RxEvent::FileVerified { index: 3 }
         );
         assert_eq!(rx.handle(&Message::Done.to_vec()).unwrap(), RxEvent::Finished);
@@ -1402,7 +1471,7 @@ mod resume_tests {
             .unwrap();
         rx.handle(&Message::Skip(6).to_vec()).unwrap();
         rx.handle(&Message::Data(&data[6..]).to_vec()).unwrap();
-        let end = Message::FileEnd(*blake3::hash(data).as_bytes()).to_vec();
+        let end = Message::FileEnd(Some(*blake3::hash(data).as_bytes())).to_vec();
         assert!(matches!(rx.handle(&end), Err(TransferError::HashMismatch(_))));
     }
 
@@ -1418,7 +1487,7 @@ mod resume_tests {
         offer(&mut rx, data);
         rx.accept_resuming(vec![(0, 3, prefix_hasher(b"abc"))]).unwrap();
         rx.handle(&Message::Data(data).to_vec()).unwrap();
-        let end = Message::FileEnd(*blake3::hash(data).as_bytes()).to_vec();
+        let end = Message::FileEnd(Some(*blake3::hash(data).as_bytes())).to_vec();
         assert_eq!(rx.handle(&end).unwrap(), RxEvent::FileVerified { index: 0 });
         // A skip to another offset than proposed is refused.
         let mut rx = Receiver::new();
@@ -1429,6 +1498,44 @@ mod resume_tests {
         let mut rx = Receiver::new();
         offer(&mut rx, data);
         let acc = rx.accept_resuming(vec![(0, 99, prefix_hasher(b""))]).unwrap();
-        assert_eq!(acc, Message::Accept(vec![]).to_vec());
+        assert_eq!(
+            acc,
+            Message::Accept {
+                hash_all: false,
+                resume: vec![]
+            }
+            .to_vec()
+        );
+    }
+
+    #[test]
+    fn a_hash_is_required_exactly_where_it_is_checked() {
+        let data = b"abcdef";
+        // Not resumed, default verification: an empty FileEnd is fine.
+        let mut rx = Receiver::new();
+        offer(&mut rx, data);
+        rx.accept().unwrap();
+        rx.handle(&Message::Data(data).to_vec()).unwrap();
+        assert_eq!(
+            rx.handle(&Message::FileEnd(None).to_vec()).unwrap(),
+            RxEvent::FileVerified { index: 0 }
+        );
+        // Resumed: the sender must send the hash.
+        let mut rx = Receiver::new();
+        offer(&mut rx, data);
+        rx.accept_resuming(vec![(0, 3, prefix_hasher(b"abc"))]).unwrap();
+        rx.handle(&Message::Skip(3).to_vec()).unwrap();
+        rx.handle(&Message::Data(&data[3..]).to_vec()).unwrap();
+        assert!(rx.handle(&Message::FileEnd(None).to_vec()).is_err());
+        // --verify: asks for every hash in Accept, and refuses to go without.
+        let mut rx = Receiver::new().verify(Verify::All);
+        offer(&mut rx, data);
+        let acc = rx.accept().unwrap();
+        assert!(matches!(
+            Message::decode(&acc),
+            Ok(Message::Accept { hash_all: true, .. })
+        ));
+        rx.handle(&Message::Data(data).to_vec()).unwrap();
+        assert!(rx.handle(&Message::FileEnd(None).to_vec()).is_err());
     }
 }
