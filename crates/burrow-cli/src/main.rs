@@ -26,11 +26,22 @@ fn main() {
             tracing_subscriber::EnvFilter::try_from_env("BURROW_LOG").unwrap_or_else(|_| filter.into()),
         )
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    // The exit and the proxy run one tunnel each on a single thread: every
+    // byte passes the same reader and writer tasks in turn, and handing them
+    // between worker threads cost 15% more CPU per byte and 20-30% of the
+    // throughput (docs/benchmarks.md). Everything else (the relay serving
+    // many connections) gets two worker threads; transfers run their data
+    // path on blocking threads either way.
+    let single = matches!(&cli.command, Command::Exit(_) | Command::Proxy(_));
+    let rt = if single {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+    };
+    let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start: {e}");

@@ -235,8 +235,10 @@ struct Tunnel {
     recv_bufs: Arc<RecvBufs>,
 }
 
-/// Bytes per read on the tunnel's connection.
-const RECV_BUF: usize = 512 * 1024;
+/// Bytes per read on the tunnel's connection: small enough that a buffer
+/// read, decrypted and written out stays in the CPU's L2 cache (512 KiB
+/// buffers cost more CPU per byte, `docs/benchmarks.md`).
+const RECV_BUF: usize = 128 * 1024;
 /// Receive buffers held by streams at most; beyond, `Data` is copied out.
 const MAX_SHARED: usize = 8;
 
@@ -309,8 +311,8 @@ enum Chunk {
     Copied(Vec<u8>),
 }
 
-impl Chunk {
-    fn bytes(&self) -> &[u8] {
+impl AsRef<[u8]> for Chunk {
+    fn as_ref(&self) -> &[u8] {
         match self {
             Chunk::Shared(b, r) => &b.v[r.clone()],
             Chunk::Copied(v) => v,
@@ -318,8 +320,16 @@ impl Chunk {
     }
 }
 
-/// Frames written with one `writev` at most.
-const WRITE_BATCH: usize = 16;
+/// Frames written with one `writev` at most: a few, so that they stay in
+/// cache between the read that filled them, the seal and the write.
+const WRITE_BATCH: usize = 4;
+/// Bytes of frames in one write at most.
+const WRITE_BYTES: usize = 256 * 1024;
+/// Frames queued for the writer at most (the streams wait beyond).
+const OUT_QUEUE: usize = 32;
+
+/// Pieces of `Data` written to a local socket with one `writev` at most.
+const DOWN_BATCH: usize = 16;
 
 /// `frame` laid out as a record to seal in place: `[prefix][frame][tag]`.
 fn as_record(frame: &[u8]) -> Vec<u8> {
@@ -331,18 +341,22 @@ fn as_record(frame: &[u8]) -> Vec<u8> {
 }
 
 /// Writes every frame, in order, with as few `writev` calls as the socket allows.
-async fn write_all_frames(wr: &mut (impl AsyncWriteExt + Unpin), frames: &[Vec<u8>]) -> std::io::Result<()> {
+async fn write_all_frames<F: AsRef<[u8]>>(
+    wr: &mut (impl AsyncWriteExt + Unpin),
+    frames: &[F],
+) -> std::io::Result<()> {
     let (mut i, mut off) = (0usize, 0usize);
     while i < frames.len() {
-        let slices: Vec<std::io::IoSlice<'_>> = std::iter::once(std::io::IoSlice::new(&frames[i][off..]))
-            .chain(frames[i + 1..].iter().map(|f| std::io::IoSlice::new(f)))
-            .collect();
+        let slices: Vec<std::io::IoSlice<'_>> =
+            std::iter::once(std::io::IoSlice::new(&frames[i].as_ref()[off..]))
+                .chain(frames[i + 1..].iter().map(|f| std::io::IoSlice::new(f.as_ref())))
+                .collect();
         let mut n = wr.write_vectored(&slices).await?;
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
         while n > 0 && i < frames.len() {
-            let left = frames[i].len() - off;
+            let left = frames[i].as_ref().len() - off;
             if n >= left {
                 n -= left;
                 i += 1;
@@ -367,7 +381,7 @@ impl Tunnel {
         on_open: Option<OnOpen>,
     ) -> Arc<Self> {
         let (mut rd, mut wr) = s.into_split();
-        let (out, mut out_rx) = mpsc::channel::<Vec<u8>>(256);
+        let (out, mut out_rx) = mpsc::channel::<Vec<u8>>(OUT_QUEUE);
         let t = Arc::new(Self {
             mux: Mutex::new(Mux::new(client, mux::DEFAULT_MAX_STREAMS)),
             out,
@@ -390,7 +404,7 @@ impl Tunnel {
                 let mut queued = f.len();
                 batch.push(f);
                 // Whatever else is queued goes in the same write.
-                while queued < 192 * 1024
+                while queued < WRITE_BYTES
                     && batch.len() < WRITE_BATCH
                     && let Ok(more) = out_rx.try_recv()
                 {
@@ -679,29 +693,44 @@ impl Tunnel {
         let down = {
             let t = self.clone();
             async move {
-                while let Some(item) = rx.recv().await {
-                    match item {
-                        Some(chunk) => {
-                            let bytes = chunk.bytes();
-                            if lw.write_all(bytes).await.is_err() {
-                                let r =
-                                    lock(&t.mux).reset(id, ResetReason::Aborted, "the local side went away");
-                                lock(&t.streams).remove(&id);
-                                t.send(r).await;
-                                return;
+                // Whatever has arrived for this stream goes out in one `writev`.
+                let mut ready: Vec<Chunk> = Vec::with_capacity(DOWN_BATCH);
+                let mut fin = false;
+                while let Some(first) = rx.recv().await {
+                    let mut item = Some(first);
+                    while let Some(next) = item.take() {
+                        match next {
+                            Some(chunk) => ready.push(chunk),
+                            None => {
+                                fin = true;
+                                break;
                             }
-                            let w = lock(&t.mux).consumed(id, bytes.len());
+                        }
+                        if ready.len() < DOWN_BATCH {
+                            item = rx.try_recv().ok();
+                        }
+                    }
+                    if !ready.is_empty() {
+                        if write_all_frames(&mut lw, &ready).await.is_err() {
+                            let r = lock(&t.mux).reset(id, ResetReason::Aborted, "the local side went away");
+                            lock(&t.streams).remove(&id);
+                            t.send(r).await;
+                            return;
+                        }
+                        let n = ready.iter().map(|c| c.as_ref().len()).sum();
+                        let w = lock(&t.mux).consumed(id, n);
+                        for chunk in ready.drain(..) {
                             if let Chunk::Copied(v) = chunk {
                                 t.put(v);
                             }
-                            if let Some(w) = w {
-                                t.send(w).await;
-                            }
                         }
-                        None => {
-                            let _ = lw.shutdown().await;
-                            return;
+                        if let Some(w) = w {
+                            t.send(w).await;
                         }
+                    }
+                    if fin {
+                        let _ = lw.shutdown().await;
+                        return;
                     }
                 }
                 // Reset or the tunnel ended: abort the local connection.
