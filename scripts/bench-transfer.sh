@@ -45,6 +45,7 @@ cd "$WORK"
 
 BYTES=$((SIZE_MIB * 1024 * 1024))
 head -c "$BYTES" /dev/urandom > data.bin
+warm_memory $((SIZE_MIB * 3))
 SUM=$(b3sum --no-names data.bin 2>/dev/null || sha256sum data.bin | cut -d' ' -f1)
 check() { # file
     local s

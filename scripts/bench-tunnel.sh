@@ -5,8 +5,10 @@
 #   ssh -D     curl through `ssh -D` (-c aes256-gcm@openssh.com) to a private sshd on 127.0.0.1
 #   burrow     curl through `burrow proxy` -> `burrow relay` -> `burrow exit --allow 127.0.0.1/32`
 # For each: MB/s for a 1 GiB file (the three alternate ROUNDS times, default
-# 3, and the medians are compared), and time to first byte of a 1 KiB file
-# (median of 20, a new connection each). Peak RSS of the proxy and the exit.
+# 3, and the medians are compared; curl writes to /dev/null, one download per
+# path beforehand checks the bytes), the CPU each path costs per GiB, and time
+# to first byte of a 1 KiB file (median of 20, a new connection each). Peak
+# RSS of the proxy and the exit.
 #
 # Usage: [ROUNDS=3] scripts/bench-tunnel.sh [SIZE_MIB]     (default 1024)
 # Needs: nginx, sshd + ssh (openssh-server), curl, /usr/bin/time.
@@ -28,6 +30,7 @@ cd "$WORK"
 mkdir -p www nginx
 head -c $((SIZE_MIB * 1024 * 1024)) /dev/urandom > www/big.bin
 head -c 1024 /dev/urandom > www/small.bin
+warm_memory $((SIZE_MIB * 2))
 cat > nginx/nginx.conf <<EOF
 user root;
 worker_processes 1;
@@ -59,7 +62,7 @@ ssh -N -D 127.0.0.1:1081 -p 2222 -c aes256-gcm@openssh.com -i ssh/user_key \
 # --- burrow: relay, pairing, exit, proxy ---------------------------------------------------
 export HOME_A=$WORK/home-a HOME_B=$WORK/home-b
 mkdir -p "$HOME_A" "$HOME_B"
-"$BIN" relay --listen 127.0.0.1:7000 --key "$WORK/relay.key" 2> relay.err & PIDS+=($!)
+"$BIN" relay --listen 127.0.0.1:7000 --key "$WORK/relay.key" 2> relay.err & RELAY=$!; PIDS+=($RELAY)
 wait_for relay.err "listening on"
 HOME=$HOME_A "$BIN" pair --relay 127.0.0.1:7000 --name laptop 2> pair-a.err > /dev/null & PA=$!
 wait_for pair-a.err "^code:"
@@ -74,12 +77,36 @@ sleep 0.5
 
 echo "== $SIZE_MIB MiB, $(nproc) cores, in a private network namespace"
 SUM=$(sha256sum www/big.bin | cut -d' ' -f1)
-throughput() { # curl-proxy-args...: MB/s for the big file, checked
-    local t
-    t=$(curl -sS "$@" -o got.bin -w '%{time_total}' http://127.0.0.1:8080/big.bin)
+# CPU time the whole machine spent (user + system + irq + softirq, in clock
+# ticks; idle and steal excluded), and that of the tunnel's own processes
+# (ssh + sshd, or burrow's proxy, relay and exit; all threads): wall-clock
+# rates on this shared VM swing by ±30%, the CPU a path costs per byte less.
+busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
+own_ticks() { # program names...: their processes' utime + stime
+    local p t=0
+    for p in $(for n in "$@"; do pgrep -x "$n"; done); do
+        t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$t"
+}
+per_gib() { python3 -c "print(f'{($2 - $1) / $(getconf CLK_TCK) / ($SIZE_MIB / 1024):.2f}')"; }
+check_once() { # curl-proxy-args...: the big file arrives byte-identical
+    curl -sS "$@" -o got.bin http://127.0.0.1:8080/big.bin
     [ "$(sha256sum got.bin | cut -d' ' -f1)" = "$SUM" ] || { echo "MISMATCH via $*" >&2; exit 1; }
     rm -f got.bin
-    python3 -c "print(f'{$SIZE_MIB * 1048576 / $t / 1e6:.0f}')"
+}
+# MB/s for the big file (to /dev/null: writing 1 GiB into tmpfs costs this VM
+# more than the tunnel does, see docs/benchmarks.md; check_once checks the
+# bytes); CPU-s per GiB into CPU_PER_GIB and OWN_PER_GIB.
+throughput() { # curl-proxy-args...
+    local t c0 c1 o0 o1
+    c0=$(busy_ticks); o0=$(own_ticks burrow ssh sshd)
+    t=$(curl -sS "$@" -o /dev/null -w '%{time_total} %{size_download}' http://127.0.0.1:8080/big.bin)
+    c1=$(busy_ticks); o1=$(own_ticks burrow ssh sshd)
+    [ "${t#* }" = "$((SIZE_MIB * 1048576))" ] || { echo "SHORT DOWNLOAD via $*: ${t#* } bytes" >&2; exit 1; }
+    CPU_PER_GIB=$(per_gib "$c0" "$c1")
+    OWN_PER_GIB=$(per_gib "$o0" "$o1")
+    python3 -c "print(f'{$SIZE_MIB * 1048576 / ${t% *} / 1e6:.0f}')"
 }
 ttfb() { # curl-proxy-args...: median time to first byte of the small file, ms
     local all=()
@@ -100,13 +127,20 @@ if [ -n "${BURROW_PERF_ALL:-}" ]; then
     # System-wide, during one burrow download only.
     perf record -q -a -o "$ROOT/all.perf" -- curl -sS --socks5-hostname 127.0.0.1:1080 -o /dev/null http://127.0.0.1:8080/big.bin
 fi
-T_DIRECT=(); T_SSH=(); T_BURROW=()
+check_once; check_once --socks5-hostname 127.0.0.1:1081; check_once --socks5-hostname 127.0.0.1:1080
+echo "byte-identical through all three paths"
+T_DIRECT=(); T_SSH=(); T_BURROW=(); C_DIRECT=(); C_SSH=(); C_BURROW=(); O_SSH=(); O_BURROW=()
 for round in $(seq 1 "$ROUNDS"); do
-    T_DIRECT+=("$(throughput)")
-    T_SSH+=("$(throughput --socks5-hostname 127.0.0.1:1081)")
-    T_BURROW+=("$(throughput --socks5-hostname 127.0.0.1:1080)")
-    echo "round $round: direct ${T_DIRECT[-1]}, ssh -D ${T_SSH[-1]}, burrow ${T_BURROW[-1]} MB/s"
+    throughput > rate; T_DIRECT+=("$(cat rate)"); C_DIRECT+=("$CPU_PER_GIB")
+    throughput --socks5-hostname 127.0.0.1:1081 > rate; T_SSH+=("$(cat rate)"); C_SSH+=("$CPU_PER_GIB"); O_SSH+=("$OWN_PER_GIB")
+    throughput --socks5-hostname 127.0.0.1:1080 > rate; T_BURROW+=("$(cat rate)"); C_BURROW+=("$CPU_PER_GIB"); O_BURROW+=("$OWN_PER_GIB")
+    echo "round $round: direct ${T_DIRECT[-1]}, ssh -D ${T_SSH[-1]}, burrow ${T_BURROW[-1]} MB/s;" \
+        "CPU-s per GiB, whole machine: ${C_DIRECT[-1]}, ${C_SSH[-1]}, ${C_BURROW[-1]};" \
+        "the tunnel's own processes: ${O_SSH[-1]}, ${O_BURROW[-1]}"
 done
+# Each burrow process's CPU over everything so far, per GiB the rounds moved.
+total_per_gib() { python3 -c "print(f'{$(awk '{print $14 + $15}' "/proc/$1/stat") / $(getconf CLK_TCK) / (($ROUNDS + 1) * $SIZE_MIB / 1024):.2f}')"; }
+BY_PROCESS="proxy $(total_per_gib "$(pgrep -P "$PP")"), relay $(total_per_gib "$RELAY"), exit $(total_per_gib "$(pgrep -P "$EP")")"
 if [ -n "${BURROW_PERF:-}" ]; then kill -INT "$PE" "$PX"; wait "$PE" "$PX" 2>/dev/null || true; fi
 R_DIRECT="direct $(median "${T_DIRECT[@]}") $(ttfb)"
 R_SSH="ssh $(median "${T_SSH[@]}") $(ttfb --socks5-hostname 127.0.0.1:1081)"
@@ -119,6 +153,9 @@ for r in "$R_DIRECT" "$R_SSH" "$R_BURROW"; do
     printf '%-8s %10s %14s\n' $r
 done
 echo "(MB/s: median of $ROUNDS alternating rounds)"
+echo "CPU-s per GiB, whole machine (medians): direct $(median2 "${C_DIRECT[@]}"), ssh -D $(median2 "${C_SSH[@]}"), burrow $(median2 "${C_BURROW[@]}")"
+echo "CPU-s per GiB, the tunnel's own processes (medians): ssh + sshd $(median2 "${O_SSH[@]}"), burrow proxy + relay + exit $(median2 "${O_BURROW[@]}")"
+echo "burrow's CPU-s per GiB by process (over all rounds): $BY_PROCESS"
 echo "peak RSS: proxy $(rss proxy.err), exit $(rss exit.err)"
 python3 - "$R_SSH" "$R_BURROW" <<'PY'
 import sys
