@@ -37,8 +37,12 @@ pub const MAX_DATA: usize = crate::session::MAX_PLAINTEXT - 5;
 pub const MAX_HOST: usize = 255;
 /// Longest reset message.
 pub const MAX_RESET_MESSAGE: usize = 256;
-/// Default cap on streams open at once per session.
-pub const DEFAULT_MAX_STREAMS: usize = 1024;
+/// Default cap on streams open at once per session. With
+/// [`INITIAL_WINDOW`] this bounds what a session can buffer for streams
+/// whose local side does not read: 256 × 4 MiB = 1 GiB at the very worst
+/// (before 4 MiB windows: 1024 × 1 MiB). A proxy asked for more answers
+/// the client with a SOCKS failure; a peer that opens more breaks the rules.
+pub const DEFAULT_MAX_STREAMS: usize = 256;
 
 /// Where a stream should connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
