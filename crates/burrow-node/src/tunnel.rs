@@ -697,18 +697,18 @@ impl Tunnel {
                 let mut ready: Vec<Chunk> = Vec::with_capacity(DOWN_BATCH);
                 let mut fin = false;
                 while let Some(first) = rx.recv().await {
-                    let mut item = Some(first);
-                    while let Some(next) = item.take() {
-                        match next {
-                            Some(chunk) => ready.push(chunk),
-                            None => {
-                                fin = true;
-                                break;
-                            }
-                        }
-                        if ready.len() < DOWN_BATCH {
-                            item = rx.try_recv().ok();
-                        }
+                    let mut next = Some(first);
+                    while let Some(item) = next {
+                        let Some(chunk) = item else {
+                            fin = true;
+                            break;
+                        };
+                        ready.push(chunk);
+                        next = if ready.len() < DOWN_BATCH {
+                            rx.try_recv().ok()
+                        } else {
+                            None
+                        };
                     }
                     if !ready.is_empty() {
                         if write_all_frames(&mut lw, &ready).await.is_err() {

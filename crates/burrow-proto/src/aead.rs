@@ -9,7 +9,7 @@
 //! | CPU | ring 0.17 | aws-lc-rs 1.x |
 //! |---|---|---|
 //! | x86-64 with AVX-512 + VAES (Intel Xeon, Ice Lake and later) | 5.8 GB/s (VAES-AVX2) | 9.2 GB/s (VAES-AVX512) |
-//! | x86-64 with VAES + AVX2 only (AMD Zen 3) | 4.5–6.2 GB/s (VAES-AVX2) | 2.2–3.2 GB/s (AES-NI) |
+//! | x86-64 with VAES + AVX2 only (AMD Zen 3) | 4.3–6.2 GB/s (VAES-AVX2) | 2.1–3.2 GB/s (AES-NI) |
 //!
 //! So [`Backend::detect`] takes aws-lc-rs where AVX-512 with VAES and
 //! VPCLMULQDQ is present and ring everywhere else. `BURROW_AEAD=ring` or
@@ -75,7 +75,8 @@ impl Backend {
 }
 
 /// The AEAD failed: a wrong tag (altered data), or a key that could not be set up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("AES-256-GCM failed: wrong tag or unusable key")]
 pub struct AeadError;
 
 /// A ring AES-256-GCM key that is wiped when dropped: boxed so that it never
