@@ -195,14 +195,14 @@ CODE=$(grep '^code:' r1-send.err | cut -d' ' -f2)
 HALF=$((BYTES / 2))
 # Watch the hidden partial file grow; kill the receiver once it holds half.
 for _ in $(seq 1 20000); do
-    P=$(stat -c %s out.resume/.data.bin.burrow-part 2>/dev/null || echo 0)
+    P=$(stat -c %s out.resume/.burrow-*.part 2>/dev/null || echo 0)
     [ "$P" -ge "$HALF" ] && break
     kill -0 "$RV" 2>/dev/null || break
 done
 kill -KILL "$RV" 2>/dev/null || { echo "resume: the receiver finished before it could be killed" >&2; exit 1; }
 wait "$RV" 2>/dev/null || true
 wait "$SP" 2>/dev/null || true
-PART=$(stat -c %s out.resume/.data.bin.burrow-part 2>/dev/null || echo 0)
+PART=$(stat -c %s out.resume/.burrow-*.part 2>/dev/null || echo 0)
 timeout 300 "$BIN" send --relay-only --relay 127.0.0.1:7500 data.bin 2> r2-send.err & SP=$!; PIDS+=($SP)
 wait_for r2-send.err "^code:"
 CODE=$(grep '^code:' r2-send.err | cut -d' ' -f2)

@@ -24,7 +24,7 @@ use burrow_proto::transfer::{
     Verify, escape_display, offer_records,
 };
 
-use crate::error::Error;
+use crate::error::{Error, shown};
 use crate::files::{self, Item};
 use crate::paths::Conn;
 use crate::record::{DataBatch, Keepalive, RecordReader, RecordWriter, SharedWriter};
@@ -565,11 +565,11 @@ enum Out {
 }
 
 impl Out {
-    fn write(&mut self, index: usize, entries: &[Entry], bytes: &[u8]) -> Result<(), Error> {
+    fn write(&mut self, index: usize, rx: &Receiver, bytes: &[u8]) -> Result<(), Error> {
         match self {
             Out::Dir { root, current, .. } => {
                 if current.as_ref().is_none_or(|c| c.0 != index) {
-                    let (f, part) = open_part(root, &entries[index])?;
+                    let (f, part) = open_part(root, rx, index)?;
                     *current = Some((index, f, part));
                 }
                 if let Some((_, f, part)) = current {
@@ -588,19 +588,19 @@ impl Out {
         }
     }
 
-    fn finish(&mut self, index: usize, entries: &[Entry]) -> Result<Option<PathBuf>, Error> {
+    fn finish(&mut self, index: usize, rx: &Receiver) -> Result<Option<PathBuf>, Error> {
         match self {
             Out::Dir {
                 root,
                 overwrite,
                 current,
             } => {
-                let e = &entries[index];
+                let e = &rx.entries()[index];
                 let (f, part) = match current.take() {
                     Some((i, f, part)) if i == index => (f, part),
                     other => {
                         *current = other;
-                        open_part(root, e)?
+                        open_part(root, rx, index)?
                     }
                 };
                 // Large files reach the disk before their rename; small ones
@@ -641,12 +641,12 @@ impl Out {
     }
 
     /// Continues the partial file of entry `index` at `offset`.
-    fn resume(&mut self, index: usize, entries: &[Entry], offset: u64) -> Result<(), Error> {
+    fn resume(&mut self, index: usize, rx: &Receiver, offset: u64) -> Result<(), Error> {
         if let Out::Dir { root, current, .. } = self {
-            let part = files::part_path(&files::target(root, &entries[index].path));
+            let part = files::part_path(root, &rx.entries()[index].path, |p| rx.offers(p));
             let meta = fs::symlink_metadata(&part).map_err(|e| Error::io(&part, e))?;
             if !meta.file_type().is_file() {
-                return Err(Error::Usage(format!("{} is not a regular file", part.display())));
+                return Err(Error::Usage(format!("{} is not a regular file", shown(&part))));
             }
             let mut f = OpenOptions::new()
                 .write(true)
@@ -680,13 +680,14 @@ impl Out {
     }
 }
 
-fn open_part(root: &Path, e: &Entry) -> Result<(File, PathBuf), Error> {
+fn open_part(root: &Path, rx: &Receiver, index: usize) -> Result<(File, PathBuf), Error> {
+    let e = &rx.entries()[index];
     files::check_components(root, &e.path)?;
     let dest = files::target(root, &e.path);
     if let Some(parent) = dest.parent() {
         fs::create_dir_all(parent).map_err(|err| Error::io(parent, err))?;
     }
-    let part = files::part_path(&dest);
+    let part = files::part_path(root, &e.path, |p| rx.offers(p));
     if fs::symlink_metadata(&part).is_ok() {
         fs::remove_file(&part).map_err(|err| Error::io(&part, err))?;
     }
@@ -894,9 +895,7 @@ pub(crate) fn run_receive(
     };
     let from = if again { state.from } else { 0 };
     let proposals = match &out {
-        Out::Dir { root, .. } if info.kind == OfferKind::Files => {
-            resume_proposals(root, &info.entries, from, again)?
-        }
+        Out::Dir { root, .. } if info.kind == OfferKind::Files => resume_proposals(root, &rx, from, again)?,
         _ => Vec::new(),
     };
     let resumable: u64 = proposals.iter().map(|p| p.1).sum();
@@ -935,7 +934,7 @@ pub(crate) fn run_receive(
             match rx.handle(&rec)? {
                 RxEvent::Data { index, bytes } => {
                     let n = bytes.len();
-                    out.write(index, rx.entries(), bytes)?;
+                    out.write(index, &rx, bytes)?;
                     progress.add(n, obs);
                 }
                 RxEvent::Compressed { frame, .. } => {
@@ -943,17 +942,17 @@ pub(crate) fn run_receive(
                         .decompress_to_buffer(frame, &mut plain[..])
                         .map_err(|e| Error::Protocol(format!("bad compressed data from the sender: {e}")))?;
                     if let RxEvent::Data { index, bytes } = rx.data(&plain[..n])? {
-                        out.write(index, rx.entries(), bytes)?;
+                        out.write(index, &rx, bytes)?;
                         progress.add(n, obs);
                     }
                 }
                 RxEvent::Resumed { index, offset } => {
-                    out.resume(index, rx.entries(), offset)?;
+                    out.resume(index, &rx, offset)?;
                     progress.skip(offset);
                     resumed_here += offset;
                 }
                 RxEvent::FileVerified { index } => {
-                    if let Some(p) = out.finish(index, rx.entries())? {
+                    if let Some(p) = out.finish(index, &rx)? {
                         state.saved.push(p);
                     }
                     state.from = index + 1;
@@ -1005,10 +1004,11 @@ pub(crate) fn run_receive(
 /// reconnect (`in_flight`) only the first unfinished file can have one.
 fn resume_proposals(
     root: &Path,
-    entries: &[Entry],
+    rx: &Receiver,
     from: usize,
     in_flight: bool,
 ) -> Result<Vec<(usize, u64, blake3::Hasher)>, Error> {
+    let entries = rx.entries();
     let mut out = Vec::new();
     let last = if in_flight {
         first_file(entries, from)
@@ -1022,7 +1022,7 @@ fn resume_proposals(
         if out.len() >= MAX_RESUME || e.kind != EntryKind::File || e.size == 0 {
             continue;
         }
-        let part = files::part_path(&files::target(root, &e.path));
+        let part = files::part_path(root, &e.path, |p| rx.offers(p));
         let Ok(meta) = fs::symlink_metadata(&part) else {
             continue;
         };

@@ -108,7 +108,7 @@ pub enum Error {
     #[error("the connection to the other side was lost: {0}")]
     ConnectionLost(std::io::Error),
     /// A local file error.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {source}", shown(path))]
     Io {
         /// The file concerned.
         path: PathBuf,
@@ -116,7 +116,10 @@ pub enum Error {
         source: std::io::Error,
     },
     /// Not enough free space for the offer.
-    #[error("not enough disk space in {}: the offer needs {need} bytes, {avail} are free", dir.display())]
+    #[error(
+        "not enough disk space in {}: the offer needs {need} bytes, {avail} are free",
+        shown(dir)
+    )]
     NoSpace {
         /// Output folder.
         dir: PathBuf,
@@ -128,6 +131,12 @@ pub enum Error {
     /// Files would be overwritten without consent.
     #[error("{} already exist{} in the output folder (use --overwrite to replace): {}", .0.len(), if .0.len() == 1 { "s" } else { "" }, .0.join(", "))]
     Exists(Vec<String>),
+}
+
+/// A path as it may be printed: it can hold names the peer chose, so
+/// control characters and bidirectional overrides are escaped.
+pub fn shown(p: &std::path::Path) -> String {
+    burrow_proto::transfer::escape_display(&p.to_string_lossy())
 }
 
 impl Error {
@@ -184,5 +193,26 @@ impl From<TransferError> for Error {
             TransferError::Peer(m) => Error::PeerClosed(m),
             other => Error::Protocol(other.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_in_messages_are_escaped() {
+        let e = Error::io("out/a\x1b]0;owned\x07/f", std::io::Error::other("no"));
+        let m = e.to_string();
+        assert!(
+            !m.contains('\x1b') && !m.contains('\x07') && m.contains("owned"),
+            "{m:?}"
+        );
+        let e = Error::NoSpace {
+            dir: "o\u{202e}txt".into(),
+            need: 2,
+            avail: 1,
+        };
+        assert!(!e.to_string().contains('\u{202e}'));
     }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use burrow_proto::transfer::{Entry, EntryKind, escape_display};
 
-use crate::error::Error;
+use crate::error::{Error, shown};
 
 /// A file or folder to send, with where to read it.
 #[derive(Debug, Clone)]
@@ -172,13 +172,32 @@ pub fn target(out: &Path, rel: &str) -> PathBuf {
     p
 }
 
-/// The hidden temporary name a file is written under until it is verified.
-pub fn part_path(target: &Path) -> PathBuf {
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    target.with_file_name(format!(".{name}.burrow-part"))
+/// The hidden temporary file that entry `rel` is written to until it is
+/// complete, in the same folder (so the final rename is atomic):
+/// `.burrow-<24 hex digits>.part`, 37 bytes whatever the name's length (a
+/// name of 255 bytes must be receivable), derived from the name so that a
+/// later transfer of the same file finds it to resume. `offered` tells
+/// which paths the offer itself names: a temporary never takes the name of
+/// another entry (a sender could otherwise name a file after the
+/// temporary of one that follows, and see it deleted once saved).
+pub fn part_path(out: &Path, rel: &str, offered: impl Fn(&str) -> bool) -> PathBuf {
+    let (dir, name) = rel.rsplit_once('/').map_or(("", rel), |(d, n)| (d, n));
+    let mut attempt = 0u32;
+    loop {
+        let mut h = blake3::Hasher::new_derive_key("burrow v1 partial file name");
+        h.update(&attempt.to_le_bytes());
+        h.update(name.as_bytes());
+        let part = format!(".burrow-{}.part", hex::encode(&h.finalize().as_bytes()[..12]));
+        let part_rel = if dir.is_empty() {
+            part
+        } else {
+            format!("{dir}/{part}")
+        };
+        if !offered(&part_rel) {
+            return target(out, &part_rel);
+        }
+        attempt += 1;
+    }
 }
 
 /// Checks that no existing component of `rel` under `out` is a symbolic link
@@ -192,14 +211,11 @@ pub fn check_components(out: &Path, rel: &str) -> Result<(), Error> {
             Ok(m) if m.file_type().is_symlink() => {
                 return Err(Error::Usage(format!(
                     "{} is a symbolic link in the output folder; refusing to write through it",
-                    p.display()
+                    shown(&p)
                 )));
             }
             Ok(m) if !m.is_dir() => {
-                return Err(Error::Usage(format!(
-                    "{} exists and is not a folder",
-                    p.display()
-                )));
+                return Err(Error::Usage(format!("{} exists and is not a folder", shown(&p))));
             }
             Ok(_) => {}
             Err(_) => return Ok(()),
@@ -255,9 +271,34 @@ mod tests {
         std::os::unix::fs::symlink("/tmp", d.path().join("evil")).unwrap();
         assert!(check_components(d.path(), "evil/x").is_err());
         assert!(check_components(d.path(), "fine/x").is_ok());
-        assert_eq!(
-            part_path(Path::new("/o/a/b.txt")),
-            Path::new("/o/a/.b.txt.burrow-part")
-        );
+    }
+
+    #[test]
+    fn component_errors_escape_the_peers_names() {
+        let d = tempfile::tempdir().unwrap();
+        let evil = "a\x1b]0;owned\x07";
+        fs::write(d.path().join(evil), b"a file").unwrap();
+        std::os::unix::fs::symlink("/tmp", d.path().join("l\x1b[2J")).unwrap();
+        for rel in [format!("{evil}/f"), "l\x1b[2J/f".to_owned()] {
+            let m = check_components(d.path(), &rel).unwrap_err().to_string();
+            assert!(!m.contains('\x1b') && !m.contains('\x07'), "{m:?}");
+        }
+    }
+
+    #[test]
+    fn partial_names_are_short_stable_and_never_an_offered_name() {
+        let out = Path::new("/o");
+        let long = "n".repeat(255);
+        let p = part_path(out, &format!("a/{long}"), |_| false);
+        let name = p.file_name().unwrap().to_str().unwrap();
+        assert_eq!(p.parent(), Some(Path::new("/o/a")));
+        assert!(name.starts_with(".burrow-") && name.ends_with(".part") && name.len() == 37);
+        assert_eq!(p, part_path(out, &format!("a/{long}"), |_| false));
+        assert_ne!(p, part_path(out, "a/other", |_| false));
+        // The offer names this very temporary: the next one is taken.
+        let taken = format!("a/{name}");
+        let q = part_path(out, &format!("a/{long}"), |r| r == taken);
+        assert_ne!(p, q);
+        assert_eq!(q.parent(), Some(Path::new("/o/a")));
     }
 }

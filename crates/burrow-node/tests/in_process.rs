@@ -114,7 +114,7 @@ async fn folder_arrives_identical() {
     // No temporary files left behind.
     let leftovers: Vec<_> = walk(dst.path())
         .into_iter()
-        .filter(|p| p.contains("burrow-part"))
+        .filter(|p| p.contains(".burrow-") && p.ends_with(".part"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     for log in [slog, rlog] {

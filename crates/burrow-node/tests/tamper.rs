@@ -129,7 +129,7 @@ async fn an_interrupted_transfer_resumes_and_moves_only_what_is_missing() {
         !dst.path().join("big.bin").exists(),
         "an incomplete file must not look complete"
     );
-    let part = dst.path().join(".big.bin.burrow-part");
+    let part = burrow_node::files::part_path(dst.path(), "big.bin", |_| false);
     let have = std::fs::metadata(&part)
         .expect("partial state kept for resume")
         .len();
@@ -163,7 +163,11 @@ async fn a_corrupt_partial_file_is_not_trusted() {
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(&file, &data).unwrap();
     // A partial file whose bytes differ from the sender's prefix.
-    std::fs::write(dst.path().join(".f.bin.burrow-part"), vec![0xEEu8; 1_000_000]).unwrap();
+    std::fs::write(
+        burrow_node::files::part_path(dst.path(), "f.bin", |_| false),
+        vec![0xEEu8; 1_000_000],
+    )
+    .unwrap();
     let (s, rcv) = round_trip(&r.addr().to_string(), &file, dst.path()).await;
     let rep = rcv.unwrap();
     s.unwrap();
@@ -183,7 +187,11 @@ async fn a_planted_link_at_the_partial_name_is_not_followed() {
     let outside = tempfile::tempdir().unwrap();
     let victim = outside.path().join("victim");
     std::fs::write(&victim, b"do not touch").unwrap();
-    std::os::unix::fs::symlink(&victim, dst.path().join(".f.bin.burrow-part")).unwrap();
+    std::os::unix::fs::symlink(
+        &victim,
+        burrow_node::files::part_path(dst.path(), "f.bin", |_| false),
+    )
+    .unwrap();
     let file = src.path().join("f.bin");
     std::fs::write(&file, b"do not touch, and more").unwrap();
     let (s, rcv) = round_trip(&r.addr().to_string(), &file, dst.path()).await;

@@ -84,7 +84,7 @@
 //! Paths are relative, `/`-separated, and checked by [`validate_rel_path`]:
 //! nothing the peer sends can name a place outside the output folder.
 
-use std::collections::HashSet;
+use std::cmp::Ordering;
 
 use thiserror::Error;
 
@@ -98,6 +98,10 @@ pub const MAX_PATH: usize = 4096;
 pub const MAX_COMPONENT: usize = 255;
 /// Most entries in one offer.
 pub const MAX_ENTRIES: u64 = 1 << 22;
+/// Most bytes of path text in one offer, all entries together: with
+/// [`MAX_ENTRIES`] this bounds what a receiver holds before its user is
+/// asked (about 1.5 KiB per entry on average, far beyond real trees).
+pub const MAX_OFFER_PATH_BYTES: u64 = 128 << 20;
 /// Longest reason or error message.
 pub const MAX_MESSAGE: usize = 1024;
 /// Size value meaning "unknown until the end" (stdin streams).
@@ -669,8 +673,11 @@ pub struct Receiver {
     expected: u64,
     declared_total: u64,
     entries: Vec<Entry>,
-    files: HashSet<String>,
-    dirs: HashSet<String>,
+    /// Path bytes the entries may still use (from [`MAX_OFFER_PATH_BYTES`]).
+    path_budget: u64,
+    /// Entry indexes in path order (components compared one by one), built
+    /// when the offer is complete: the clash checks and [`Receiver::offers`].
+    order: Vec<u32>,
     sum: u64,
     current: usize,
     in_file: u64,
@@ -699,8 +706,8 @@ impl Receiver {
             expected: 0,
             declared_total: 0,
             entries: Vec::new(),
-            files: HashSet::new(),
-            dirs: HashSet::new(),
+            path_budget: MAX_OFFER_PATH_BYTES,
+            order: Vec::new(),
             sum: 0,
             current: 0,
             in_file: 0,
@@ -841,32 +848,16 @@ impl Receiver {
                 escape_display(&e.path)
             )));
         }
-        // No entry may sit below a file, and no file may replace a folder.
-        let mut prefix = String::new();
-        let comps: Vec<&str> = e.path.split('/').collect();
-        for c in &comps[..comps.len() - 1] {
-            if !prefix.is_empty() {
-                prefix.push('/');
-            }
-            prefix.push_str(c);
-            if self.files.contains(&prefix) {
-                return Err(TransferError::BadOffer(format!(
-                    "{} is both a file and a folder",
-                    escape_display(&prefix)
-                )));
-            }
-            self.dirs.insert(prefix.clone());
-        }
-        let clash = match e.kind {
-            EntryKind::File => self.files.contains(&e.path) || self.dirs.contains(&e.path),
-            EntryKind::Dir => self.files.contains(&e.path),
-        };
-        if clash {
+        // Clashes (a file twice, a file that is also a folder, an entry
+        // below a file) are found once the offer is complete, by sorting
+        // (see `check_clashes`): holding every folder prefix of every path
+        // instead would cost memory quadratic in the path depth.
+        let Some(left) = self.path_budget.checked_sub(e.path.len() as u64) else {
             return Err(TransferError::BadOffer(format!(
-                "{} appears twice",
-                escape_display(&e.path)
+                "more than {MAX_OFFER_PATH_BYTES} bytes of names"
             )));
-        }
+        };
+        self.path_budget = left;
         match e.kind {
             EntryKind::File => {
                 if self.kind != OfferKind::Stream && e.size == UNKNOWN_SIZE {
@@ -878,7 +869,6 @@ impl Receiver {
                         .checked_add(e.size)
                         .ok_or_else(|| TransferError::BadOffer("sizes overflow".into()))?;
                 }
-                self.files.insert(e.path.clone());
             }
             EntryKind::Dir => {
                 if self.kind != OfferKind::Files {
@@ -886,11 +876,50 @@ impl Receiver {
                         "folders in a text or stream offer".into(),
                     ));
                 }
-                self.dirs.insert(e.path.clone());
             }
         }
         self.entries.push(e);
         Ok(())
+    }
+
+    /// Sorts the entries by path, component by component, and refuses an
+    /// offer where a file appears twice, is also a folder, or has entries
+    /// below it. In that order every entry below or equal to a path comes
+    /// right after it, so comparing neighbours finds every clash: O(n log n)
+    /// time and four bytes per entry.
+    fn check_clashes(&mut self) -> Result<(), TransferError> {
+        let entries = &self.entries;
+        let mut order: Vec<u32> = (0..entries.len() as u32).collect();
+        order.sort_unstable_by(|&a, &b| path_order(&entries[a as usize].path, &entries[b as usize].path));
+        for w in order.windows(2) {
+            let (a, b) = (&entries[w[0] as usize], &entries[w[1] as usize]);
+            let same = a.path == b.path;
+            let below = b.path.len() > a.path.len()
+                && b.path.as_bytes()[a.path.len()] == b'/'
+                && b.path.starts_with(a.path.as_str());
+            if same && (a.kind == EntryKind::File || b.kind == EntryKind::File) {
+                return Err(TransferError::BadOffer(format!(
+                    "{} appears twice",
+                    escape_display(&a.path)
+                )));
+            }
+            if below && a.kind == EntryKind::File {
+                return Err(TransferError::BadOffer(format!(
+                    "{} is both a file and a folder",
+                    escape_display(&a.path)
+                )));
+            }
+        }
+        self.order = order;
+        Ok(())
+    }
+
+    /// Whether the complete offer names `path` (a file or folder entry).
+    /// Folders only implied by deeper entries do not count.
+    pub fn offers(&self, path: &str) -> bool {
+        self.order
+            .binary_search_by(|&i| path_order(&self.entries[i as usize].path, path))
+            .is_ok()
     }
 
     /// Handles one record's plaintext.
@@ -933,6 +962,9 @@ impl Receiver {
                 }
                 if self.kind != OfferKind::Stream && self.sum != self.declared_total {
                     return self.fail(TransferError::BadOffer("sizes do not add up to the total".into()));
+                }
+                if let Err(e) = self.check_clashes() {
+                    return self.fail(e);
                 }
                 self.state = RxState::AwaitDecision;
                 Ok(RxEvent::OfferReady)
@@ -1026,6 +1058,14 @@ impl Receiver {
     pub fn ack(&self) -> Vec<u8> {
         Message::Ack.to_vec()
     }
+}
+
+/// Orders paths component by component: as bytes, with `/` below every
+/// other byte (NUL cannot occur in a valid path), so that `a/b` sorts right
+/// after `a` and before `a-b`.
+fn path_order(a: &str, b: &str) -> Ordering {
+    let key = |c: &u8| if *c == b'/' { 0 } else { *c };
+    a.as_bytes().iter().map(key).cmp(b.as_bytes().iter().map(key))
 }
 
 /// Writes an offer's messages, one `Vec` per record.
@@ -1260,6 +1300,7 @@ mod tests {
             [file("a", 1), file("a/b", 1)],
             [file("a", 1), file("a", 1)],
             [file("a/b", 1), file("a", 1)],
+            [file("a/b/c", 1), file("a/b", 1)],
         ] {
             let mut rx = Receiver::new();
             let r: Result<Vec<_>, _> = offer_records(OfferKind::Files, &pair)
@@ -1267,6 +1308,62 @@ mod tests {
                 .collect();
             assert!(r.is_err());
         }
+    }
+
+    #[test]
+    fn clashes_are_found_whatever_sorts_between() {
+        // `a-x` and `a.b` sort between `a` and `a/…` as plain bytes.
+        let bad = [
+            file("a-x", 1),
+            dir("a.b"),
+            file("a", 1),
+            dir("a/z"),
+            file("a0", 1),
+        ];
+        let mut rx = Receiver::new();
+        let r: Result<Vec<_>, _> = offer_records(OfferKind::Files, &bad)
+            .map(|rec| rx.handle(&rec).map(|_| ()))
+            .collect();
+        assert!(matches!(r, Err(TransferError::BadOffer(m)) if m.contains("both a file and a folder")));
+        // A folder named twice, or implied and named, is fine.
+        let good = [
+            dir("a"),
+            dir("a"),
+            file("a/b", 1),
+            dir("a/c"),
+            file("a-b", 1),
+            file("c", 0),
+        ];
+        let mut rx = Receiver::new();
+        for rec in offer_records(OfferKind::Files, &good) {
+            rx.handle(&rec).unwrap();
+        }
+        assert!(rx.offers("a/b") && rx.offers("a") && rx.offers("a-b") && rx.offers("c"));
+        assert!(!rx.offers("a/b/c") && !rx.offers("b") && !rx.offers("a/"));
+    }
+
+    #[test]
+    fn offers_past_the_name_budget_are_refused() {
+        // Clashes are only checked at the end: one long path, many times.
+        let long = vec!["x".repeat(MAX_COMPONENT); 16].join("/");
+        let mut rx = Receiver::new();
+        rx.path_budget = 64 * long.len() as u64; // the same rule, a smaller budget
+        let n = 65;
+        rx.handle(
+            &Message::Offer {
+                kind: OfferKind::Files,
+                entries: n,
+                total: 0,
+            }
+            .to_vec(),
+        )
+        .unwrap();
+        let rec = Message::Entry(file(&long, 0)).to_vec();
+        for _ in 1..n {
+            rx.handle(&rec).unwrap();
+        }
+        let e = rx.handle(&rec).unwrap_err();
+        assert!(matches!(e, TransferError::BadOffer(m) if m.contains("bytes of names")));
     }
 
     #[test]
