@@ -246,6 +246,11 @@ pub struct ReceiveArgs {
     #[arg(long)]
     pub lobby: bool,
 
+    /// With --lobby: give up if no sender with this password comes within
+    /// this many seconds (default: until the relay ends the wait).
+    #[arg(long, value_name = "SECS", requires = "lobby")]
+    pub wait: Option<u64>,
+
     /// The code the sender printed, e.g. 7-purple-sausage-river (with --lobby:
     /// its password). Without it, burrow asks for it (Tab completes the words).
     #[arg(value_name = "CODE")]

@@ -116,6 +116,9 @@ impl Observer for Ui {
                 Event::LocalRelay { port } => emit(json!({"event": "local_relay", "port": port})),
                 Event::InLobby { identity } => emit(json!({"event": "lobby", "identity": identity})),
                 Event::Paired { peer } => emit(json!({"event": "paired", "peer": peer})),
+                Event::LobbyNoMatch { tried, wait } => emit(json!({
+                    "event": "lobby_no_match", "tried": tried, "wait_seconds": wait.map(|w| w.as_secs())
+                })),
                 Event::FoundOnLan { relay } => emit(json!({"event": "found", "relay": relay})),
                 Event::Reconnecting { reason, for_up_to } => emit(json!({
                     "event": "reconnecting", "reason": reason, "for_up_to_seconds": for_up_to.as_secs()
@@ -169,6 +172,20 @@ impl Observer for Ui {
                     )
                 }
                 Event::Paired { peer } => eprintln!("the password matched: paired with {peer}"),
+                Event::LobbyNoMatch { tried, wait } => {
+                    let tried = match tried {
+                        0 => "no sender is waiting in the relay's lobby yet".to_owned(),
+                        1 => "tried the 1 sender waiting in the lobby: it has another password".to_owned(),
+                        n => format!("tried the {n} senders waiting in the lobby: none has this password"),
+                    };
+                    let until = match wait {
+                        Some(w) => format!("for up to {}s more (--wait)", w.as_secs()),
+                        None => "until the relay ends the lobby wait (10 minutes unless the relay sets \
+                                 another; --wait SECS limits it)"
+                            .to_owned(),
+                    };
+                    eprintln!("{tried}; still waiting for one with this password, {until}...");
+                }
                 Event::Reconnecting { reason, for_up_to } => {
                     if let Some(b) = &self.bar {
                         b.suspend(|| {
@@ -215,7 +232,10 @@ impl Observer for Ui {
     fn decide(&mut self, offer: &OfferInfo) -> Decision {
         let what = match offer.kind {
             OfferKind::Text => format!("a text message ({})", HumanBytes(offer.total)),
-            OfferKind::Stream => "a stream of data (size unknown)".to_owned(),
+            OfferKind::Stream => match &offer.save_as {
+                Some(name) => format!("a stream of data (size unknown), to be saved as {name}"),
+                None => "a stream of data (size unknown)".to_owned(),
+            },
             OfferKind::Files => format!(
                 "{} file{}{} ({})",
                 offer.files,
@@ -230,7 +250,7 @@ impl Observer for Ui {
         };
         if self.mode == Mode::Json {
             emit(
-                json!({"event": "offer", "kind": format!("{:?}", offer.kind).to_lowercase(), "files": offer.files, "dirs": offer.dirs, "total": offer.total, "from": offer.from}),
+                json!({"event": "offer", "kind": format!("{:?}", offer.kind).to_lowercase(), "files": offer.files, "dirs": offer.dirs, "total": offer.total, "from": offer.from, "save_as": offer.save_as}),
             );
         } else {
             match &offer.from {

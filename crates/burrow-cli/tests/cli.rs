@@ -277,8 +277,8 @@ fn a_full_disk_is_refused_up_front_or_reported_cleanly() {
     assert_eq!(sc, 5, "{serr}");
     assert!(serr.contains("disk space"), "{serr}");
 
-    // Unknown size (a stream): the write fails, the partial file is removed,
-    // and the sender is told why.
+    // Unknown size (a stream): the receiver stops while the disk still has
+    // room for everyone else, removes the partial file, and tells the sender.
     let mut s = burrow(home.path());
     s.args(["send", "--relay", &addr, "-"]).stdin(Stdio::piped());
     let mut sender = spawn(s);
@@ -287,12 +287,17 @@ fn a_full_disk_is_refused_up_front_or_reported_cleanly() {
     let code = sender.line("code:");
     let (rc, err, listing) = receive_on_tiny_disk(home.path(), &addr, &code).unwrap();
     assert_eq!(rc, 7, "{err}");
-    assert!(err.contains("No space left on device"), "{err}");
+    assert!(
+        err.contains("to be saved as stdin"),
+        "the prompt names the file: {err}"
+    );
+    assert!(err.contains("would fill up"), "{err}");
+    assert!(!err.contains("No space left"), "the disk was filled: {err}");
     assert_eq!(listing.trim(), "", "partial file left behind");
     let (sc, serr) = sender.finish();
     let _ = writer.join();
     assert_eq!(sc, 8, "{serr}");
-    assert!(serr.contains("No space left"), "{serr}");
+    assert!(serr.contains("would fill up"), "{serr}");
 }
 
 #[test]
@@ -416,10 +421,33 @@ fn lobby_with_a_wrong_password_times_out_plainly() {
     r.args(["receive", "--lobby", "--relay", &addr, "--yes", "--out"])
         .arg(dst.path())
         .arg("wrong-horse-battery-staple");
-    let (rc, err) = spawn(r).finish();
+    let recv = spawn(r);
+    // Said at once (before the relay's 2 s lobby timeout, which comes after
+    // it), with how long it keeps waiting.
+    let said = recv.line("tried the 1 sender waiting in the lobby");
+    assert!(
+        said.contains("still waiting") && said.contains("--wait"),
+        "{said}"
+    );
+    let (rc, err) = recv.finish();
     assert_ne!(rc, 0);
     assert!(err.contains("lobby timed out"), "{err}");
     assert_eq!(std::fs::read_dir(dst.path()).unwrap().count(), 0);
+
+    // --wait bounds it on the receiver's side.
+    let mut r = burrow(home.path());
+    r.args([
+        "receive", "--lobby", "--wait", "1", "--relay", &addr, "--yes", "--out",
+    ])
+    .arg(dst.path())
+    .arg("wrong-horse-battery-staple");
+    let (rc, err) = spawn(r).finish();
+    assert_ne!(rc, 0);
+    assert!(
+        err.contains("no sender is waiting") || err.contains("tried the"),
+        "{err}"
+    );
+    assert!(err.contains("within 1s"), "{err}");
     let (rc, err) = sender.finish();
     assert_ne!(rc, 0);
     assert!(err.contains("lobby timed out"), "{err}");

@@ -559,6 +559,9 @@ enum Out {
         root: PathBuf,
         overwrite: bool,
         current: Option<(usize, File, PathBuf)>,
+        /// Bytes of unknown size (a stream) that may still be written
+        /// before the file system would fall below its reserve.
+        budget: Option<u64>,
     },
     Stdout,
     Memory(Vec<u8>),
@@ -567,10 +570,18 @@ enum Out {
 impl Out {
     fn write(&mut self, index: usize, rx: &Receiver, bytes: &[u8]) -> Result<(), Error> {
         match self {
-            Out::Dir { root, current, .. } => {
+            Out::Dir {
+                root,
+                current,
+                budget,
+                ..
+            } => {
                 if current.as_ref().is_none_or(|c| c.0 != index) {
                     let (f, part) = open_part(root, rx, index)?;
                     *current = Some((index, f, part));
+                }
+                if rx.entries()[index].size == UNKNOWN_SIZE {
+                    stream_room(root, budget, bytes.len() as u64)?;
                 }
                 if let Some((_, f, part)) = current {
                     f.write_all(bytes).map_err(|e| Error::io(&*part, e))?;
@@ -594,6 +605,7 @@ impl Out {
                 root,
                 overwrite,
                 current,
+                ..
             } => {
                 let e = &rx.entries()[index];
                 let (f, part) = match current.take() {
@@ -680,6 +692,34 @@ impl Out {
     }
 }
 
+/// A stream's size is not known up front, so the free-space check before
+/// the prompt cannot bound it: it is bounded as it arrives, and stops
+/// while the file system still has [`files::reserve`] free (the disk is
+/// never filled for everyone else). `budget` is what may be written before
+/// the free space must be looked at again.
+fn stream_room(root: &Path, budget: &mut Option<u64>, n: u64) -> Result<(), Error> {
+    if let Some(left) = budget.as_mut()
+        && let Some(after) = left.checked_sub(n)
+    {
+        *left = after;
+        return Ok(());
+    }
+    let Some((free, total)) = files::space(root) else {
+        return Ok(());
+    };
+    let reserve = files::reserve(total);
+    match free.checked_sub(reserve).and_then(|room| room.checked_sub(n)) {
+        Some(left) => {
+            *budget = Some(left);
+            Ok(())
+        }
+        None => Err(Error::StreamFull {
+            dir: root.to_path_buf(),
+            reserve,
+        }),
+    }
+}
+
 fn open_part(root: &Path, rx: &Receiver, index: usize) -> Result<(File, PathBuf), Error> {
     let e = &rx.entries()[index];
     files::check_components(root, &e.path)?;
@@ -733,6 +773,9 @@ fn plan(info: &mut OfferInfo, sink: &Sink) -> Result<(), Error> {
                 }
             }
             info.free = files::free_space(probe);
+            if info.kind == OfferKind::Stream {
+                info.save_as = info.entries.first().map(|e| escape_display(&e.path));
+            }
             for e in &info.entries {
                 files::check_components(root, &e.path)?;
                 let dest = files::target(root, &e.path);
@@ -846,6 +889,7 @@ pub(crate) fn run_receive(
         entries: offer.entries,
         existing: Vec::new(),
         free: None,
+        save_as: None,
         from: state.peer.clone(),
     };
     let refuse = |w: &SharedWriter, reason: &str| {
@@ -890,6 +934,7 @@ pub(crate) fn run_receive(
                 root: root.clone(),
                 overwrite,
                 current: None,
+                budget: None,
             }
         }
     };

@@ -128,6 +128,17 @@ pub enum Error {
         /// Bytes free.
         avail: u64,
     },
+    /// A stream of unknown size would have filled the file system.
+    #[error(
+        "stopped receiving the stream: the disk holding {} would fill up (it keeps {reserve} bytes free)",
+        shown(dir)
+    )]
+    StreamFull {
+        /// Output folder.
+        dir: PathBuf,
+        /// Bytes left free.
+        reserve: u64,
+    },
     /// Files would be overwritten without consent.
     #[error("{} already exist{} in the output folder (use --overwrite to replace): {}", .0.len(), if .0.len() == 1 { "s" } else { "" }, .0.join(", "))]
     Exists(Vec<String>),
@@ -156,7 +167,9 @@ impl Error {
             Error::WrongCode => ErrorKind::WrongCode,
             Error::Declined(_) => ErrorKind::Declined,
             Error::Integrity(_) => ErrorKind::Integrity,
-            Error::Io { .. } | Error::NoSpace { .. } | Error::Exists(_) => ErrorKind::Local,
+            Error::Io { .. } | Error::NoSpace { .. } | Error::StreamFull { .. } | Error::Exists(_) => {
+                ErrorKind::Local
+            }
             Error::PeerClosed(_)
             | Error::Timeout(_)
             | Error::Protocol(_)

@@ -226,8 +226,23 @@ pub fn check_components(out: &Path, rel: &str) -> Result<(), Error> {
 
 /// Free bytes for an unprivileged user in the file system holding `dir`.
 pub fn free_space(dir: &Path) -> Option<u64> {
+    space(dir).map(|(free, _)| free)
+}
+
+/// Free bytes (for an unprivileged user) and the size of the file system
+/// holding `dir`.
+pub fn space(dir: &Path) -> Option<(u64, u64)> {
     let st = rustix::fs::statvfs(dir).ok()?;
-    Some(st.f_bavail.saturating_mul(st.f_frsize))
+    Some((
+        st.f_bavail.saturating_mul(st.f_frsize),
+        st.f_blocks.saturating_mul(st.f_frsize),
+    ))
+}
+
+/// What a stream of unknown size leaves free on a file system of `total`
+/// bytes: 5% of it, at most 256 MiB.
+pub fn reserve(total: u64) -> u64 {
+    (total / 20).min(256 << 20)
 }
 
 /// Sets the executable bit where the sender had one.

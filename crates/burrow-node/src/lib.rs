@@ -143,6 +143,15 @@ pub enum Event {
         /// The identity (the address the relay sees).
         identity: String,
     },
+    /// Lobby receiver: every sender tried so far (`tried`, maybe none yet)
+    /// has another password; still waiting for one, for up to `wait` (or
+    /// until the relay's lobby timeout when `None`).
+    LobbyNoMatch {
+        /// Senders tried.
+        tried: usize,
+        /// How much longer this side waits, if bounded.
+        wait: Option<Duration>,
+    },
     /// Lobby mode: the PAKE agreed with this peer (its relay-given identity).
     Paired {
         /// The other side's identity.
@@ -206,6 +215,9 @@ pub struct OfferInfo {
     pub existing: Vec<String>,
     /// Free space where files would go, if known.
     pub free: Option<u64>,
+    /// A stream written into a folder: the name it will be saved under
+    /// (the sender chose it; escaped for display).
+    pub save_as: Option<String>,
     /// Lobby mode: the sender's relay-given identity.
     pub from: Option<String>,
 }
@@ -361,7 +373,8 @@ impl TransferBuilder {
         self
     }
 
-    /// Sender: give up if nobody enters the code within this time (default: wait).
+    /// Give up if no peer turns up within this time (default: wait): a sender
+    /// whose code nobody enters, a lobby receiver whose password no sender has.
     pub fn wait_for_peer(mut self, d: Duration) -> Self {
         self.wait_for_peer = Some(d);
         self
@@ -730,7 +743,28 @@ impl Transfer {
             .relay
             .clone()
             .ok_or_else(|| Error::Usage("lobby mode needs a relay (--relay)".into()))?;
-        let paired = lobby::join(&relay, password, |_| lobby::Verdict::Accept).await?;
+        let wait = self.rendezvous.wait_for_peer;
+        let start = std::time::Instant::now();
+        let join = lobby::join(
+            &relay,
+            password,
+            |_| lobby::Verdict::Accept,
+            |tried| {
+                obs.event(Event::LobbyNoMatch {
+                    tried,
+                    wait: wait.map(|w| w.saturating_sub(start.elapsed())),
+                })
+            },
+        );
+        let paired = match wait {
+            Some(w) => tokio::time::timeout(w, join).await.map_err(|_| {
+                Error::Timeout(format!(
+                    "no sender with this password came to the lobby within {}s (--wait)",
+                    w.as_secs()
+                ))
+            })??,
+            None => join.await?,
+        };
         obs.event(Event::Paired {
             peer: paired.peer.clone(),
         });

@@ -190,12 +190,20 @@ pub enum Verdict {
     Refuse,
 }
 
+/// How long a receiver waits for the relay to list the senders already in
+/// the lobby before it says that none is there.
+const FIRST_LIST: Duration = Duration::from_millis(500);
+
 /// The receiver ("client"): tries every sender in the lobby; when one
 /// agrees, asks `decide` with its identity, then accepts or refuses it.
+/// `no_match(tried)` is called whenever every sender tried so far (`tried`
+/// of them, maybe none) turned out to have another password: the receiver
+/// keeps waiting for one that has this password.
 pub async fn join(
     relay: &RelayClient,
     password: &str,
     mut decide: impl FnMut(&str) -> Verdict,
+    mut no_match: impl FnMut(usize),
 ) -> Result<Paired, Error> {
     let mut c = Conn::open(relay).await?;
     c.send(RELAY_UID, Body::HelloAsClient).await?;
@@ -206,8 +214,24 @@ pub async fn join(
     let mut tries: HashMap<u16, ClientTry> = HashMap::new();
     let mut keys: HashMap<u16, (SessionKey, Identity)> = HashMap::new();
     let mut servers: HashMap<u16, Identity> = HashMap::new();
+    // Senders tried whose PAKE showed another password, and how many of
+    // them `no_match` was told about.
+    let (mut failed, mut told) = (0usize, 0usize);
+    let mut quiet = Some(Box::pin(tokio::time::sleep(FIRST_LIST)));
     loop {
-        let p = c.next().await?;
+        let p = match quiet.as_mut() {
+            Some(t) => tokio::select! {
+                p = c.next() => p?,
+                _ = t => {
+                    quiet = None;
+                    if tries.is_empty() && keys.is_empty() && failed == 0 {
+                        no_match(0);
+                    }
+                    continue;
+                }
+            },
+            None => c.next().await?,
+        };
         match p.body {
             Body::NewServer {
                 uid,
@@ -235,7 +259,10 @@ pub async fn join(
                         )
                         .await?;
                     }
-                    Err(e) => c.send(uid, Body::SpokeFailure(e)).await?,
+                    Err(e) => {
+                        failed += 1;
+                        c.send(uid, Body::SpokeFailure(e)).await?
+                    }
                 }
             }
             Body::YAndServerValidator { y, validator } => {
@@ -248,7 +275,10 @@ pub async fn join(
                             c.send(p.uid, Body::ClientValidator(vc)).await?;
                         }
                         // Another password: forget this sender.
-                        Err(e) => c.send(p.uid, Body::SpokeFailure(e)).await?,
+                        Err(e) => {
+                            failed += 1;
+                            c.send(p.uid, Body::SpokeFailure(e)).await?
+                        }
                     }
                 }
             }
@@ -281,8 +311,10 @@ pub async fn join(
                 }
             }
             Body::SpokeFailure(_) => {
-                tries.remove(&p.uid);
-                keys.remove(&p.uid);
+                // The sender found the passwords differ.
+                if tries.remove(&p.uid).is_some() | keys.remove(&p.uid).is_some() {
+                    failed += 1;
+                }
             }
             Body::Closed { uid } if uid == RELAY_UID => return Err(relay_closed_us()),
             Body::Closed { uid } => {
@@ -293,6 +325,9 @@ pub async fn join(
             Body::Timeout => return Err(timed_out()),
             Body::RelayFailure { reason, uid } => {
                 tracing::debug!("lobby: relay refused ({reason:?}) about {uid:04x}");
+                if tries.remove(&uid).is_some() | keys.remove(&uid).is_some() {
+                    failed += 1;
+                }
             }
             other => {
                 return Err(Error::RelayProtocol(format!(
@@ -300,6 +335,10 @@ pub async fn join(
                     escape_display(&format!("{other:?}"))
                 )));
             }
+        }
+        if tries.is_empty() && keys.is_empty() && failed > told {
+            told = failed;
+            no_match(failed);
         }
     }
 }

@@ -51,6 +51,8 @@ const DIRECT_TIMEOUT: Duration = Duration::from_secs(5);
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Backoff between reconnect attempts: doubles from the first to the last.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(4));
+/// Most of the other side's addresses dialled in one race.
+const MAX_DIALS: usize = 8;
 /// Direct connections handshaking at once on the listener (others are dropped).
 const MAX_INCOMING: usize = 32;
 /// Handshake prologue context for direct connections.
@@ -150,6 +152,38 @@ pub fn local_addresses() -> Vec<IpAddr> {
         .collect();
     out.sort();
     out.dedup();
+    out
+}
+
+/// Which of the addresses the other side advertised are worth dialling:
+/// the peer chooses them, so without this filter it could steer our
+/// connects at anything we can reach (a blind port probe). Kept: unicast
+/// addresses with a port, loopback only when the relay itself is on
+/// loopback (both peers on one machine), never unspecified, multicast,
+/// broadcast or link-local (no scope to dial with); at most [`MAX_DIALS`],
+/// duplicates dropped. What remains (a peer naming another host of our
+/// LAN) is said in docs/security.md.
+pub fn dialable(addrs: &[SocketAddr], relay: Option<IpAddr>) -> Vec<SocketAddr> {
+    let relay_loopback = relay.is_some_and(|r| r.to_canonical().is_loopback());
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for a in addrs {
+        let ip = a.ip().to_canonical();
+        let ok = a.port() != 0
+            && !ip.is_unspecified()
+            && !ip.is_multicast()
+            && (relay_loopback || !ip.is_loopback())
+            && match ip {
+                IpAddr::V4(v4) => !(v4.is_broadcast() || v4.is_link_local()),
+                IpAddr::V6(v6) => !v6.is_unicast_link_local(),
+            };
+        let a = SocketAddr::new(ip, a.port());
+        if ok && !out.contains(&a) {
+            out.push(a);
+            if out.len() == MAX_DIALS {
+                break;
+            }
+        }
+    }
     out
 }
 
@@ -335,7 +369,14 @@ impl Paths {
         match Message::decode(&rec) {
             Ok(Message::Hints { direct, addrs }) => {
                 self.direct &= direct;
-                self.peer_addrs = addrs;
+                self.peer_addrs = dialable(&addrs, relay.peer_addr().ok().map(|a| a.ip()));
+                if self.peer_addrs.len() < addrs.len() {
+                    tracing::debug!(
+                        "direct paths: dialling {} of the {} addresses the other side gave",
+                        self.peer_addrs.len(),
+                        addrs.len()
+                    );
+                }
             }
             Ok(Message::Error(m)) => {
                 return Err(Error::PeerClosed(burrow_proto::transfer::escape_display(&m)));
@@ -513,5 +554,52 @@ impl Paths {
             send_record(&mut live.stream, &mut live.sealer, &Message::Use.to_vec()).await?;
         }
         live.into_conn()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn only_addresses_that_make_a_direct_path_are_dialled() {
+        let hints = [
+            a("127.0.0.1:22"),
+            a("[::1]:22"),
+            a("[::ffff:127.0.0.1]:22"),
+            a("0.0.0.0:9"),
+            a("[::]:9"),
+            a("224.0.0.1:9"),
+            a("255.255.255.255:9"),
+            a("169.254.1.1:9"),
+            a("[fe80::1]:9"),
+            a("[ff02::1]:9"),
+            a("192.0.2.7:0"),
+            a("192.0.2.7:4000"),
+            a("[2001:db8::7]:4000"),
+            a("192.0.2.7:4000"),
+        ];
+        let public_relay = Some("198.51.100.1".parse().unwrap());
+        assert_eq!(
+            dialable(&hints, public_relay),
+            [a("192.0.2.7:4000"), a("[2001:db8::7]:4000")]
+        );
+        // Both peers on this machine, through a relay on loopback.
+        let local_relay = Some("127.0.0.1".parse().unwrap());
+        assert_eq!(
+            dialable(&hints, local_relay),
+            [
+                a("127.0.0.1:22"),
+                a("[::1]:22"),
+                a("192.0.2.7:4000"),
+                a("[2001:db8::7]:4000")
+            ]
+        );
+        let many: Vec<SocketAddr> = (1..=16).map(|p| SocketAddr::from(([192, 0, 2, 1], p))).collect();
+        assert_eq!(dialable(&many, public_relay).len(), MAX_DIALS);
     }
 }

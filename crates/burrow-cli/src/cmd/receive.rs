@@ -37,6 +37,9 @@ pub async fn run(args: ReceiveArgs, cfg: &Config) -> Result<(), Error> {
     if let Some((r, _)) = relay {
         b = b.relay(r);
     }
+    if let Some(w) = args.wait {
+        b = b.wait_for_peer(Duration::from_secs(w));
+    }
     let t = b
         .overwrite(args.overwrite)
         .discover_for(Duration::from_secs(args.lan_wait))
