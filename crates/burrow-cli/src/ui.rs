@@ -339,7 +339,7 @@ impl dialoguer::Completion for CodeCompletion {
         if last.is_empty() {
             return None;
         }
-        let cands = burrow_proto::code::complete_word(last);
+        let cands = burrow_proto::channel::code::complete_word(last);
         match cands.as_slice() {
             [] => None,
             [one] => Some(format!("{head}{one}-")),

@@ -1,6 +1,6 @@
 //! No relay configured: the sender serves one itself and announces it on
 //! the local network; the receiver finds it there (see
-//! [`burrow_proto::lan`] for the datagram and why it is safe to send).
+//! [`burrow_proto::channel::lan`] for the datagram and why it is safe to send).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
@@ -9,7 +9,7 @@ use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
-use burrow_proto::lan::{Announce, GROUP, INTERVAL_MS, MAX_LEN, PORT};
+use burrow_proto::channel::lan::{Announce, GROUP, INTERVAL_MS, MAX_LEN, PORT};
 use burrow_relay::{Relay, RelayConfig, RelayHandle};
 
 use crate::error::Error;

@@ -48,12 +48,14 @@
 mod engine;
 pub mod error;
 pub mod files;
+mod handshake;
 pub mod identity;
 pub mod lan;
 pub mod lobby;
 pub mod pairing;
 pub mod paths;
 pub mod peers;
+pub mod platform;
 pub mod record;
 pub mod relay_client;
 pub mod rendezvous;
@@ -64,7 +66,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-pub use burrow_proto::code::Code;
+pub use burrow_proto::channel::code::Code;
 pub use burrow_proto::transfer::{Entry, EntryKind, OfferKind, Verify, escape_display};
 pub use error::{Error, ErrorKind};
 pub use paths::PathKind;
@@ -437,7 +439,7 @@ impl TransferBuilder {
 /// rendezvous (seed 001) or a lobby pairing (seed 003).
 struct Meeting {
     stream: tokio::net::TcpStream,
-    key: burrow_proto::pake::SessionKey,
+    key: burrow_proto::channel::pake::SessionKey,
     context: String,
 }
 
@@ -463,15 +465,10 @@ impl From<lobby::Paired> for Meeting {
 
 /// Lobby mode's sender password: four list words (44 bits).
 pub fn lobby_password() -> String {
-    burrow_proto::code::random_words(4, &mut random).to_string()
+    burrow_proto::channel::code::random_words(4, &mut random).to_string()
 }
 
-fn random(b: &mut [u8]) {
-    if getrandom::fill(b).is_err() {
-        // Without an OS RNG no secure code can be made; stop rather than continue.
-        std::process::abort();
-    }
-}
+use platform::random;
 
 impl Transfer {
     /// Starts a builder.
@@ -579,7 +576,7 @@ impl Transfer {
             engine::Payload::Stream(_) => false,
         };
         let (mut paths, mut conn) = self
-            .connect(relay, rv, burrow_proto::api::Role::Sender, !small)
+            .connect(relay, rv, burrow_proto::channel::api::Role::Sender, !small)
             .await?;
         let mut state = engine::SendState::default();
         loop {
@@ -609,7 +606,7 @@ impl Transfer {
         &self,
         relay: &RelayClient,
         rv: Meeting,
-        role: burrow_proto::api::Role,
+        role: burrow_proto::channel::api::Role,
         direct: bool,
     ) -> Result<(paths::Paths, paths::Conn), Error> {
         let relay_only = self.relay_only || !direct;
@@ -675,7 +672,7 @@ impl Transfer {
         from: Option<String>,
     ) -> Result<ReceiveReport, Error> {
         let (mut paths, mut conn) = self
-            .connect(relay, rv, burrow_proto::api::Role::Recipient, true)
+            .connect(relay, rv, burrow_proto::channel::api::Role::Recipient, true)
             .await?;
         let mut state = engine::RecvState::new(from, self.verify);
         let sink = std::sync::Arc::new(sink);

@@ -4,8 +4,8 @@
 //! Both then open the second connection (the "secure room"), and the same
 //! session and transfer engine as channel mode run on it.
 //!
-//! The sans-IO parts are [`burrow_proto::lobby_relay`] (the relay) and
-//! [`burrow_proto::lobby_pake`] (the PAKE); this module does the I/O.
+//! The sans-IO parts are [`burrow_proto::lobby::relay`] (the relay) and
+//! [`burrow_proto::lobby::pake`] (the PAKE); this module does the I/O.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -13,13 +13,14 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use burrow_proto::channel::pake::SessionKey;
+use burrow_proto::lobby::pake::{ClientTry, Params, ServerTry};
 use burrow_proto::lobby::{Body, Identity, MAX_PACKET, PUBLIC_LEN, Packet, RELAY_UID, SpokeFailure};
-use burrow_proto::lobby_pake::{ClientTry, Params, ServerTry};
-use burrow_proto::pake::SessionKey;
 use burrow_proto::staple::IdentityHello;
 use burrow_proto::transfer::escape_display;
 
 use crate::error::Error;
+use crate::platform::OsRandom;
 use crate::relay_client::RelayClient;
 
 /// Senders a receiver tries at once (each costs one Argon2 run).
@@ -130,7 +131,7 @@ pub async fn serve(
         let p = c.next().await?;
         match p.body {
             Body::XAndClientIdentity { x, identity } => {
-                match ServerTry::respond(&w, &public, &me, &identity, &x) {
+                match ServerTry::respond(&w, &public, &me, &identity, &x, &mut OsRandom) {
                     Ok((t, y, validator)) => {
                         tries.insert(p.uid, (t, identity));
                         c.send(p.uid, Body::YAndServerValidator { y, validator }).await?;
@@ -247,7 +248,8 @@ pub async fn join(
                 };
                 match w {
                     Ok(w) => {
-                        let (t, x) = ClientTry::start(&w, public, identity.clone(), me.clone());
+                        let (t, x) =
+                            ClientTry::start(&w, public, identity.clone(), me.clone(), &mut OsRandom);
                         tries.insert(uid, t);
                         servers.insert(uid, identity);
                         c.send(

@@ -4,9 +4,11 @@
 
 use std::time::Duration;
 
-use burrow_proto::code::Code;
-use burrow_proto::pair::PairHello;
+use burrow_proto::channel::code::Code;
+use burrow_proto::keys::pair::PairHello;
 use burrow_proto::transfer::escape_display;
+
+use burrow_proto::channel::api::Role;
 
 use crate::error::Error;
 use crate::identity::{Identity, PublicIdentity};
@@ -33,20 +35,19 @@ pub async fn pair(
     opts: &RendezvousOptions,
     on_code: impl FnOnce(&Code),
 ) -> Result<Introduced, Error> {
-    let (rv, initiator) = match code {
+    let (rv, role) = match code {
         None => {
-            let code = Code::generate("0", &mut |b| {
-                if getrandom::fill(b).is_err() {
-                    std::process::abort();
-                }
-            })
-            .map_err(|e| Error::Usage(e.to_string()))?;
-            (rendezvous::sender(relay, code, true, opts, on_code).await?, true)
+            let code =
+                Code::generate("0", &mut crate::platform::random).map_err(|e| Error::Usage(e.to_string()))?;
+            (
+                rendezvous::sender(relay, code, true, opts, on_code).await?,
+                Role::Sender,
+            )
         }
-        Some(code) => (rendezvous::recipient(relay, &code, opts).await?, false),
+        Some(code) => (rendezvous::recipient(relay, &code, opts).await?, Role::Recipient),
     };
     let handle = rv.handle.clone();
-    let res = exchange(rv, me, my_name, initiator).await;
+    let res = exchange(rv, me, my_name, role).await;
     match &res {
         Ok(_) => handle.close("paired").await,
         Err(e) => handle.close(&format!("pairing failed: {e}")).await,
@@ -58,12 +59,12 @@ async fn exchange(
     rv: rendezvous::Rendezvous,
     me: &Identity,
     my_name: &str,
-    initiator: bool,
+    role: Role,
 ) -> Result<Introduced, Error> {
     let limit = Duration::from_secs(30);
     let mut s = rv.stream;
     let (mut sealer, mut opener) =
-        handshake(&mut s, &rv.key, &format!("pair {}", rv.channel), initiator, limit).await?;
+        handshake(&mut s, &rv.key, &format!("pair {}", rv.channel), role, limit).await?;
     let binding = PairHello::binding(rv.key.as_bytes());
     let mine = me.public();
     let hello = PairHello {

@@ -28,18 +28,20 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use burrow_proto::api::Role;
-use burrow_proto::pake::SessionKey;
-use burrow_proto::session::{Handshake, LEN_PREFIX, Opener, Sealer};
+use burrow_proto::channel::api::Role;
+use burrow_proto::channel::pake::SessionKey;
+use burrow_proto::session::{Handshake, Opener, Sealer, Side};
 use burrow_proto::staple::TokenHello;
 use burrow_proto::transfer::{MAX_HINTS, Message};
 
 use crate::error::Error;
+pub(crate) use crate::handshake::read_frame;
+use crate::platform::{self, OsRandom};
 use crate::relay_client::RelayClient;
 
 /// How long the sender holds a ready relay connection back while direct
@@ -199,49 +201,21 @@ fn timeout_err(what: &str) -> Error {
     Error::Timeout(format!("the other side did not answer during {what}"))
 }
 
-async fn read_exact_or_lost(s: &mut TcpStream, buf: &mut [u8]) -> Result<(), Error> {
-    s.read_exact(buf).await.map(|_| ()).map_err(Error::ConnectionLost)
-}
-
-/// Reads one length-prefixed frame (a handshake message or a record's
-/// ciphertext), exactly: nothing after it is consumed.
-pub(crate) async fn read_frame(s: &mut TcpStream) -> Result<Vec<u8>, Error> {
-    let mut len = [0u8; LEN_PREFIX];
-    read_exact_or_lost(s, &mut len).await?;
-    let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
-    read_exact_or_lost(s, &mut msg).await?;
-    Ok(msg)
-}
-
-/// Runs the Noise handshake on an async stream (the sender initiates).
+/// Runs the session's Noise handshake on a connection (the sender
+/// initiates, whoever dialled).
 pub(crate) async fn handshake(
     s: &mut TcpStream,
     key: &SessionKey,
     context: &str,
-    initiator: bool,
+    role: Role,
     limit: Duration,
 ) -> Result<(Sealer, Opener), Error> {
-    let run = async {
-        let t = if initiator {
-            let mut hs = Handshake::initiator(key, context)?;
-            s.write_all(&hs.write_message()?)
-                .await
-                .map_err(Error::ConnectionLost)?;
-            hs.read_message(&read_frame(s).await?)?;
-            hs.into_transport()?
-        } else {
-            let mut hs = Handshake::responder(key, context)?;
-            hs.read_message(&read_frame(s).await?)?;
-            s.write_all(&hs.write_message()?)
-                .await
-                .map_err(Error::ConnectionLost)?;
-            hs.into_transport()?
-        };
-        Ok::<_, Error>(t.split())
+    let side = match role {
+        Role::Sender => Side::Initiator,
+        Role::Recipient => Side::Responder,
     };
-    tokio::time::timeout(limit, run)
-        .await
-        .map_err(|_| timeout_err("the handshake"))?
+    let hs = Handshake::nn_psk0(side, key, context, platform::aead(), &mut OsRandom)?;
+    crate::handshake::transport(s, hs, limit, "the handshake").await
 }
 
 /// Sends one record.
@@ -284,24 +258,18 @@ async fn await_use(mut live: Live, limit: Duration) -> Result<Live, Error> {
 
 /// One direct connection: handshake (the sender initiates whoever dialed),
 /// and on the receiver the wait for `Use`.
-async fn direct_leg(
-    mut s: TcpStream,
-    key: &SessionKey,
-    sender: bool,
-    limit: Duration,
-) -> Result<Live, Error> {
+async fn direct_leg(mut s: TcpStream, key: &SessionKey, role: Role, limit: Duration) -> Result<Live, Error> {
     let _ = s.set_nodelay(true);
-    let (sealer, opener) = handshake(&mut s, key, DIRECT_CONTEXT, sender, limit).await?;
+    let (sealer, opener) = handshake(&mut s, key, DIRECT_CONTEXT, role, limit).await?;
     let live = Live {
         stream: s,
         sealer,
         opener,
         kind: PathKind::Direct,
     };
-    if sender {
-        Ok(live)
-    } else {
-        await_use(live, limit).await
+    match role {
+        Role::Sender => Ok(live),
+        Role::Recipient => await_use(live, limit).await,
     }
 }
 
@@ -357,9 +325,8 @@ impl Paths {
     /// The first connection of the session: handshake on the stapled relay
     /// connection, exchange hints, race direct paths against it.
     pub async fn first(&mut self, mut relay: TcpStream, channel: &str) -> Result<Conn, Error> {
-        let sender = self.is_sender();
         let (mut sealer, mut opener) =
-            handshake(&mut relay, &self.key, channel, sender, self.io_timeout).await?;
+            handshake(&mut relay, &self.key, channel, self.role, self.io_timeout).await?;
         let hints = Message::Hints {
             direct: self.direct,
             addrs: self.my_addrs.clone(),
@@ -418,6 +385,7 @@ impl Paths {
     /// it, a token staple through the relay is one of the candidates.
     async fn race(&mut self, relay: Option<Live>, deadline: Instant) -> Result<Conn, Error> {
         let sender = self.is_sender();
+        let role = self.role;
         let (tx, mut rx) = mpsc::channel::<Cand>(16);
         let mut tasks = JoinSet::new();
         let racing = self.racing();
@@ -429,7 +397,7 @@ impl Paths {
                 tasks.spawn(async move {
                     let res = tokio::time::timeout(DIRECT_TIMEOUT, async {
                         let s = TcpStream::connect(addr).await.map_err(Error::ConnectionLost)?;
-                        direct_leg(s, &key, sender, limit).await
+                        direct_leg(s, &key, role, limit).await
                     })
                     .await;
                     let _ = tx
@@ -454,8 +422,7 @@ impl Paths {
                         let (tx, key) = (tx.clone(), key.clone());
                         children.spawn(async move {
                             let res =
-                                tokio::time::timeout(DIRECT_TIMEOUT, direct_leg(s, &key, sender, limit))
-                                    .await;
+                                tokio::time::timeout(DIRECT_TIMEOUT, direct_leg(s, &key, role, limit)).await;
                             if let Ok(Ok(live)) = res {
                                 let _ = tx.send(Cand::Direct(live)).await;
                             }
@@ -488,7 +455,7 @@ impl Paths {
                     let res = async {
                         let mut s = relay.staple_token(&hello, wait).await?;
                         let (sealer, opener) =
-                            handshake(&mut s, &key, RECONNECT_CONTEXT, sender, limit).await?;
+                            handshake(&mut s, &key, RECONNECT_CONTEXT, role, limit).await?;
                         let live = Live {
                             stream: s,
                             sealer,

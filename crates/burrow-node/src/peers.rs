@@ -14,7 +14,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-pub use burrow_proto::pair::valid_name;
+pub use burrow_proto::keys::pair::valid_name;
 
 use crate::error::Error;
 use crate::identity::PublicIdentity;
@@ -46,7 +46,7 @@ fn key_hex(s: &str) -> Option<[u8; 32]> {
 impl PeerBook {
     /// The default file, beside the identity key.
     pub fn default_path() -> Option<PathBuf> {
-        crate::identity::Identity::default_path().map(|p| p.with_file_name("peers"))
+        crate::identity::default_path().map(|p| p.with_file_name("peers"))
     }
 
     /// Loads the book (an absent file is an empty book).
@@ -167,15 +167,14 @@ impl PeerBook {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::Identity;
 
     #[test]
     fn add_find_rename_remove_and_reload() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("peers");
         let (a, b) = (
-            Identity::generate().unwrap().public(),
-            Identity::generate().unwrap().public(),
+            crate::identity::generate().public(),
+            crate::identity::generate().public(),
         );
         let mut book = PeerBook::load(&path).unwrap();
         book.add("laptop", a).unwrap();

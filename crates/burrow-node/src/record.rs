@@ -285,12 +285,18 @@ impl<R: Read> RecordReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burrow_proto::pake::SessionKey;
+    use burrow_proto::channel::pake::SessionKey;
     use burrow_proto::session::pair_in_memory;
 
     /// A writer into memory and the opener for what it writes.
     fn one_way(seed: u8) -> (RecordWriter<Vec<u8>>, Opener) {
-        let (a, b) = pair_in_memory(&SessionKey::from_bytes([seed; 32]), "t").unwrap();
+        let (a, b) = pair_in_memory(
+            &SessionKey::from_bytes([seed; 32]),
+            "t",
+            crate::platform::aead(),
+            &mut burrow_proto::random::seeded(seed),
+        )
+        .unwrap();
         let (tx, _) = a.split();
         let (_, rx) = b.split();
         (RecordWriter::new(Vec::new(), tx), rx)

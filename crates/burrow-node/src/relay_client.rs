@@ -8,14 +8,14 @@ use serde::de::DeserializeOwned;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use burrow_proto::api::{ChannelRequest, ChannelState, ErrorBody, JoinRequest, JoinResponse};
+use burrow_proto::channel::api::{ChannelRequest, ChannelState, ErrorBody, JoinRequest, JoinResponse};
 use burrow_proto::staple::{StapleHello, StapleReply, TokenHello};
 
 use crate::error::Error;
 
 /// The relay's default port.
 pub const DEFAULT_PORT: u16 = 9009;
-use burrow_proto::http::MAX_RESPONSE;
+use burrow_proto::channel::http::MAX_RESPONSE;
 /// Deadline for one short API call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -211,7 +211,7 @@ impl RelayClient {
 }
 
 fn parse_response<R: DeserializeOwned>(resp: &[u8]) -> Result<R, Error> {
-    let r = burrow_proto::http::parse_response(resp)
+    let r = burrow_proto::channel::http::parse_response(resp)
         .map_err(|_| Error::RelayProtocol("not an HTTP answer (is this a burrow relay?)".into()))?;
     if r.status == 200 {
         serde_json::from_slice(r.body).map_err(|e| Error::RelayProtocol(format!("bad JSON: {e}")))

@@ -19,12 +19,13 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
-use burrow_proto::api::{ChannelRequest, ChannelState, JoinRequest, Role};
-use burrow_proto::code::Code;
-use burrow_proto::pake::{PakeError, RecipientStart, SenderStart, SessionKey};
+use burrow_proto::channel::api::{ChannelRequest, ChannelState, JoinRequest, Role};
+use burrow_proto::channel::code::Code;
+use burrow_proto::channel::pake::{PakeError, RecipientStart, SenderStart, SessionKey};
 use burrow_proto::staple::StapleHello;
 
 use crate::error::Error;
+use crate::platform::OsRandom;
 use crate::relay_client::RelayClient;
 
 /// Reason text a peer posts when key confirmation fails.
@@ -210,7 +211,7 @@ async fn sender_steps(
     opts: &RendezvousOptions,
     on_code: impl FnOnce(&Code),
 ) -> Result<Rendezvous, Error> {
-    let (pake, x) = SenderStart::new(code);
+    let (pake, x) = SenderStart::new(code, &mut OsRandom);
     let mut r = h.req();
     r.x = Some(hex(&x));
     h.relay.channel(&r).await?;
@@ -300,7 +301,7 @@ async fn recipient_steps(
         .await?;
     let x = unhex_vec("x", st.x.as_deref())?;
     let (awaiting, y, hh_k) =
-        RecipientStart::respond(code, &x).map_err(|e| Error::Protocol(e.to_string()))?;
+        RecipientStart::respond(code, &x, &mut OsRandom).map_err(|e| Error::Protocol(e.to_string()))?;
     let mut r = h.req();
     r.y = Some(hex(&y));
     r.hh_k = Some(hex(&hh_k));

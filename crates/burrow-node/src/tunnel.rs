@@ -8,7 +8,7 @@
 //!   itself; for each session the relay announces, it opens a new connection,
 //!   runs Noise XX end to end with the proxy, and checks the proxy's key is
 //!   paired. The proxy checks the exit's key is the paired one it asked for.
-//! - Streams are multiplexed ([`burrow_proto::mux`]) with per-stream credit;
+//! - Streams are multiplexed ([`burrow_proto::tunnel::mux`]) with per-stream credit;
 //!   the exit resolves names and checks every address against its
 //!   [`Policy`] before connecting.
 
@@ -23,17 +23,19 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use burrow_proto::connector::{MAGIC, Msg, RELAY_CONTEXT, TUNNEL_CONTEXT, VERSION};
-use burrow_proto::mux::{self, Event, Host, Mux, ResetReason};
-use burrow_proto::policy::Policy;
 use burrow_proto::session::{
-    Handshake, LEN_PREFIX, MAX_RECORD, Opener, Sealer, TAG_LEN, compact_before_read, peek_record_len,
+    Handshake, LEN_PREFIX, MAX_RECORD, Opener, Sealer, Side, TAG_LEN, compact_before_read, peek_record_len,
 };
-use burrow_proto::socks;
+use burrow_proto::tunnel::mux::{self, Event, Host, Mux, ResetReason};
+use burrow_proto::tunnel::policy::Policy;
+use burrow_proto::tunnel::socks;
 
 use crate::error::Error;
+use crate::handshake;
 use crate::identity::{Identity, PublicIdentity};
 use crate::paths::{read_frame, send_record};
 use crate::peers::PeerBook;
+use crate::platform::{self, OsRandom};
 use crate::relay_client::RelayClient;
 
 /// How long a connect to a destination may take at the exit.
@@ -74,7 +76,7 @@ impl RelayTrust {
 
     /// The default file of first-use fingerprints.
     pub fn default_known() -> Option<PathBuf> {
-        Identity::default_path().map(|p| p.with_file_name("relays"))
+        crate::identity::default_path().map(|p| p.with_file_name("relays"))
     }
 
     fn check(&self, addr: &str, fp: &str) -> Result<(), Error> {
@@ -156,25 +158,31 @@ async fn relay_link(relay: &RelayClient, trust: &RelayTrust, me: &Identity) -> R
         let mut hello = MAGIC.to_vec();
         hello.push(VERSION);
         s.write_all(&hello).await.map_err(Error::ConnectionLost)?;
-        let mut hs = Handshake::xx(me.x25519_secret(), RELAY_CONTEXT, true)?;
-        s.write_all(&hs.write_message()?)
-            .await
-            .map_err(Error::ConnectionLost)?;
-        let payload = hs.read_message_payload(&read_frame(&mut s).await?)?;
-        let (Some(x25519), Ok(ed25519)) = (hs.remote_static(), <[u8; 32]>::try_from(&payload[..])) else {
-            return Err(Error::RelayProtocol("the relay did not present its keys".into()));
-        };
-        let fp = PublicIdentity { x25519, ed25519 }.fingerprint();
-        trust.check(relay.addr(), &fp)?;
-        s.write_all(&hs.write_message()?)
-            .await
-            .map_err(Error::ConnectionLost)?;
-        let (sealer, opener) = hs.into_transport()?.split();
-        Ok::<_, Error>((sealer, opener))
+        let hs = Handshake::xx(
+            Side::Initiator,
+            me.x25519_secret(),
+            RELAY_CONTEXT,
+            platform::aead(),
+            &mut OsRandom,
+        )?;
+        // The relay's one payload (message 2): its Ed25519 key, checked
+        // with its static key against the pinned fingerprint.
+        let hs = handshake::drive(
+            &mut s,
+            hs,
+            HANDSHAKE_TIMEOUT,
+            "the relay handshake",
+            |hs, payload| {
+                let (Some(x25519), Ok(ed25519)) = (hs.remote_static(), <[u8; 32]>::try_from(payload)) else {
+                    return Err(Error::RelayProtocol("the relay did not present its keys".into()));
+                };
+                trust.check(relay.addr(), &PublicIdentity { x25519, ed25519 }.fingerprint())
+            },
+        )
+        .await?;
+        Ok::<_, Error>(hs.into_transport()?.split())
     };
-    let (sealer, opener) = tokio::time::timeout(HANDSHAKE_TIMEOUT, run)
-        .await
-        .map_err(|_| Error::Timeout("the relay did not complete the handshake".into()))??;
+    let (sealer, opener) = run.await?;
     Ok(Link { s, sealer, opener })
 }
 
@@ -182,34 +190,32 @@ async fn relay_link(relay: &RelayClient, trust: &RelayTrust, me: &Identity) -> R
 async fn end_to_end(
     s: &mut TcpStream,
     me: &Identity,
-    initiator: bool,
+    side: Side,
 ) -> Result<(Sealer, Opener, [u8; 32]), Error> {
     let run = async {
-        let mut hs = Handshake::xx(me.x25519_secret(), TUNNEL_CONTEXT, initiator)?;
-        if initiator {
-            s.write_all(&hs.write_message()?)
-                .await
-                .map_err(Error::ConnectionLost)?; // helloclient
-            hs.read_message(&read_frame(s).await?)?; // helloserver
-            s.write_all(&hs.write_message()?)
-                .await
-                .map_err(Error::ConnectionLost)?; // publickey
-        } else {
-            hs.read_message(&read_frame(s).await?)?;
-            s.write_all(&hs.write_message()?)
-                .await
-                .map_err(Error::ConnectionLost)?;
-            hs.read_message(&read_frame(s).await?)?;
-        }
+        // helloclient, helloserver, publickey (seed 000): XX's three messages.
+        let hs = Handshake::xx(
+            side,
+            me.x25519_secret(),
+            TUNNEL_CONTEXT,
+            platform::aead(),
+            &mut OsRandom,
+        )?;
+        let hs = handshake::drive(
+            s,
+            hs,
+            HANDSHAKE_TIMEOUT,
+            "the end-to-end handshake",
+            |_, _| Ok(()),
+        )
+        .await?;
         let peer = hs
             .remote_static()
             .ok_or_else(|| Error::Protocol("no key from the other side".into()))?;
         let (a, b) = hs.into_transport()?.split();
         Ok::<_, Error>((a, b, peer))
     };
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, run)
-        .await
-        .map_err(|_| Error::Timeout("the other side did not complete the handshake".into()))?
+    run.await
 }
 
 /// What the exit does with a stream the proxy opens.
@@ -831,7 +837,7 @@ async fn exit_session(cfg: &Arc<ExitConfig>, session: [u8; 16], peer: [u8; 32]) 
         _ => return Err(Error::RelayProtocol("the relay did not start the session".into())),
     }
     let mut s = link.s;
-    let (sealer, opener, seen) = end_to_end(&mut s, &cfg.me, true).await?;
+    let (sealer, opener, seen) = end_to_end(&mut s, &cfg.me, Side::Initiator).await?;
     if seen != peer {
         return Err(Error::Integrity(
             "the proxy's key is not the one the relay announced".into(),
@@ -965,7 +971,7 @@ impl Proxy {
             _ => return Err(Error::RelayProtocol("the relay did not start the session".into())),
         }
         let mut s = link.s;
-        let (sealer, opener, seen) = end_to_end(&mut s, &self.cfg.me, false).await?;
+        let (sealer, opener, seen) = end_to_end(&mut s, &self.cfg.me, Side::Responder).await?;
         if seen != self.cfg.exit.x25519 {
             return Err(Error::Integrity(
                 "the exit presented another key than the paired one (refusing)".into(),

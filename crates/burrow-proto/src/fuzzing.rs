@@ -7,8 +7,8 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use crate::api::{ChannelRequest, ChannelState, JoinRequest, decode_json};
-use crate::channels::{ChannelTable, TableConfig};
+use crate::channel::api::{ChannelRequest, ChannelState, JoinRequest, decode_json};
+use crate::channel::table::{ChannelTable, TableConfig};
 use crate::session::peek_record_len;
 use crate::staple::{StapleHello, StapleReply};
 use crate::transfer::{Message, Receiver};
@@ -46,14 +46,14 @@ pub fn connector(data: &[u8]) {
 
 /// The pairing message decoder: whatever decodes re-encodes to the same bytes.
 pub fn pair_hello(data: &[u8]) {
-    if let Ok(h) = crate::pair::PairHello::decode(data) {
+    if let Ok(h) = crate::keys::pair::PairHello::decode(data) {
         assert_eq!(h.encode(), data);
     }
 }
 
 /// The proxy's request decoders (SOCKS5 greeting and request, HTTP CONNECT).
 pub fn socks(data: &[u8]) {
-    use crate::socks::{greeting, http_connect, request};
+    use crate::tunnel::socks::{greeting, http_connect, request};
     if let Ok(Some((_, n))) = greeting(data) {
         assert!(n <= data.len());
         if let Ok(Some((_, m))) = request(&data[n..]) {
@@ -68,16 +68,16 @@ pub fn socks(data: &[u8]) {
 /// The stream multiplexer: the input is a sequence of frames, each
 /// preceded by one length byte, fed to the exit's side.
 pub fn mux(data: &[u8]) {
-    let mut m = crate::mux::Mux::new(false, 16);
+    let mut m = crate::tunnel::mux::Mux::new(false, 16);
     let mut rest = data;
     while let Some((&n, r)) = rest.split_first() {
         let n = usize::from(n).min(r.len());
         let (frame, r) = r.split_at(n);
         rest = r;
-        if let Ok(crate::mux::Frame::Data { .. }) = crate::mux::Frame::decode(frame) {
+        if let Ok(crate::tunnel::mux::Frame::Data { .. }) = crate::tunnel::mux::Frame::decode(frame) {
             // Whatever decodes re-encodes to the same bytes.
             assert_eq!(
-                crate::mux::Frame::decode(frame)
+                crate::tunnel::mux::Frame::decode(frame)
                     .map(|f| f.to_vec())
                     .ok()
                     .as_deref(),
@@ -92,7 +92,7 @@ pub fn mux(data: &[u8]) {
 /// The `--allow` / `--deny` rule parser.
 pub fn policy_rule(data: &[u8]) {
     if let Ok(s) = std::str::from_utf8(data)
-        && let Ok(r) = crate::policy::Rule::parse(s)
+        && let Ok(r) = crate::tunnel::policy::Rule::parse(s)
     {
         let _ = r.matches(std::net::SocketAddr::from(([10, 0, 0, 1], 80)));
     }
@@ -104,7 +104,7 @@ pub fn policy_rule(data: &[u8]) {
 /// was not in the lobby.
 pub fn lobby_relay(data: &[u8]) {
     use crate::lobby::Packet;
-    use crate::lobby_relay::{Lobby, LobbyConfig, Out};
+    use crate::lobby::relay::{Lobby, LobbyConfig, Out};
     let cfg = LobbyConfig {
         max_peers: 8,
         ..Default::default()
@@ -153,7 +153,7 @@ pub fn lobby_relay(data: &[u8]) {
 
 /// The LAN announcement decoder: whatever decodes re-encodes to the same bytes.
 pub fn lan_announce(data: &[u8]) {
-    if let Ok(a) = crate::lan::Announce::decode(data) {
+    if let Ok(a) = crate::channel::lan::Announce::decode(data) {
         assert_eq!(a.encode(), data);
     }
 }
@@ -249,9 +249,9 @@ pub fn channel_table(data: &[u8]) {
                     },
                     curve: None,
                     role: if op[2] % 2 == 0 {
-                        crate::api::Role::Sender
+                        crate::channel::api::Role::Sender
                     } else {
-                        crate::api::Role::Recipient
+                        crate::channel::api::Role::Recipient
                     },
                 };
                 if let Ok(r) = t.join(now, ip, &req, &mut fill) {
@@ -294,15 +294,15 @@ pub fn channel_table(data: &[u8]) {
 
 /// The relay's request-head parser.
 pub fn http_request(data: &[u8]) {
-    if let Ok(Some(h)) = crate::http::parse_request_head(data) {
-        assert!(h.head_len <= data.len() && h.head_len <= crate::http::MAX_HEAD);
-        assert!(h.content_length <= crate::api::MAX_BODY);
+    if let Ok(Some(h)) = crate::channel::http::parse_request_head(data) {
+        assert!(h.head_len <= data.len() && h.head_len <= crate::channel::http::MAX_HEAD);
+        assert!(h.content_length <= crate::channel::api::MAX_BODY);
     }
 }
 
 /// A peer's response parser.
 pub fn http_response(data: &[u8]) {
-    if let Ok(r) = crate::http::parse_response(data) {
+    if let Ok(r) = crate::channel::http::parse_response(data) {
         assert!(r.body.len() <= data.len());
     }
 }
@@ -329,7 +329,9 @@ pub fn record(data: &[u8]) {
     if let Ok(Some(n)) = peek_record_len(data) {
         assert!((16..=65535).contains(&n));
     }
-    let Ok((a, b)) = pair_in_memory(&crate::pake::SessionKey::from_bytes([7; 32]), "fuzz") else {
+    let key = crate::channel::pake::SessionKey::from_bytes([7; 32]);
+    let backend = crate::session::aead::Backend::detect();
+    let Ok((a, b)) = pair_in_memory(&key, "fuzz", backend, &mut crate::random::seeded(7)) else {
         return;
     };
     let (mut tx, _) = a.split();

@@ -16,7 +16,7 @@
 //!        | 0xff | len:u16 | reason:utf8   Refused: the relay closes the connection
 //! ```
 
-use crate::code::{MAX_CHANNEL_LEN, validate_channel};
+use crate::channel::code::{MAX_CHANNEL_LEN, validate_channel};
 use crate::wire::{DecodeError, Reader, clip, put_bytes_u8, put_bytes_u16};
 
 /// The first four bytes of a stapling connection.
@@ -50,7 +50,7 @@ pub const TOKEN_HELLO_LEN: usize = 4 + 1 + 1 + 32;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenHello {
     /// Which side this is.
-    pub role: crate::api::Role,
+    pub role: crate::channel::api::Role,
     /// BLAKE3-derived from the session key; reveals nothing about it.
     pub token: [u8; 32],
 }
@@ -62,8 +62,8 @@ impl TokenHello {
         out.extend_from_slice(TOKEN_MAGIC);
         out.push(STAPLE_VERSION);
         out.push(match self.role {
-            crate::api::Role::Sender => 0,
-            crate::api::Role::Recipient => 1,
+            crate::channel::api::Role::Sender => 0,
+            crate::channel::api::Role::Recipient => 1,
         });
         out.extend_from_slice(&self.token);
         out
@@ -86,8 +86,8 @@ impl TokenHello {
                 });
             }
             let role = match r.u8()? {
-                0 => crate::api::Role::Sender,
-                1 => crate::api::Role::Recipient,
+                0 => crate::channel::api::Role::Sender,
+                1 => crate::channel::api::Role::Recipient,
                 other => {
                     return Err(DecodeError::Unknown {
                         what: "role",
@@ -280,7 +280,7 @@ mod tests {
     #[test]
     fn token_hello_bytes_are_exact() {
         let h = TokenHello {
-            role: crate::api::Role::Recipient,
+            role: crate::channel::api::Role::Recipient,
             token: [7; 32],
         };
         let enc = h.encode();

@@ -15,7 +15,8 @@ use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
 
 use burrow_proto::connector::{Msg, RELAY_CONTEXT, VERSION};
-use burrow_proto::session::{Handshake, LEN_PREFIX, Opener, Sealer};
+use burrow_proto::session::aead::Backend;
+use burrow_proto::session::{Handshake, LEN_PREFIX, Opener, Sealer, Side};
 
 /// How long a proxy waits for the exit to take its session.
 const ACCEPT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -108,7 +109,14 @@ impl Connector {
             if v[0] != VERSION {
                 return None;
             }
-            let mut hs = Handshake::xx(&key.x25519, RELAY_CONTEXT, false).ok()?;
+            let mut hs = Handshake::xx(
+                Side::Responder,
+                &key.x25519,
+                RELAY_CONTEXT,
+                Backend::detect(),
+                &mut crate::server::fill,
+            )
+            .ok()?;
             hs.read_message(&read_frame(&mut s).await.ok()?).ok()?;
             s.write_all(&hs.write_message_with(&key.ed25519_public).ok()?)
                 .await
@@ -202,7 +210,7 @@ impl Connector {
             return None;
         };
         let mut session = [0u8; 16];
-        getrandom::fill(&mut session).ok()?;
+        crate::server::fill(&mut session);
         let (tx, rx) = oneshot::channel();
         lock(&self.sessions).insert(session, Session { exit, proxy, tx });
         if mailbox.send(Msg::Init { session, peer: proxy }).await.is_err() {

@@ -1,14 +1,14 @@
 //! The smallest HTTP/1.1 the relay needs: one request per connection, a
-//! `Content-Length` body of at most [`MAX_BODY`](burrow_proto::api::MAX_BODY)
+//! `Content-Length` body of at most [`MAX_BODY`](burrow_proto::channel::api::MAX_BODY)
 //! bytes, a JSON or text answer, then close. Anything else is refused with a
 //! clear status: no chunked bodies, no pipelining, bounded head size.
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use burrow_proto::api::ErrorBody;
+use burrow_proto::channel::api::ErrorBody;
 
-pub use burrow_proto::http::MAX_HEAD;
-use burrow_proto::http::{HeadError, parse_request_head};
+pub use burrow_proto::channel::http::MAX_HEAD;
+use burrow_proto::channel::http::{HeadError, parse_request_head};
 
 /// A parsed request.
 #[derive(Debug)]

@@ -9,7 +9,7 @@
 //! | `BRWS` | a stapling connection (seed 001 steps 11–17), see [`burrow_proto::staple`] |
 //! | anything else | refused and closed (the lobby of seed 003 will claim 4 hex digits) |
 //!
-//! The rules of the channel API live in [`burrow_proto::channels`]; this crate
+//! The rules of the channel API live in [`burrow_proto::channel::table`]; this crate
 //! is the tokio layer around them: it parses HTTP, wakes long-polls, holds the
 //! first stapling connection of a channel until its partner arrives, and pipes
 //! bytes between the two. Every connection is bounded (a semaphore caps how

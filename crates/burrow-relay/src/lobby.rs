@@ -1,4 +1,4 @@
-//! Drives the sans-IO lobby ([`burrow_proto::lobby_relay`]) over TCP: one
+//! Drives the sans-IO lobby ([`burrow_proto::lobby::relay`]) over TCP: one
 //! reader task and one writer task per lobby connection, every decision
 //! taken under one lock so that packets reach each peer in the order the
 //! lobby produced them.
@@ -12,8 +12,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
+use burrow_proto::lobby::relay::{Lobby, LobbyConfig, Out};
 use burrow_proto::lobby::{Body, MAX_PACKET, Packet, RELAY_UID};
-use burrow_proto::lobby_relay::{Lobby, LobbyConfig, Out};
 
 use crate::metrics::Metrics;
 
@@ -63,7 +63,7 @@ impl Hub {
         &self,
         identity: &str,
         ip: std::net::IpAddr,
-    ) -> Option<(String, burrow_proto::lobby_relay::Side)> {
+    ) -> Option<(String, burrow_proto::lobby::relay::Side)> {
         self.with(|st, _| st.lobby.second_connection(Instant::now(), identity, ip))
     }
 

@@ -12,10 +12,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore, oneshot};
 use tokio::task::JoinHandle;
 
-use burrow_proto::api::{ChannelRequest, JoinRequest, MAX_WAIT_MS, Role, decode_json};
-use burrow_proto::channels::{ApiError, ChannelTable, TableConfig};
+use burrow_proto::channel::api::{ChannelRequest, JoinRequest, MAX_WAIT_MS, Role, decode_json};
+use burrow_proto::channel::table::{ApiError, ChannelTable, TableConfig};
 use burrow_proto::lobby::is_lobby_prefix;
-use burrow_proto::lobby_relay::{LobbyConfig, Side};
+use burrow_proto::lobby::relay::{LobbyConfig, Side};
 use burrow_proto::staple::{
     IDENTITY_MAGIC, IdentityHello, MAX_HELLO_LEN, STAPLE_MAGIC, StapleHello, StapleReply, TOKEN_HELLO_LEN,
     TOKEN_MAGIC, TokenHello,
@@ -339,14 +339,15 @@ fn bad_json(shared: &Shared, e: &dyn std::fmt::Display) -> (u16, &'static str, V
     shared.metrics.error("bad_json");
     json(
         400,
-        &burrow_proto::api::ErrorBody {
+        &burrow_proto::channel::api::ErrorBody {
             error: format!("invalid request body: {e}"),
             kind: "bad_json".into(),
         },
     )
 }
 
-fn fill(b: &mut [u8]) {
+/// The relay's randomness (channel names, uuids, session ids, handshakes).
+pub(crate) fn fill(b: &mut [u8]) {
     // The OS RNG does not fail on supported platforms; if it ever did, refuse
     // to continue rather than hand out predictable handles.
     if getrandom::fill(b).is_err() {
@@ -390,7 +391,7 @@ async fn route(shared: &Shared, ip: IpAddr, req: &http::Request) -> (u16, &'stat
             shared.metrics.error("method");
             json(
                 405,
-                &burrow_proto::api::ErrorBody {
+                &burrow_proto::channel::api::ErrorBody {
                     error: "method not allowed".into(),
                     kind: "method".into(),
                 },
@@ -400,7 +401,7 @@ async fn route(shared: &Shared, ip: IpAddr, req: &http::Request) -> (u16, &'stat
             shared.metrics.error("not_found");
             json(
                 404,
-                &burrow_proto::api::ErrorBody {
+                &burrow_proto::channel::api::ErrorBody {
                     error: "no such endpoint; see /join, /channel, /health, /metrics".into(),
                     kind: "not_found".into(),
                 },

@@ -6,15 +6,15 @@ pub mod send;
 pub mod tunnel;
 
 use burrow_node::Error;
-use burrow_node::identity::Identity;
+use burrow_node::identity::{self, Identity};
 use burrow_node::peers::PeerBook;
 
 use crate::args::{PairArgs, RelayOpt};
 
 pub(crate) fn my_identity() -> Result<Identity, Error> {
-    let path = Identity::default_path()
+    let path = identity::default_path()
         .ok_or_else(|| Error::Usage("neither XDG_DATA_HOME nor HOME is set".into()))?;
-    Identity::load_or_create(&path)
+    identity::load_or_create(&path)
 }
 
 pub(crate) fn book() -> Result<PeerBook, Error> {
@@ -99,7 +99,7 @@ pub fn unpair(name: &str) -> Result<(), Error> {
 /// `burrow id`: this installation's fingerprint (the identity is created on first use).
 pub fn id(json: bool) -> Result<(), Error> {
     let me = my_identity()?;
-    let path = Identity::default_path().unwrap_or_default();
+    let path = identity::default_path().unwrap_or_default();
     let fp = me.public().fingerprint();
     if json {
         crate::ui::emit(serde_json::json!({"fingerprint": fp, "key_file": path.display().to_string()}));

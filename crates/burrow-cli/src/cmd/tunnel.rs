@@ -5,8 +5,8 @@ use std::sync::Arc;
 use burrow_node::Error;
 use burrow_node::relay_client::RelayClient;
 use burrow_node::tunnel::{ExitConfig, Proxy, ProxyConfig, RelayTrust, run_exit};
-use burrow_proto::mux::Host;
-use burrow_proto::policy::{Policy, Rule};
+use burrow_proto::tunnel::mux::Host;
+use burrow_proto::tunnel::policy::{Policy, Rule};
 
 use crate::args::{ExitArgs, ProxyArgs};
 use crate::config::Config;

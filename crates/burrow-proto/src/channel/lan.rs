@@ -20,7 +20,7 @@
 
 use std::net::Ipv4Addr;
 
-use crate::code::{MAX_CHANNEL_LEN, validate_channel};
+use crate::channel::code::{MAX_CHANNEL_LEN, validate_channel};
 use crate::wire::{DecodeError, Reader, put_bytes_u8};
 
 /// The multicast group (organisation-local scope).

@@ -12,8 +12,9 @@
 //! | x86-64 with VAES + AVX2 only (AMD Zen 3) | 4.3–6.2 GB/s (VAES-AVX2) | 2.1–3.2 GB/s (AES-NI) |
 //!
 //! So [`Backend::detect`] takes aws-lc-rs where AVX-512 with VAES and
-//! VPCLMULQDQ is present and ring everywhere else. `BURROW_AEAD=ring` or
-//! `BURROW_AEAD=aws-lc` overrides the choice for the whole process (A/B
+//! VPCLMULQDQ is present and ring everywhere else. The driver passes the
+//! backend into each handshake; `burrow-node` honours `BURROW_AEAD=ring` or
+//! `BURROW_AEAD=aws-lc` as an override for the whole process (A/B
 //! measurements). Both produce the same bytes (AES-256-GCM is AES-256-GCM;
 //! a test checks them against each other).
 //!
@@ -38,19 +39,24 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// The backend for this process: `BURROW_AEAD` if set to `ring` or
-    /// `aws-lc`, else by CPU features (see the module docs). Decided once.
-    pub fn current() -> Self {
-        static CHOICE: OnceLock<Backend> = OnceLock::new();
-        *CHOICE.get_or_init(|| match std::env::var("BURROW_AEAD").as_deref() {
-            Ok("ring") => Backend::Ring,
-            Ok("aws-lc") => Backend::AwsLc,
-            _ => Backend::detect(),
-        })
+    /// A backend by its [`Backend::name`] (`ring`, `aws-lc`); the driver
+    /// reads an override (`BURROW_AEAD`) and passes the choice in.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "ring" => Some(Backend::Ring),
+            "aws-lc" => Some(Backend::AwsLc),
+            _ => None,
+        }
     }
 
-    /// The faster backend on this CPU.
+    /// The faster backend on this CPU (see the module docs). Decided once
+    /// per process (CPU feature detection, no environment).
     pub fn detect() -> Self {
+        static CHOICE: OnceLock<Backend> = OnceLock::new();
+        *CHOICE.get_or_init(Self::by_cpu)
+    }
+
+    fn by_cpu() -> Self {
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx512f")
@@ -121,13 +127,8 @@ impl std::fmt::Debug for Key {
 pub type Nonce = [u8; 12];
 
 impl Key {
-    /// A key on [`Backend::current`].
-    pub fn new(k: &[u8; 32]) -> Result<Self, AeadError> {
-        Self::with_backend(Backend::current(), k)
-    }
-
-    /// A key on a chosen backend.
-    pub fn with_backend(backend: Backend, k: &[u8; 32]) -> Result<Self, AeadError> {
+    /// A key on `backend`.
+    pub fn new(backend: Backend, k: &[u8; 32]) -> Result<Self, AeadError> {
         Ok(Key(match backend {
             Backend::Ring => Inner::Ring(RingKey(Box::new(ring_key(k)?))),
             Backend::AwsLc => Inner::AwsLc(
@@ -191,7 +192,7 @@ mod tests {
         let plain: Vec<u8> = (0..70_000u32).map(|i| (i * 31 % 251) as u8).collect();
         let mut sealed = Vec::new();
         for b in BACKENDS {
-            let key = Key::with_backend(b, &k).unwrap();
+            let key = Key::new(b, &k).unwrap();
             let mut body = plain.clone();
             let tag = key.seal_in_place(nonce, &mut body).unwrap();
             body.extend_from_slice(&tag);
@@ -203,7 +204,7 @@ mod tests {
         );
         assert_ne!(&sealed[0][..plain.len()], &plain[..]);
         for b in BACKENDS {
-            let key = Key::with_backend(b, &k).unwrap();
+            let key = Key::new(b, &k).unwrap();
             let mut ct = sealed[0].clone();
             assert_eq!(key.open_in_place(nonce, &mut ct).unwrap(), &plain[..]);
         }
@@ -213,7 +214,7 @@ mod tests {
     fn wrong_tag_key_or_nonce_fails_on_both() {
         let k = [1; 32];
         for b in BACKENDS {
-            let key = Key::with_backend(b, &k).unwrap();
+            let key = Key::new(b, &k).unwrap();
             let mut body = b"attack at dawn".to_vec();
             let tag = key.seal_in_place([0; 12], &mut body).unwrap();
             body.extend_from_slice(&tag);
@@ -222,7 +223,7 @@ mod tests {
             assert_eq!(key.open_in_place([0; 12], &mut flipped), Err(AeadError));
             let mut other_nonce = body.clone();
             assert_eq!(key.open_in_place([1; 12], &mut other_nonce), Err(AeadError));
-            let other = Key::with_backend(b, &[2; 32]).unwrap();
+            let other = Key::new(b, &[2; 32]).unwrap();
             let mut c = body.clone();
             assert_eq!(other.open_in_place([0; 12], &mut c), Err(AeadError));
             let mut short = vec![0u8; TAG_LEN - 1];
@@ -232,7 +233,10 @@ mod tests {
 
     #[test]
     fn a_backend_is_chosen() {
-        assert!(BACKENDS.contains(&Backend::current()));
-        assert!(!Backend::detect().name().is_empty());
+        assert!(BACKENDS.contains(&Backend::detect()));
+        for b in BACKENDS {
+            assert_eq!(Backend::from_name(b.name()), Some(b));
+        }
+        assert_eq!(Backend::from_name("rot13"), None);
     }
 }

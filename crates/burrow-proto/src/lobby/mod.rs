@@ -34,6 +34,9 @@
 //! An identity is the relay-observed `addr:port`: 1–53 printable ASCII bytes.
 //! Hex digits are written lowercase and read in either case.
 
+pub mod pake;
+pub mod relay;
+
 use crate::wire::DecodeError;
 
 /// Longest identity (47 bytes of address and 6 of port, as in the seed).

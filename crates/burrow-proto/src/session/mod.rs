@@ -1,7 +1,7 @@
 //! The encrypted session between two peers, and its record layer.
 //!
 //! Channel mode runs Noise `NNpsk0` (via `snow`), with the PAKE's
-//! [`SessionKey`](crate::pake::SessionKey) as the pre-shared key and the
+//! [`SessionKey`](crate::channel::pake::SessionKey) as the pre-shared key and the
 //! channel name in the prologue:
 //!
 //! ```text
@@ -25,17 +25,23 @@
 //! `snow` runs the handshake; the transport phase is driven here on the two
 //! keys of Noise's `Split()` (`dangerously_get_raw_split`) with
 //! AES-256-GCM from ring or aws-lc-rs, whichever is faster on this CPU
-//! ([`crate::aead`]), so that records are sealed and opened *in place* (snow's
+//! ([`crate::session::aead`]), so that records are sealed and opened *in place* (snow's
 //! transport API copies every record once more). The bytes on the wire are
 //! identical to snow's own transport messages; a test checks that against
 //! snow.
 
-use crate::aead;
+pub mod aead;
+
+use std::sync::Mutex;
+
+use snow::params::{CipherChoice, DHChoice, HashChoice};
+use snow::resolvers::{CryptoResolver, DefaultResolver};
 use snow::{Builder, HandshakeState};
 use thiserror::Error;
 use zeroize::Zeroizing;
 
-use crate::pake::SessionKey;
+use crate::channel::pake::SessionKey;
+use crate::random::{Random, Stream};
 use crate::wire::DecodeError;
 
 /// The Noise protocol for code-keyed sessions.
@@ -76,9 +82,45 @@ fn prologue(context: &str) -> Vec<u8> {
     format!("burrow v1 session {context}").into_bytes()
 }
 
+/// Which end of a handshake this side is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Writes the first message.
+    Initiator,
+    /// Reads the first message.
+    Responder,
+}
+
+/// snow's default primitives, with the caller's randomness: snow takes its
+/// RNG (for the ephemeral keys) from the resolver once, when the handshake
+/// is built; this hands it a [`Stream`] keyed from the caller's
+/// [`Random`], and nothing else ever.
+struct CallerRandom(Mutex<Option<Stream>>);
+
+impl CryptoResolver for CallerRandom {
+    fn resolve_rng(&self) -> Option<Box<dyn snow::types::Random>> {
+        let taken = self.0.lock().ok()?.take()?;
+        Some(Box::new(taken))
+    }
+
+    fn resolve_dh(&self, choice: &DHChoice) -> Option<Box<dyn snow::types::Dh>> {
+        DefaultResolver.resolve_dh(choice)
+    }
+
+    fn resolve_hash(&self, choice: &HashChoice) -> Option<Box<dyn snow::types::Hash>> {
+        DefaultResolver.resolve_hash(choice)
+    }
+
+    fn resolve_cipher(&self, choice: &CipherChoice) -> Option<Box<dyn snow::types::Cipher>> {
+        DefaultResolver.resolve_cipher(choice)
+    }
+}
+
 /// A Noise handshake in progress.
 pub struct Handshake {
     hs: HandshakeState,
+    /// Which AES-256-GCM the transport runs on.
+    backend: aead::Backend,
 }
 
 impl std::fmt::Debug for Handshake {
@@ -94,39 +136,52 @@ impl Handshake {
     /// Builds either side of `pattern` with its key material set by `keys`.
     fn build<'b>(
         pattern: &str,
+        side: Side,
         context: &str,
-        initiator: bool,
+        backend: aead::Backend,
+        rng: &mut dyn Random,
         keys: impl FnOnce(Builder<'b>) -> Result<Builder<'b>, snow::Error>,
     ) -> Result<Self, SessionError> {
         let params = pattern.parse().map_err(SessionError::Handshake)?;
         let prologue = prologue(context);
-        let b = keys(Builder::new(params))
+        let resolver = CallerRandom(Mutex::new(Some(Stream::from_random(rng))));
+        let b = keys(Builder::with_resolver(params, Box::new(resolver)))
             .and_then(|b| b.prologue(&prologue))
             .map_err(SessionError::Handshake)?;
-        let hs = if initiator {
-            b.build_initiator()
-        } else {
-            b.build_responder()
+        let hs = match side {
+            Side::Initiator => b.build_initiator(),
+            Side::Responder => b.build_responder(),
         }
         .map_err(SessionError::Handshake)?;
-        Ok(Self { hs })
+        Ok(Self { hs, backend })
     }
 
-    /// The sender's side. `context` must match the peer's (the channel name).
-    pub fn initiator(psk: &SessionKey, context: &str) -> Result<Self, SessionError> {
-        Self::build(NOISE_NNPSK0, context, true, |b| b.psk(0, psk.as_bytes()))
-    }
-
-    /// The recipient's side.
-    pub fn responder(psk: &SessionKey, context: &str) -> Result<Self, SessionError> {
-        Self::build(NOISE_NNPSK0, context, false, |b| b.psk(0, psk.as_bytes()))
+    /// A code-keyed `NNpsk0` handshake (the sender initiates). `context`
+    /// must match the peer's (the channel name); `rng` gives the ephemeral
+    /// key; the transport will run on `backend`.
+    pub fn nn_psk0(
+        side: Side,
+        psk: &SessionKey,
+        context: &str,
+        backend: aead::Backend,
+        rng: &mut dyn Random,
+    ) -> Result<Self, SessionError> {
+        Self::build(NOISE_NNPSK0, side, context, backend, rng, |b| {
+            b.psk(0, psk.as_bytes())
+        })
     }
 
     /// An `XX` handshake with this side's static X25519 key (its identity).
     /// After it, [`Handshake::remote_static`] is the peer's identity key,
     /// which the caller must check against what it expects.
-    pub fn xx(local_static: &[u8; 32], context: &str, initiator: bool) -> Result<Self, SessionError> {
-        Self::build(NOISE_XX, context, initiator, |b| {
+    pub fn xx(
+        side: Side,
+        local_static: &[u8; 32],
+        context: &str,
+        backend: aead::Backend,
+        rng: &mut dyn Random,
+    ) -> Result<Self, SessionError> {
+        Self::build(NOISE_XX, side, context, backend, rng, |b| {
             b.local_private_key(local_static)
         })
     }
@@ -193,7 +248,8 @@ impl Handshake {
         let (k1, k2) = self.hs.dangerously_get_raw_split();
         let (k1, k2) = (Zeroizing::new(k1), Zeroizing::new(k2));
         let (send, recv) = if initiator { (k1, k2) } else { (k2, k1) };
-        let key = |k: &[u8; 32]| aead::Key::new(k).map_err(|_| SessionError::Exhausted);
+        let backend = self.backend;
+        let key = |k: &[u8; 32]| aead::Key::new(backend, k).map_err(|_| SessionError::Exhausted);
         Ok(Transport {
             send: key(&send)?,
             recv: key(&recv)?,
@@ -361,10 +417,16 @@ impl Opener {
     }
 }
 
-/// Runs both handshake sides in memory (tests, benchmarks, fuzzing).
-pub fn pair_in_memory(psk: &SessionKey, context: &str) -> Result<(Transport, Transport), SessionError> {
-    let mut i = Handshake::initiator(psk, context)?;
-    let mut r = Handshake::responder(psk, context)?;
+/// Runs both sides of an `NNpsk0` handshake in memory (tests, benchmarks,
+/// fuzzing): the initiator's transport, then the responder's.
+pub fn pair_in_memory(
+    psk: &SessionKey,
+    context: &str,
+    backend: aead::Backend,
+    rng: &mut dyn Random,
+) -> Result<(Transport, Transport), SessionError> {
+    let mut i = Handshake::nn_psk0(Side::Initiator, psk, context, backend, rng)?;
+    let mut r = Handshake::nn_psk0(Side::Responder, psk, context, backend, rng)?;
     let m1 = i.write_message()?;
     r.read_message(&m1[LEN_PREFIX..])?;
     let m2 = r.write_message()?;
@@ -375,6 +437,21 @@ pub fn pair_in_memory(psk: &SessionKey, context: &str) -> Result<(Transport, Tra
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::random::seeded;
+
+    const B: aead::Backend = aead::Backend::Ring;
+
+    fn xx(k: &[u8; 32], context: &str, side: Side) -> Result<Handshake, SessionError> {
+        Handshake::xx(side, k, context, aead::Backend::detect(), &mut seeded(k[0]))
+    }
+
+    fn nn(k: &SessionKey, context: &str, side: Side) -> Handshake {
+        Handshake::nn_psk0(side, k, context, B, &mut seeded(3)).unwrap()
+    }
+
+    fn pair(k: &SessionKey, context: &str) -> Result<(Transport, Transport), SessionError> {
+        pair_in_memory(k, context, B, &mut seeded(9))
+    }
 
     /// Runs an `XX` handshake in memory; returns both transports and the
     /// static key each side saw (tests).
@@ -383,8 +460,8 @@ mod tests {
         b: &[u8; 32],
         context: &str,
     ) -> Result<(Transport, Transport, [u8; 32], [u8; 32]), SessionError> {
-        let mut i = Handshake::xx(a, context, true)?;
-        let mut r = Handshake::xx(b, context, false)?;
+        let mut i = xx(a, context, Side::Initiator)?;
+        let mut r = xx(b, context, Side::Responder)?;
         r.read_message(&i.write_message()?[LEN_PREFIX..])?;
         let m2 = r.write_message_with(b"responder says hi")?;
         assert_eq_payload(&i.read_message_payload(&m2[LEN_PREFIX..])?, b"responder says hi")?;
@@ -409,8 +486,8 @@ mod tests {
         let (a, b) = ([5u8; 32], [9u8; 32]);
         let (ta, tb, seen_by_a, seen_by_b) = xx_in_memory(&a, &b, "t").unwrap();
         let pub_of = |k: &[u8; 32]| {
-            let mut r = Handshake::xx(k, "t", false).unwrap();
-            let mut i = Handshake::xx(&[1; 32], "t", true).unwrap();
+            let mut r = xx(k, "t", Side::Responder).unwrap();
+            let mut i = xx(&[1; 32], "t", Side::Initiator).unwrap();
             r.read_message(&i.write_message().unwrap()[LEN_PREFIX..]).unwrap();
             i.read_message(&r.write_message().unwrap()[LEN_PREFIX..]).unwrap();
             i.remote_static().unwrap()
@@ -423,8 +500,8 @@ mod tests {
         s.seal(b"over xx", &mut out).unwrap();
         assert_eq!(o.open_in_place(&mut out[LEN_PREFIX..]).unwrap(), b"over xx");
         // A different prologue fails.
-        let mut i = Handshake::xx(&a, "t", true).unwrap();
-        let mut r = Handshake::xx(&b, "u", false).unwrap();
+        let mut i = xx(&a, "t", Side::Initiator).unwrap();
+        let mut r = xx(&b, "u", Side::Responder).unwrap();
         r.read_message(&i.write_message().unwrap()[LEN_PREFIX..]).unwrap();
         assert!(i.read_message(&r.write_message().unwrap()[LEN_PREFIX..]).is_err());
     }
@@ -435,7 +512,7 @@ mod tests {
 
     #[test]
     fn records_round_trip_both_ways() {
-        let (a, b) = pair_in_memory(&key(1), "7").unwrap();
+        let (a, b) = pair(&key(1), "7").unwrap();
         let (mut a_tx, mut a_rx) = a.split();
         let (mut b_tx, mut b_rx) = b.split();
         for size in [0usize, 1, 1000, MAX_PLAINTEXT] {
@@ -455,7 +532,7 @@ mod tests {
 
     #[test]
     fn flipped_bit_is_an_integrity_error() {
-        let (a, b) = pair_in_memory(&key(1), "7").unwrap();
+        let (a, b) = pair(&key(1), "7").unwrap();
         let (mut tx, _) = a.split();
         let (_, mut rx) = b.split();
         let mut wire = Vec::new();
@@ -469,7 +546,7 @@ mod tests {
 
     #[test]
     fn replayed_or_reordered_record_fails() {
-        let (a, b) = pair_in_memory(&key(1), "7").unwrap();
+        let (a, b) = pair(&key(1), "7").unwrap();
         let (mut tx, _) = a.split();
         let (_, mut rx) = b.split();
         let (mut r1, mut r2) = (Vec::new(), Vec::new());
@@ -483,12 +560,12 @@ mod tests {
 
     #[test]
     fn different_keys_or_contexts_cannot_handshake() {
-        let mut i = Handshake::initiator(&key(1), "7").unwrap();
-        let mut r = Handshake::responder(&key(2), "7").unwrap();
+        let mut i = nn(&key(1), "7", Side::Initiator);
+        let mut r = nn(&key(2), "7", Side::Responder);
         let m1 = i.write_message().unwrap();
         assert!(r.read_message(&m1[LEN_PREFIX..]).is_err());
-        let mut i = Handshake::initiator(&key(1), "7").unwrap();
-        let mut r = Handshake::responder(&key(1), "8").unwrap();
+        let mut i = nn(&key(1), "7", Side::Initiator);
+        let mut r = nn(&key(1), "8", Side::Responder);
         let m1 = i.write_message().unwrap();
         assert!(r.read_message(&m1[LEN_PREFIX..]).is_err());
     }
@@ -497,8 +574,8 @@ mod tests {
     /// what we seal and we read what it seals, record for record.
     #[test]
     fn transport_matches_snow_on_the_wire() {
-        let mut i = Handshake::initiator(&key(4), "9").unwrap();
-        let mut r = Handshake::responder(&key(4), "9").unwrap();
+        let mut i = nn(&key(4), "9", Side::Initiator);
+        let mut r = nn(&key(4), "9", Side::Responder);
         r.read_message(&i.write_message().unwrap()[LEN_PREFIX..]).unwrap();
         i.read_message(&r.write_message().unwrap()[LEN_PREFIX..]).unwrap();
         let snow_side = r.hs.into_stateless_transport_mode().unwrap();
@@ -520,8 +597,8 @@ mod tests {
 
     #[test]
     fn seal_in_place_matches_seal() {
-        let (a, _) = pair_in_memory(&key(2), "7").unwrap();
-        let (b, _) = pair_in_memory(&key(2), "7").unwrap();
+        let (a, _) = pair(&key(2), "7").unwrap();
+        let (b, _) = pair(&key(2), "7").unwrap();
         let (mut s1, _) = a.split();
         let (mut s2, _) = b.split();
         let msg = b"in place";

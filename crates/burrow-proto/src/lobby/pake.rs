@@ -22,11 +22,12 @@
 //! about who it is (or a relay that rewrites identities) cannot finish. Each
 //! try is independent: a failed one costs only that pairing.
 
+use crate::random::{RandCore, Random};
 use spake2::{Ed25519Group, Identity as SpakeId, Password, Spake2};
 use zeroize::Zeroizing;
 
+use crate::channel::pake::SessionKey;
 use crate::lobby::{Identity, POINT_LEN, PUBLIC_LEN, SpokeFailure, VALIDATOR_LEN};
-use crate::pake::SessionKey;
 
 /// Format version of the public parameters.
 pub const VERSION: u8 = 1;
@@ -215,9 +216,11 @@ impl ClientTry {
         public: [u8; PUBLIC_LEN],
         server: Identity,
         client: Identity,
+        rng: &mut dyn Random,
     ) -> (Self, [u8; POINT_LEN]) {
         let (a, b) = ids(&server, &client);
-        let (state, msg) = Spake2::<Ed25519Group>::start_a(&Password::new(&w[..]), &a, &b);
+        let (state, msg) =
+            Spake2::<Ed25519Group>::start_a_with_rng(&Password::new(&w[..]), &a, &b, RandCore(rng));
         let mut x = [0u8; POINT_LEN];
         x.copy_from_slice(&msg[1..]);
         let me = Self {
@@ -273,9 +276,11 @@ impl ServerTry {
         server: &Identity,
         client: &Identity,
         x: &[u8; POINT_LEN],
+        rng: &mut dyn Random,
     ) -> Result<(Self, [u8; POINT_LEN], [u8; VALIDATOR_LEN]), SpokeFailure> {
         let (a, b) = ids(server, client);
-        let (state, msg) = Spake2::<Ed25519Group>::start_b(&Password::new(&w[..]), &a, &b);
+        let (state, msg) =
+            Spake2::<Ed25519Group>::start_b_with_rng(&Password::new(&w[..]), &a, &b, RandCore(rng));
         let mut y = [0u8; POINT_LEN];
         y.copy_from_slice(&msg[1..]);
         let mut xm = vec![0x41];
@@ -306,6 +311,7 @@ impl ServerTry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::random::seeded;
 
     fn cheap(salt: u8) -> Params {
         Params {
@@ -327,9 +333,9 @@ mod tests {
         let (server, client) = (id("10.0.0.1:5000"), id("10.0.0.2:6000"));
         let wc = params.stretch(pw_c)?;
         let ws = params.stretch(pw_s)?;
-        let (c, x) = ClientTry::start(&wc, public, server.clone(), client.clone());
+        let (c, x) = ClientTry::start(&wc, public, server.clone(), client.clone(), &mut seeded(1));
         // The server binds the identity the relay vouched for (or a claimed one).
-        let (s, y, vs) = ServerTry::respond(&ws, &public, &server, &id(claimed_client), &x)?;
+        let (s, y, vs) = ServerTry::respond(&ws, &public, &server, &id(claimed_client), &x, &mut seeded(2))?;
         let (kc, vc) = c.finish(&y, &vs)?;
         let ks = s.finish(&vc)?;
         Ok((kc, ks))
@@ -380,8 +386,8 @@ mod tests {
         let public = params.encode();
         let (server, client) = (id("a:1"), id("b:2"));
         let w = params.stretch(b"pw").unwrap();
-        let (c, x) = ClientTry::start(&w, public, server.clone(), client.clone());
-        let (s, y, mut vs) = ServerTry::respond(&w, &public, &server, &client, &x).unwrap();
+        let (c, x) = ClientTry::start(&w, public, server.clone(), client.clone(), &mut seeded(1));
+        let (s, y, mut vs) = ServerTry::respond(&w, &public, &server, &client, &x, &mut seeded(2)).unwrap();
         vs[63] ^= 1;
         assert_eq!(c.finish(&y, &vs).unwrap_err(), SpokeFailure::BadServerValidator);
         assert_eq!(s.finish(&[0; 64]).unwrap_err(), SpokeFailure::BadClientValidator);

@@ -21,10 +21,10 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use crate::api::{
+use crate::channel::api::{
     CURVE_ED25519, ChannelRequest, ChannelState, ErrorBody, JoinRequest, JoinResponse, MAX_HEX_FIELD, Role,
 };
-use crate::code::validate_channel;
+use crate::channel::code::validate_channel;
 
 /// Never more than this many distinct IPs use one channel.
 pub const MAX_IPS_PER_CHANNEL: usize = 2;

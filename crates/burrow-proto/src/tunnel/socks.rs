@@ -16,8 +16,8 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use crate::http::{HeadError, parse_request_head};
-use crate::mux::{Host, ResetReason};
+use crate::channel::http::{HeadError, parse_request_head};
+use crate::tunnel::mux::{Host, ResetReason};
 
 /// SOCKS reply codes for refusals that happen before any stream exists.
 pub const REP_COMMAND_NOT_SUPPORTED: u8 = 0x07;

@@ -5,7 +5,7 @@
 //! [`MAX_BODY`] bytes, heads of at most [`MAX_HEAD`] bytes, no chunked
 //! bodies, no pipelining. Both parsers are total and fuzzed.
 
-use crate::api::MAX_BODY;
+use crate::channel::api::MAX_BODY;
 
 /// Largest request head (request line + headers).
 pub const MAX_HEAD: usize = 8 * 1024;

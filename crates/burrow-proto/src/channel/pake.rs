@@ -21,11 +21,12 @@
 //! same state; the relay lets each channel carry one `x` and one `y`, which
 //! burns the channel after one guess.
 
+use crate::random::{RandCore, Random};
 use spake2::{Ed25519Group, Identity, Password, Spake2};
 use thiserror::Error;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
-use crate::code::Code;
+use crate::channel::code::Code;
 
 /// Domain-separation labels (versioned).
 const LABEL_TRANSCRIPT: &str = "burrow v1 channel pake transcript";
@@ -117,10 +118,12 @@ pub struct SenderStart {
 }
 
 impl SenderStart {
-    /// Step 2: generates X from the code's secret. Returns the state and X.
-    pub fn new(code: &Code) -> (Self, Vec<u8>) {
+    /// Step 2: generates X from the code's secret (its scalar from `rng`).
+    /// Returns the state and X.
+    pub fn new(code: &Code, rng: &mut dyn Random) -> (Self, Vec<u8>) {
         let (a, b) = ids(code.channel());
-        let (state, x) = Spake2::<Ed25519Group>::start_a(&Password::new(code.secret()), &a, &b);
+        let (state, x) =
+            Spake2::<Ed25519Group>::start_a_with_rng(&Password::new(code.secret()), &a, &b, RandCore(rng));
         let me = Self {
             state,
             channel: code.channel().to_owned(),
@@ -157,12 +160,17 @@ pub struct RecipientStart;
 
 impl RecipientStart {
     /// Step 6: from X and the code, computes Y and `hh_k` (to post in step 7).
-    pub fn respond(code: &Code, x: &[u8]) -> Result<(RecipientAwaitConfirm, Vec<u8>, [u8; 32]), PakeError> {
+    pub fn respond(
+        code: &Code,
+        x: &[u8],
+        rng: &mut dyn Random,
+    ) -> Result<(RecipientAwaitConfirm, Vec<u8>, [u8; 32]), PakeError> {
         if x.len() != PAKE_MSG_LEN {
             return Err(PakeError::BadMessage);
         }
         let (a, b) = ids(code.channel());
-        let (state, y) = Spake2::<Ed25519Group>::start_b(&Password::new(code.secret()), &a, &b);
+        let (state, y) =
+            Spake2::<Ed25519Group>::start_b_with_rng(&Password::new(code.secret()), &a, &b, RandCore(rng));
         let k = Zeroizing::new(state.finish(x).map_err(|_| PakeError::BadMessage)?);
         let d = derive(&k, code.channel(), x, &y);
         let hh = *hash_twice(&d.h_k).as_bytes();
@@ -191,6 +199,7 @@ impl RecipientAwaitConfirm {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::random::seeded;
 
     fn code(s: &str) -> Code {
         Code::parse(s).unwrap()
@@ -199,8 +208,8 @@ mod tests {
     #[test]
     fn same_code_agrees() {
         let c = code("5-alpha-bravo-charlie");
-        let (s, x) = SenderStart::new(&c);
-        let (r, y, hh) = RecipientStart::respond(&c, &x).unwrap();
+        let (s, x) = SenderStart::new(&c, &mut seeded(1));
+        let (r, y, hh) = RecipientStart::respond(&c, &x, &mut seeded(2)).unwrap();
         let (ks, h_k) = s.finish(&y, &hh).unwrap();
         let kr = r.verify(&h_k).unwrap();
         assert_eq!(ks, kr);
@@ -209,23 +218,24 @@ mod tests {
 
     #[test]
     fn wrong_code_is_caught_by_the_sender_first() {
-        let (s, x) = SenderStart::new(&code("5-alpha-bravo-charlie"));
-        let (_r, y, hh) = RecipientStart::respond(&code("5-alpha-bravo-delta"), &x).unwrap();
+        let (s, x) = SenderStart::new(&code("5-alpha-bravo-charlie"), &mut seeded(1));
+        let (_r, y, hh) = RecipientStart::respond(&code("5-alpha-bravo-delta"), &x, &mut seeded(2)).unwrap();
         assert_eq!(s.finish(&y, &hh).unwrap_err(), PakeError::WrongCode);
     }
 
     #[test]
     fn channel_is_bound() {
-        let (s, x) = SenderStart::new(&code("5-alpha-bravo-charlie"));
-        let (_r, y, hh) = RecipientStart::respond(&code("6-alpha-bravo-charlie"), &x).unwrap();
+        let (s, x) = SenderStart::new(&code("5-alpha-bravo-charlie"), &mut seeded(1));
+        let (_r, y, hh) =
+            RecipientStart::respond(&code("6-alpha-bravo-charlie"), &x, &mut seeded(2)).unwrap();
         assert_eq!(s.finish(&y, &hh).unwrap_err(), PakeError::WrongCode);
     }
 
     #[test]
     fn tampered_confirmation_is_caught_by_the_recipient() {
         let c = code("5-alpha-bravo-charlie");
-        let (s, x) = SenderStart::new(&c);
-        let (r, y, hh) = RecipientStart::respond(&c, &x).unwrap();
+        let (s, x) = SenderStart::new(&c, &mut seeded(1));
+        let (r, y, hh) = RecipientStart::respond(&c, &x, &mut seeded(2)).unwrap();
         let (_k, mut h_k) = s.finish(&y, &hh).unwrap();
         h_k[0] ^= 1;
         assert_eq!(r.verify(&h_k).unwrap_err(), PakeError::WrongCode);
@@ -235,10 +245,10 @@ mod tests {
     fn malformed_messages_are_errors() {
         let c = code("5-a");
         assert_eq!(
-            RecipientStart::respond(&c, &[0u8; 5]).unwrap_err(),
+            RecipientStart::respond(&c, &[0u8; 5], &mut seeded(2)).unwrap_err(),
             PakeError::BadMessage
         );
-        let (s, _x) = SenderStart::new(&c);
+        let (s, _x) = SenderStart::new(&c, &mut seeded(1));
         assert_eq!(
             s.finish(&[0xffu8; 33], &[0; 32]).unwrap_err(),
             PakeError::BadMessage
