@@ -20,14 +20,20 @@
 # veth interface 10.99.0.1 so that direct paths have an address to advertise),
 # so nothing is advertised to or reaches any other address. Data lives in
 # /dev/shm, so the page cache, not a disk, is what is measured.
-# Needs: socat, iperf3, /usr/bin/time, python3 with magic-wormhole,
-# magic-wormhole-mailbox-server and magic-wormhole-transit-relay (pip install).
+# Installs what it needs if missing (scripts/bench-install.sh): socat,
+# iperf3, GNU time, b3sum, python3-venv (Debian), and magic-wormhole with its
+# mailbox server and transit relay (PyPI, in a venv under target/).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SIZE_MIB=${1:-1024}
 
 if [ -z "${BURROW_BENCH_IN_NS:-}" ]; then
+    # shellcheck source=scripts/bench-install.sh
+    . "$ROOT/scripts/bench-install.sh"
+    need_commands socat:socat iperf3:iperf3 /usr/bin/time:time b3sum:b3sum unshare:util-linux ip:iproute2
+    python3 -c 'import venv, ensurepip' 2>/dev/null || need_commands no-such-command:python3-venv
+    need_wormhole
     (cd "$ROOT" && cargo build --release -q -p burrow-cli)
     exec unshare --net env BURROW_BENCH_IN_NS=1 bash "$0" "$@"
 fi

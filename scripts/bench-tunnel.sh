@@ -11,12 +11,17 @@
 # RSS of the proxy and the exit.
 #
 # Usage: [ROUNDS=3] scripts/bench-tunnel.sh [SIZE_MIB]     (default 1024)
-# Needs: nginx, sshd + ssh (openssh-server), curl, /usr/bin/time.
+# Installs what it needs if missing (scripts/bench-install.sh): nginx,
+# openssh-server and -client, curl, GNU time.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SIZE_MIB=${1:-1024}
 if [ -z "${BURROW_BENCH_IN_NS:-}" ]; then
+    # shellcheck source=scripts/bench-install.sh
+    . "$ROOT/scripts/bench-install.sh"
+    need_commands nginx:nginx-light /usr/sbin/sshd:openssh-server ssh:openssh-client curl:curl \
+        /usr/bin/time:time unshare:util-linux
     (cd "$ROOT" && cargo build --release -q -p burrow-cli)
     exec unshare --net env BURROW_BENCH_IN_NS=1 bash "$0" "$@"
 fi

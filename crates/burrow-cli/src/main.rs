@@ -1,5 +1,9 @@
 //! The `burrow` command: a thin layer over `burrow-node` and `burrow-relay`.
 
+// Doc comments here are clap's `--help` text, written for a terminal
+// (`HOST[:PORT]`), not rustdoc links.
+#![allow(rustdoc::broken_intra_doc_links)]
+
 mod args;
 mod cmd;
 mod config;

@@ -10,18 +10,17 @@
 //! rename it into place once complete (every byte authenticated by the
 //! session; the hash checked for resumed files, or all with `--verify`).
 
-use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::time::{Duration, Instant};
 
 use burrow_proto::transfer::{
-    Entry, EntryKind, MAX_CHUNK, MAX_RESUME, Message, OfferKind, Receiver, ResumeAt, RxEvent, UNKNOWN_SIZE,
-    Verify, escape_display, offer_records,
+    Attempt, Entry, EntryKind, MAX_CHUNK, MAX_RESUME, Message, Next, OfferKind, Receiver, ResumeAt, RxEvent,
+    Sender, TxEvent, UNKNOWN_SIZE, Verify, escape_display,
 };
 
 use crate::error::{Error, shown};
@@ -143,29 +142,49 @@ fn expect_msg<R: Read>(r: &mut RecordReader<R>, what: &str) -> Result<Vec<u8>, E
     }
 }
 
-/// Reads what the receiver says during the data phase, on its own thread:
-/// keepalives, an `Error`, and finally the `Ack`. If the receiver falls
-/// silent for the idle timeout, or fails, the socket is shut down so that a
-/// write blocked on a dead peer returns at once.
-fn watch_receiver(mut r: RecordReader<TcpStream>, sock: TcpStream) -> mpsc::Receiver<Result<(), Error>> {
-    let (tx, rx) = mpsc::channel();
+/// The sending machine, shared between the data loop and the watcher.
+type SharedSender = Arc<Mutex<Sender>>;
+
+fn lock(tx: &SharedSender) -> MutexGuard<'_, Sender> {
+    tx.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Writes what the sending machine queued (offer, Skip, FileEnd, Done,
+/// the reason it failed) through the writer `g`.
+fn send_machine(g: &mut RecordWriter<TcpStream>, tx: &SharedSender) -> Result<(), Error> {
+    let mut buf = Vec::new();
+    while lock(tx).poll_transmit(Instant::now(), &mut buf) {
+        g.send(&buf)?;
+    }
+    Ok(())
+}
+
+/// Reads what the receiver says during the data phase, on its own thread,
+/// through the machine: keepalives, an `Error`, and finally the `Ack`. If
+/// the receiver falls silent for the idle timeout, or fails, the socket is
+/// shut down so that a write blocked on a dead peer returns at once.
+fn watch_receiver(
+    mut r: RecordReader<TcpStream>,
+    sock: TcpStream,
+    tx: SharedSender,
+) -> mpsc::Receiver<Result<(), Error>> {
+    let (done, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let res = match expect_msg(&mut r, "confirming the transfer").and_then(|m| {
-            Message::decode(&m)
-                .map(|msg| match msg {
-                    Message::Ack => Ok(()),
-                    Message::Error(m) => Err(Error::PeerClosed(escape_display(&m))),
-                    _ => Err(Error::Protocol("unexpected message from the receiver".into())),
-                })
-                .map_err(|e| Error::Protocol(e.to_string()))
-        }) {
-            Ok(inner) => inner,
-            Err(e) => Err(e),
+        let res = loop {
+            let rec = match expect_msg(&mut r, "confirming the transfer") {
+                Ok(rec) => rec,
+                Err(e) => break Err(e),
+            };
+            match lock(&tx).handle(Instant::now(), &rec) {
+                Ok(Some(TxEvent::Finished)) => break Ok(()),
+                Ok(_) => {}
+                Err(e) => break Err(Error::from(e)),
+            }
         };
         if res.is_err() {
             let _ = sock.shutdown(Shutdown::Both);
         }
-        let _ = tx.send(res);
+        let _ = done.send(res);
     });
     rx
 }
@@ -189,6 +208,23 @@ impl Payload {
     pub(crate) fn repeatable(&self) -> bool {
         !matches!(self, Payload::Stream(_))
     }
+
+    /// What is offered.
+    fn offer(&self) -> (OfferKind, Vec<Entry>) {
+        match self {
+            Payload::Items(items) => (OfferKind::Files, items.iter().map(|i| i.entry.clone()).collect()),
+            Payload::Text(t) => (OfferKind::Text, vec![text_entry(t.len() as u64)]),
+            Payload::Stream(_) => (
+                OfferKind::Stream,
+                vec![Entry {
+                    kind: EntryKind::File,
+                    executable: false,
+                    size: UNKNOWN_SIZE,
+                    path: "stdin".into(),
+                }],
+            ),
+        }
+    }
 }
 
 pub(crate) fn run_send(
@@ -207,25 +243,12 @@ pub(crate) fn run_send(
     } = Session::open(conn, idle)?;
     let first_run = state.runs == 0;
     state.runs += 1;
-
-    let (kind, entries): (OfferKind, Vec<Entry>) = match &*payload {
-        Payload::Items(items) => (OfferKind::Files, items.iter().map(|i| i.entry.clone()).collect()),
-        Payload::Text(t) => (OfferKind::Text, vec![text_entry(t.len() as u64)]),
-        Payload::Stream(_) => (
-            OfferKind::Stream,
-            vec![Entry {
-                kind: EntryKind::File,
-                executable: false,
-                size: UNKNOWN_SIZE,
-                path: "stdin".into(),
-            }],
-        ),
-    };
+    let (kind, entries) = payload.offer();
+    let attempt = if first_run { Attempt::First } else { Attempt::Again };
+    let tx: SharedSender = Arc::new(Mutex::new(Sender::new(kind, entries, attempt)));
     {
         let mut g = w.lock();
-        for rec in offer_records(kind, &entries) {
-            g.send(&rec)?;
-        }
+        send_machine(&mut g, &tx)?;
         g.flush()?;
     }
     if first_run {
@@ -233,30 +256,13 @@ pub(crate) fn run_send(
     }
     // A person may take their time: the receiver's keepalives prove it is still there.
     let answer = expect_msg(&mut r, "answering the offer")?;
-    let (from, hash_all, resume): (usize, bool, HashMap<u32, ResumeAt>) =
-        match Message::decode(&answer).map_err(|e| Error::Protocol(e.to_string()))? {
-            Message::Accept { hash_all, resume } => {
-                (0, hash_all, resume.into_iter().map(|r| (r.index, r)).collect())
-            }
-            Message::Continue {
-                from,
-                hash_all,
-                resume,
-            } if !first_run => (
-                from as usize,
-                hash_all,
-                resume.into_iter().map(|r| (r.index, r)).collect(),
-            ),
-            Message::Reject(reason) => return Err(Error::Declined(escape_display(&reason))),
-            Message::Error(m) => return Err(Error::PeerClosed(escape_display(&m))),
-            _ => return Err(Error::Protocol("unexpected answer to the offer".into())),
-        };
-    if from > entries.len() {
-        return Err(Error::Protocol(
-            "the receiver continues past the last file".into(),
-        ));
-    }
-    let watcher = watch_receiver(r, sock);
+    let from = match lock(&tx).handle(Instant::now(), &answer) {
+        Ok(Some(TxEvent::Accepted { from, .. })) => from,
+        Ok(_) => return Err(Error::Protocol("unexpected answer to the offer".into())),
+        Err(e) => return Err(e.into()),
+    };
+    let watcher = watch_receiver(r, sock, tx.clone());
+    let entries = lock(&tx).entries().to_vec();
     let total = match kind {
         OfferKind::Stream => None,
         _ => Some(
@@ -281,74 +287,72 @@ pub(crate) fn run_send(
             .map(|e| e.size)
             .sum(),
     );
-    let mut skipped = 0u64;
     let mut buf = Chunker::new(compress);
     let res = (|| -> Result<(), Error> {
-        match payload {
-            Payload::Items(items) => {
-                for (index, item) in items.iter().enumerate().skip(from) {
-                    let Some(src) = item
+        loop {
+            let next = lock(&tx).next_file()?;
+            let (index, resume) = match next {
+                Next::Done => break,
+                Next::File { index, resume, .. } => (index, resume),
+            };
+            let sent_before = progress.done;
+            let r = match payload {
+                Payload::Items(items) => {
+                    let src = items[index]
                         .source
                         .as_ref()
-                        .filter(|_| item.entry.kind == EntryKind::File)
-                    else {
-                        continue;
-                    };
+                        .ok_or_else(|| Error::Protocol("a file entry without a source".into()))?;
                     let mut f = File::open(src).map_err(|e| Error::io(src, e))?;
-                    let start = match u32::try_from(index).ok().and_then(|i| resume.get(&i)) {
-                        Some(r) => verify_prefix(&mut f, src, r, hash_all)?,
-                        None => Start::new(hash_all),
+                    let start = match &resume {
+                        Some(r) => resume_point(&mut f, src, r)?,
+                        None => None,
                     };
-                    if start.offset > 0 {
-                        w.lock().send(&Message::Skip(start.offset).to_vec())?;
-                        skipped += start.offset;
-                        progress.skip(start.offset);
-                    }
-                    let size = Some(item.entry.size);
-                    let sent_before = progress.done;
-                    let r = send_reader(&w, &mut buf, f, size, src, start, &mut progress, obs);
-                    state.sent += progress.done - sent_before;
-                    r?;
+                    let start = begin(&w, &tx, index, start, &mut progress)?;
+                    send_reader(&w, &tx, &mut buf, f, src, start, &mut progress, obs)
                 }
-            }
-            Payload::Text(t) => {
-                let (size, name) = (Some(t.len() as u64), Path::new("text"));
-                send_reader(
-                    &w,
-                    &mut buf,
-                    t.as_bytes(),
-                    size,
-                    name,
-                    Start::new(hash_all),
-                    &mut progress,
-                    obs,
-                )?;
-                state.sent += t.len() as u64;
-            }
-            Payload::Stream(rd) => {
-                let name = Path::new("stdin");
-                send_reader(
-                    &w,
-                    &mut buf,
-                    rd,
-                    None,
-                    name,
-                    Start::new(hash_all),
-                    &mut progress,
-                    obs,
-                )?;
-                state.sent = progress.done;
-            }
+                Payload::Text(t) => {
+                    let start = begin(&w, &tx, index, None, &mut progress)?;
+                    send_reader(
+                        &w,
+                        &tx,
+                        &mut buf,
+                        t.as_bytes(),
+                        Path::new("text"),
+                        start,
+                        &mut progress,
+                        obs,
+                    )
+                }
+                Payload::Stream(rd) => {
+                    let start = begin(&w, &tx, index, None, &mut progress)?;
+                    send_reader(
+                        &w,
+                        &tx,
+                        &mut buf,
+                        rd,
+                        Path::new("stdin"),
+                        start,
+                        &mut progress,
+                        obs,
+                    )
+                }
+            };
+            state.sent += progress.done - sent_before;
+            r?;
         }
-        w.send_now(&Message::Done.to_vec())
+        let mut g = w.lock();
+        send_machine(&mut g, &tx)?;
+        g.flush()
     })();
     if first_run {
-        state.resumed = skipped;
+        state.resumed = lock(&tx).skipped();
     }
     if let Err(e) = res {
         if matches!(e, Error::Io { .. } | Error::Usage(_)) {
             // A local problem: tell the receiver why.
-            let _ = w.send_now(&Message::Error(e.to_string()).to_vec());
+            lock(&tx).abort(&e.to_string());
+            let mut g = w.lock();
+            let _ = send_machine(&mut g, &tx).and_then(|()| g.flush());
             return Err(e);
         }
         // The connection failed: the watcher knows whether the receiver said why.
@@ -373,6 +377,34 @@ pub(crate) fn run_send(
         elapsed: report.elapsed,
     });
     Ok(report)
+}
+
+/// Starts file `index` in the machine (from a checked resume point or from
+/// the start) and sends the `Skip` it may queue. Returns the hasher
+/// `FileEnd` needs when the receiver checks this file (every file under
+/// `hash_all`, else resumed ones: see `burrow_proto::transfer`, "What is
+/// verified"), over the bytes before the start.
+fn begin(
+    w: &SharedWriter,
+    tx: &SharedSender,
+    index: usize,
+    resume: Option<(u64, blake3::Hasher)>,
+    progress: &mut Progress,
+) -> Result<Option<blake3::Hasher>, Error> {
+    let offset = resume.as_ref().map(|r| r.0);
+    let hashing = {
+        let mut t = lock(tx);
+        t.begin(index, offset)?;
+        t.hashing()
+    };
+    send_machine(&mut w.lock(), tx)?;
+    Ok(match resume {
+        Some((offset, hasher)) => {
+            progress.skip(offset);
+            Some(hasher)
+        }
+        None => hashing.then(blake3::Hasher::new),
+    })
 }
 
 fn text_entry(len: u64) -> Entry {
@@ -465,56 +497,33 @@ impl Chunker {
     }
 }
 
-/// Where a file's data starts: 0, or a verified resume point; and the
-/// hasher (over the bytes before the start) when the receiver checks this
-/// file's hash: every file if it asked for all (`hash_all`), else only
-/// resumed ones (see `burrow_proto::transfer`, "What is verified").
-struct Start {
-    offset: u64,
-    hasher: Option<blake3::Hasher>,
-}
-
-impl Start {
-    /// From the beginning, hashed if the receiver checks every file.
-    fn new(hash_all: bool) -> Self {
-        Self {
-            offset: 0,
-            hasher: hash_all.then(blake3::Hasher::new),
-        }
-    }
-}
-
-/// Hashes the first `r.offset` bytes of `f`; if they match the receiver's
-/// prefix, resume there (the file position is left at the offset; the rest
-/// is hashed, the receiver checks it), else rewind and send everything.
-fn verify_prefix(f: &mut File, src: &Path, r: &ResumeAt, hash_all: bool) -> Result<Start, Error> {
+/// Hashes the first `r.offset` bytes of `f`: if they match the receiver's
+/// prefix, the file continues there (its position is left at the offset)
+/// with the hasher over the prefix; else it is rewound and sent whole.
+fn resume_point(f: &mut File, src: &Path, r: &ResumeAt) -> Result<Option<(u64, blake3::Hasher)>, Error> {
     let mut hasher = blake3::Hasher::new();
     let copied = std::io::copy(&mut (&mut *f).take(r.offset), &mut hasher).map_err(|e| Error::io(src, e))?;
     if copied == r.offset && hasher.finalize() == blake3::Hash::from_bytes(r.prefix) {
-        return Ok(Start {
-            offset: r.offset,
-            hasher: Some(hasher),
-        });
+        return Ok(Some((r.offset, hasher)));
     }
     f.seek(SeekFrom::Start(0)).map_err(|e| Error::io(src, e))?;
-    Ok(Start::new(hash_all))
+    Ok(None)
 }
 
+/// Streams one file's bytes from `rd` (positioned where it starts) into
+/// records, hashing them on into `hasher` if that is given; the machine
+/// checks every count against the offer and queues `FileEnd`.
 #[allow(clippy::too_many_arguments)]
 fn send_reader(
     w: &SharedWriter,
+    tx: &SharedSender,
     chunker: &mut Chunker,
     mut rd: impl Read,
-    size: Option<u64>,
     name: &Path,
-    start: Start,
+    mut hasher: Option<blake3::Hasher>,
     progress: &mut Progress,
     obs: &mut dyn Observer,
 ) -> Result<(), Error> {
-    let Start {
-        offset: mut sent,
-        mut hasher,
-    } = start;
     let mut zip = chunker.start_file();
     loop {
         // Read outside the lock: a slow source (stdin) must not block keepalives.
@@ -529,28 +538,16 @@ fn send_reader(
         if let Some(h) = &mut hasher {
             h.update(chunker.batch.pending(n));
         }
-        sent += n as u64;
-        if size.is_some_and(|s| sent > s) {
-            return Err(Error::Usage(format!(
-                "{} grew while it was being sent",
-                name.display()
-            )));
-        }
+        lock(tx).sent_data(Instant::now(), n)?;
         let compressed = chunker.send(w, n, zip)?;
         if zip == FileZip::Undecided {
             zip = if compressed { FileZip::On } else { FileZip::Off };
         }
         progress.add(n, obs);
     }
-    if size.is_some_and(|s| sent != s) {
-        return Err(Error::Usage(format!(
-            "{} shrank while it was being sent",
-            name.display()
-        )));
-    }
     chunker.flush(w)?;
-    w.lock()
-        .send(&Message::FileEnd(hasher.map(|h| *h.finalize().as_bytes())).to_vec())
+    lock(tx).end_file(hasher.map(|h| *h.finalize().as_bytes()))?;
+    send_machine(&mut w.lock(), tx)
 }
 
 /// Where received bytes go.
@@ -863,11 +860,12 @@ pub(crate) fn run_receive(
     let mut rx = Receiver::new().verify(state.verify);
     loop {
         let rec = expect_msg(&mut r, "sending its offer")?;
-        match rx.handle(&rec) {
+        match rx.handle(Instant::now(), &rec) {
             Ok(RxEvent::OfferReady) => break,
             Ok(_) => {}
             Err(e) => {
-                let _ = w.send_now(&Message::Error(e.to_string()).to_vec());
+                // The machine queued the reason for the sender.
+                let _ = send_queued(&w, &mut rx);
                 return Err(e.into());
             }
         }
@@ -892,27 +890,32 @@ pub(crate) fn run_receive(
         save_as: None,
         from: state.peer.clone(),
     };
-    let refuse = |w: &SharedWriter, reason: &str| {
-        let _ = w.send_now(&Message::Reject(reason.to_owned()).to_vec());
+    let refuse = |w: &SharedWriter, rx: &mut Receiver, reason: &str| {
+        rx.reject(reason);
+        let _ = send_queued(w, rx);
     };
     let overwrite = match &state.accepted {
         // Accepted on an earlier connection of this session: don't ask again.
         Some((_, _, overwrite)) => *overwrite,
         None => {
             if let Err(e) = plan(&mut info, sink) {
-                refuse(&w, &format!("the receiver cannot take this: {e}"));
+                refuse(&w, &mut rx, &format!("the receiver cannot take this: {e}"));
                 return Err(e);
             }
             let overwrite = match obs.decide(&info) {
                 Decision::Accept => overwrite,
                 Decision::AcceptOverwrite => true,
                 Decision::Reject(reason) => {
-                    refuse(&w, &reason);
+                    refuse(&w, &mut rx, &reason);
                     return Err(Error::Declined(reason));
                 }
             };
             if !overwrite && !info.existing.is_empty() {
-                refuse(&w, "files with these names already exist on the receiving side");
+                refuse(
+                    &w,
+                    &mut rx,
+                    "files with these names already exist on the receiving side",
+                );
                 return Err(Error::Exists(info.existing));
             }
             overwrite
@@ -944,12 +947,12 @@ pub(crate) fn run_receive(
         _ => Vec::new(),
     };
     let resumable: u64 = proposals.iter().map(|p| p.1).sum();
-    let answer = if again {
-        rx.continue_from(from, proposals)?
+    if again {
+        rx.continue_from(from, proposals)?;
     } else {
-        rx.accept_resuming(proposals)?
-    };
-    w.send_now(&answer)?;
+        rx.accept_resuming(proposals)?;
+    }
+    send_queued(&w, &mut rx)?;
     if !again {
         state.accepted = Some((info.kind, info.entries.clone(), overwrite));
     }
@@ -976,7 +979,11 @@ pub(crate) fn run_receive(
     let res = (|| -> Result<(), Error> {
         loop {
             let rec = expect_msg(&mut r, "finishing the transfer")?;
-            match rx.handle(&rec)? {
+            let ev = rx.handle(Instant::now(), &rec);
+            if ev.is_err() {
+                let _ = send_queued(&w, &mut rx);
+            }
+            match ev? {
                 RxEvent::Data { index, bytes } => {
                     let n = bytes.len();
                     out.write(index, &rx, bytes)?;
@@ -1003,8 +1010,9 @@ pub(crate) fn run_receive(
                     state.from = index + 1;
                 }
                 RxEvent::Finished => {
+                    // On disk before the Ack (queued by the machine) says so.
                     out.sync_all()?;
-                    w.send_now(&rx.ack())?;
+                    send_queued(&w, &mut rx)?;
                     return Ok(());
                 }
                 RxEvent::Nothing | RxEvent::OfferReady => {}
@@ -1019,7 +1027,9 @@ pub(crate) fn run_receive(
         out.abort(&e, info.kind == OfferKind::Files);
         // A dropped connection may be continued: only a real failure is told.
         if !e.is_transient() {
-            let _ = w.send_now(&Message::Error(format!("receiver: {e}")).to_vec());
+            // (Unless the machine failed first and told the sender itself.)
+            rx.abort(&format!("receiver: {e}"));
+            let _ = send_queued(&w, &mut rx);
         }
         return Err(e);
     }
@@ -1042,6 +1052,16 @@ pub(crate) fn run_receive(
         elapsed: report.elapsed,
     });
     Ok(report)
+}
+
+/// Sends what the receiving machine queued (its answers, the Ack, the
+/// reason it failed).
+fn send_queued(w: &SharedWriter, rx: &mut Receiver) -> Result<(), Error> {
+    let mut buf = Vec::new();
+    while rx.poll_transmit(Instant::now(), &mut buf) {
+        w.send_now(&buf)?;
+    }
+    Ok(())
 }
 
 /// Partial files from an earlier transfer, as resume proposals: the bytes

@@ -204,6 +204,8 @@ impl From<TransferError> for Error {
             TransferError::HashMismatch(_) => Error::Integrity(e.to_string()),
             TransferError::Rejected(r) => Error::Declined(r),
             TransferError::Peer(m) => Error::PeerClosed(m),
+            TransferError::Silent(_) => Error::Timeout(e.to_string()),
+            TransferError::Local(m) => Error::Usage(m),
             other => Error::Protocol(other.to_string()),
         }
     }

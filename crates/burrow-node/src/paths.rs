@@ -162,7 +162,7 @@ pub fn local_addresses() -> Vec<IpAddr> {
 /// connects at anything we can reach (a blind port probe). Kept: unicast
 /// addresses with a port, loopback only when the relay itself is on
 /// loopback (both peers on one machine), never unspecified, multicast,
-/// broadcast or link-local (no scope to dial with); at most [`MAX_DIALS`],
+/// broadcast or link-local (no scope to dial with); at most `MAX_DIALS` (8),
 /// duplicates dropped. What remains (a peer naming another host of our
 /// LAN) is said in docs/security.md.
 pub fn dialable(addrs: &[SocketAddr], relay: Option<IpAddr>) -> Vec<SocketAddr> {

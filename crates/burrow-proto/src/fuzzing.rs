@@ -22,6 +22,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("staple_reply", staple_reply),
     ("transfer_message", transfer_message),
     ("transfer_receiver", transfer_receiver),
+    ("transfer_sender", transfer_sender),
     ("api_json", api_json),
     ("channel_table", channel_table),
     ("record", record),
@@ -205,8 +206,69 @@ pub fn transfer_receiver(data: &[u8]) {
         let n = usize::from(len).min(tail.len());
         let (rec, tail) = tail.split_at(n);
         rest = tail;
-        if let Ok(crate::transfer::RxEvent::OfferReady) = rx.handle(rec) {
+        if let Ok(crate::transfer::RxEvent::OfferReady) = rx.handle(std::time::Instant::now(), rec) {
             let _ = rx.accept();
+        }
+    }
+}
+
+/// The sending state machine with a small offer, fed what a receiver
+/// might say (records as for [`transfer_receiver`]), and driven on as far
+/// as each answer allows: files begun, all their bytes counted, ended;
+/// timers run at a clock that advances a second per record.
+pub fn transfer_sender(data: &[u8]) {
+    use crate::transfer::{Attempt, Entry, EntryKind, Next, OfferKind, Sender};
+    let entries = vec![
+        Entry {
+            kind: EntryKind::Dir,
+            executable: false,
+            size: 0,
+            path: "d".into(),
+        },
+        Entry {
+            kind: EntryKind::File,
+            executable: false,
+            size: 3,
+            path: "d/f".into(),
+        },
+        Entry {
+            kind: EntryKind::File,
+            executable: false,
+            size: 0,
+            path: "e".into(),
+        },
+    ];
+    let again = data.first().is_some_and(|b| b & 1 == 1);
+    let attempt = if again { Attempt::Again } else { Attempt::First };
+    let mut now = Instant::now();
+    let mut tx = Sender::new(OfferKind::Files, entries, attempt).timeouts(Duration::from_secs(15), now);
+    let mut out = Vec::new();
+    let mut rest = data.get(1..).unwrap_or_default();
+    while let Some((&len, tail)) = rest.split_first() {
+        let n = usize::from(len).min(tail.len());
+        let (rec, tail) = tail.split_at(n);
+        rest = tail;
+        now += Duration::from_secs(1);
+        let _ = tx.handle(now, rec);
+        let _ = tx.handle_timeout(now);
+        while tx.poll_transmit(now, &mut out) {
+            assert!(
+                Message::decode(&out).is_ok(),
+                "the sender queued bytes that do not decode"
+            );
+        }
+        while let Ok(Next::File { index, resume, .. }) = tx.next_file() {
+            let size = tx.entries()[index].size as usize;
+            let from = resume.map(|r| r.offset).filter(|_| len % 2 == 0);
+            if tx.begin(index, from).is_err() {
+                break;
+            }
+            while tx.poll_transmit(now, &mut out) {}
+            let left = size - from.unwrap_or(0) as usize;
+            assert!(tx.sent_data(now, left).is_ok());
+            let hash = tx.hashing().then_some([0u8; 32]);
+            assert!(tx.end_file(hash).is_ok());
+            while tx.poll_transmit(now, &mut out) {}
         }
     }
 }
@@ -351,6 +413,18 @@ pub fn record(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Random bytes through every target, beyond the committed seeds.
+        #[test]
+        fn targets_never_panic_on_random_bytes(data in proptest::collection::vec(any::<u8>(), 0..600)) {
+            for (_, target) in TARGETS {
+                target(&data);
+            }
+        }
+    }
 
     /// Replays every committed seed corpus through its target.
     #[test]

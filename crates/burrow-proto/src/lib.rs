@@ -27,6 +27,8 @@ pub mod channel;
 pub mod connector;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+#[cfg(test)]
+pub(crate) mod harness;
 pub mod keys;
 pub mod lobby;
 pub mod random;

@@ -40,7 +40,7 @@ fn deep_paths_cost_memory_linear_in_the_bytes_received() {
     let mut rx = Receiver::new();
     let mut last = RxEvent::Nothing;
     for rec in &records {
-        last = rx.handle(rec).expect("a valid offer");
+        last = rx.handle(std::time::Instant::now(), rec).expect("a valid offer");
     }
     assert_eq!(last, RxEvent::OfferReady);
     let held = ALLOC.peak_usage() - before;

@@ -22,7 +22,7 @@
 //! cleanses when the key is freed. ring offers no zeroization, so its key
 //! lives in one heap allocation that is never moved, and on drop is
 //! overwritten in place with the schedule of an all-zero key before it is
-//! freed ([`RingKey`]).
+//! freed (`RingKey`).
 
 use std::sync::OnceLock;
 

@@ -1,7 +1,7 @@
 //! The encrypted session between two peers, and its record layer.
 //!
 //! Channel mode runs Noise `NNpsk0` (via `snow`), with the PAKE's
-//! [`SessionKey`](crate::channel::pake::SessionKey) as the pre-shared key and the
+//! [`SessionKey`] as the pre-shared key and the
 //! channel name in the prologue:
 //!
 //! ```text

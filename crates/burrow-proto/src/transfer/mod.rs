@@ -84,11 +84,17 @@
 //! Paths are relative, `/`-separated, and checked by [`validate_rel_path`]:
 //! nothing the peer sends can name a place outside the output folder.
 
-use std::cmp::Ordering;
-
 use thiserror::Error;
 
+use std::time::{Duration, Instant};
+
 use crate::wire::{DecodeError, Reader, clip, put_bytes_u16};
+
+mod receiver;
+mod sender;
+
+pub use receiver::{Offer, Receiver, RxEvent, Verify};
+pub use sender::{Attempt, Next, Sender, TxEvent};
 
 /// Offer format version.
 pub const OFFER_VERSION: u8 = 1;
@@ -580,492 +586,71 @@ pub enum TransferError {
     /// The peer declined the offer.
     #[error("the other side declined: {0}")]
     Rejected(String),
+    /// Nothing arrived for the idle limit (not even a keepalive).
+    #[error("the other side sent nothing for {}s", .0.as_secs())]
+    Silent(std::time::Duration),
+    /// This side's own data broke the offer (a file grew or shrank while
+    /// it was sent, or the driver misused the machine).
+    #[error("{0}")]
+    Local(String),
 }
 
-/// A validated offer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Offer {
-    /// What is offered.
-    pub kind: OfferKind,
-    /// Files and folders, in the order their data will arrive.
-    pub entries: Vec<Entry>,
-    /// Sum of the file sizes (for streams: unknown, 0).
-    pub total: u64,
-}
-
-impl Offer {
-    /// Number of file entries.
-    pub fn files(&self) -> usize {
-        self.entries.iter().filter(|e| e.kind == EntryKind::File).count()
-    }
-
-    /// Number of folder entries.
-    pub fn dirs(&self) -> usize {
-        self.entries.len() - self.files()
-    }
-}
-
-/// What the receiver's driver must do after a message.
-#[derive(Debug, PartialEq, Eq)]
-pub enum RxEvent<'a> {
-    /// Nothing to do yet.
-    Nothing,
-    /// The offer is complete: show it and call [`Receiver::accept`] or [`Receiver::reject`].
-    OfferReady,
-    /// Bytes for the file at `index` (of [`Offer::entries`]): write them.
-    Data {
-        /// Entry index.
-        index: usize,
-        /// The bytes.
-        bytes: &'a [u8],
-    },
-    /// Compressed bytes for the current file: decompress them (to at most
-    /// [`MAX_CHUNK`] bytes) and pass the result to [`Receiver::data`].
-    Compressed {
-        /// Entry index.
-        index: usize,
-        /// One zstd frame.
-        frame: &'a [u8],
-    },
-    /// The file at `index` continues at `offset`: reopen its partial file there.
-    Resumed {
-        /// Entry index.
-        index: usize,
-        /// Bytes already present.
-        offset: u64,
-    },
-    /// The file at `index` is complete and its hash verified: move it into place.
-    FileVerified {
-        /// Entry index.
-        index: usize,
-    },
-    /// Everything arrived and was verified; send the returned `Ack`.
-    Finished,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RxState {
-    AwaitOffer,
-    Entries,
-    AwaitDecision,
-    Receiving,
-    Finished,
-    Failed,
-}
-
-/// Which files the receiver hashes again to check their `FileEnd` hash
-/// (see the module docs: the session's AEAD already authenticates every byte).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Verify {
-    /// Only resumed files, whose first bytes came from the receiver's disk.
-    #[default]
-    Resumed,
-    /// Every file.
-    All,
-}
-
-/// The receiving side of a transfer, sans-IO: feed it each record's
-/// plaintext with [`Receiver::handle`] and act on the [`RxEvent`]s.
+/// Keepalive and silence timers of one side of a transfer: a `Keepalive`
+/// is due when nothing was sent for a third of the idle limit, and the
+/// other side is gone when nothing arrived for the whole limit.
 #[derive(Debug, Clone)]
-pub struct Receiver {
-    state: RxState,
-    kind: OfferKind,
-    expected: u64,
-    declared_total: u64,
-    entries: Vec<Entry>,
-    /// Path bytes the entries may still use (from [`MAX_OFFER_PATH_BYTES`]).
-    path_budget: u64,
-    /// Entry indexes in path order (components compared one by one), built
-    /// when the offer is complete: the clash checks and [`Receiver::offers`].
-    order: Vec<u32>,
-    sum: u64,
-    current: usize,
-    in_file: u64,
-    /// The current file's hash so far, when it is to be checked.
-    hasher: Option<blake3::Hasher>,
-    verify: Verify,
-    received: u64,
-    /// Whether the current file has seen any message yet.
-    started: bool,
-    /// Resume proposals sent with `Accept`, by entry index.
-    resume: std::collections::HashMap<usize, (u64, blake3::Hasher)>,
+struct Liveness {
+    idle: Duration,
+    last_in: Instant,
+    last_out: Instant,
 }
 
-impl Default for Receiver {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Receiver {
-    /// A receiver waiting for an offer.
-    pub fn new() -> Self {
+impl Liveness {
+    fn new(idle: Duration, now: Instant) -> Self {
         Self {
-            state: RxState::AwaitOffer,
-            kind: OfferKind::Files,
-            expected: 0,
-            declared_total: 0,
-            entries: Vec::new(),
-            path_budget: MAX_OFFER_PATH_BYTES,
-            order: Vec::new(),
-            sum: 0,
-            current: 0,
-            in_file: 0,
-            hasher: None,
-            verify: Verify::Resumed,
-            received: 0,
-            started: false,
-            resume: std::collections::HashMap::new(),
+            idle,
+            last_in: now,
+            last_out: now,
         }
     }
 
-    /// Which files' `FileEnd` hashes are checked (default: [`Verify::Resumed`]).
-    pub fn verify(mut self, verify: Verify) -> Self {
-        self.verify = verify;
-        self.hasher = self.fresh_hasher();
-        self
+    fn received(&mut self, now: Instant) {
+        self.last_in = self.last_in.max(now);
     }
 
-    fn fresh_hasher(&self) -> Option<blake3::Hasher> {
-        (self.verify == Verify::All).then(blake3::Hasher::new)
+    fn sent(&mut self, now: Instant) {
+        self.last_out = self.last_out.max(now);
     }
 
-    /// The offer so far (complete once [`RxEvent::OfferReady`] was returned).
-    pub fn offer(&self) -> Offer {
-        Offer {
-            kind: self.kind,
-            entries: self.entries.clone(),
-            total: self.declared_total,
+    fn keepalive_at(&self) -> Option<Instant> {
+        self.last_out.checked_add(self.idle / 3)
+    }
+
+    fn silent_at(&self) -> Option<Instant> {
+        self.last_in.checked_add(self.idle)
+    }
+
+    /// The earlier of the two timers (far in the future if neither can be
+    /// represented).
+    fn deadline(&self) -> Instant {
+        match (self.keepalive_at(), self.silent_at()) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => self.last_out,
         }
     }
 
-    /// Borrow the entries.
-    pub fn entries(&self) -> &[Entry] {
-        &self.entries
-    }
-
-    /// File bytes received so far.
-    pub fn received(&self) -> u64 {
-        self.received
-    }
-
-    /// Accepts the offer; returns the message to send.
-    pub fn accept(&mut self) -> Result<Vec<u8>, TransferError> {
-        self.accept_resuming(Vec::new())
-    }
-
-    /// Accepts the offer, proposing to resume files: for each, the entry
-    /// index, the bytes already present, and a hasher that has hashed exactly
-    /// those bytes. Proposals for non-files, past a file's size, or beyond
-    /// [`MAX_RESUME`] are dropped.
-    pub fn accept_resuming(
-        &mut self,
-        proposals: Vec<(usize, u64, blake3::Hasher)>,
-    ) -> Result<Vec<u8>, TransferError> {
-        let resume = self.start_receiving(0, proposals)?;
-        Ok(Message::Accept {
-            hash_all: self.verify == Verify::All,
-            resume,
+    /// `Ok(true)`: send a keepalive now; an error: the other side is silent.
+    fn on_timeout(&mut self, now: Instant) -> Result<bool, TransferError> {
+        if self.silent_at().is_some_and(|t| now >= t) {
+            return Err(TransferError::Silent(self.idle));
         }
-        .to_vec())
-    }
-
-    /// After a reconnect: the offer (sent again) was accepted before, and
-    /// every file before entry `from` is complete. Returns the `Continue`
-    /// message; `proposals` as for [`Receiver::accept_resuming`].
-    pub fn continue_from(
-        &mut self,
-        from: usize,
-        proposals: Vec<(usize, u64, blake3::Hasher)>,
-    ) -> Result<Vec<u8>, TransferError> {
-        let wire_from = u32::try_from(from)
-            .ok()
-            .filter(|_| from <= self.entries.len())
-            .ok_or(TransferError::Unexpected("continue past the last entry"))?;
-        let resume = self.start_receiving(from, proposals)?;
-        Ok(Message::Continue {
-            from: wire_from,
-            hash_all: self.verify == Verify::All,
-            resume,
+        if self.keepalive_at().is_some_and(|t| now >= t) {
+            self.last_out = now;
+            return Ok(true);
         }
-        .to_vec())
+        Ok(false)
     }
-
-    fn start_receiving(
-        &mut self,
-        from: usize,
-        proposals: Vec<(usize, u64, blake3::Hasher)>,
-    ) -> Result<Vec<ResumeAt>, TransferError> {
-        if self.state != RxState::AwaitDecision {
-            return Err(TransferError::Unexpected("accept before the offer is complete"));
-        }
-        let mut wire = Vec::new();
-        for (index, offset, hasher) in proposals.into_iter().take(MAX_RESUME) {
-            let ok = index >= from
-                && self.entries.get(index).is_some_and(|e| {
-                    e.kind == EntryKind::File && e.size != UNKNOWN_SIZE && offset <= e.size && offset > 0
-                });
-            let Ok(idx32) = u32::try_from(index) else { continue };
-            if ok && !self.resume.contains_key(&index) {
-                wire.push(ResumeAt {
-                    index: idx32,
-                    offset,
-                    prefix: *hasher.finalize().as_bytes(),
-                });
-                self.resume.insert(index, (offset, hasher));
-            }
-        }
-        self.state = RxState::Receiving;
-        self.current = from.min(self.entries.len());
-        self.skip_dirs();
-        Ok(wire)
-    }
-
-    /// Declines the offer; returns the message to send.
-    pub fn reject(&mut self, reason: &str) -> Vec<u8> {
-        self.state = RxState::Failed;
-        Message::Reject(reason.to_owned()).to_vec()
-    }
-
-    fn skip_dirs(&mut self) {
-        while self.current < self.entries.len() && self.entries[self.current].kind == EntryKind::Dir {
-            self.current += 1;
-        }
-        self.in_file = 0;
-        self.started = false;
-        self.hasher = self.fresh_hasher();
-    }
-
-    fn fail<T>(&mut self, e: TransferError) -> Result<T, TransferError> {
-        self.state = RxState::Failed;
-        Err(e)
-    }
-
-    fn add_entry(&mut self, e: Entry) -> Result<(), TransferError> {
-        if let Err(err) = validate_rel_path(&e.path) {
-            return Err(TransferError::BadOffer(format!(
-                "{}: {err}",
-                escape_display(&e.path)
-            )));
-        }
-        // Clashes (a file twice, a file that is also a folder, an entry
-        // below a file) are found once the offer is complete, by sorting
-        // (see `check_clashes`): holding every folder prefix of every path
-        // instead would cost memory quadratic in the path depth.
-        let Some(left) = self.path_budget.checked_sub(e.path.len() as u64) else {
-            return Err(TransferError::BadOffer(format!(
-                "more than {MAX_OFFER_PATH_BYTES} bytes of names"
-            )));
-        };
-        self.path_budget = left;
-        match e.kind {
-            EntryKind::File => {
-                if self.kind != OfferKind::Stream && e.size == UNKNOWN_SIZE {
-                    return Err(TransferError::BadOffer("a file without a size".into()));
-                }
-                if self.kind != OfferKind::Stream {
-                    self.sum = self
-                        .sum
-                        .checked_add(e.size)
-                        .ok_or_else(|| TransferError::BadOffer("sizes overflow".into()))?;
-                }
-            }
-            EntryKind::Dir => {
-                if self.kind != OfferKind::Files {
-                    return Err(TransferError::BadOffer(
-                        "folders in a text or stream offer".into(),
-                    ));
-                }
-            }
-        }
-        self.entries.push(e);
-        Ok(())
-    }
-
-    /// Sorts the entries by path, component by component, and refuses an
-    /// offer where a file appears twice, is also a folder, or has entries
-    /// below it. In that order every entry below or equal to a path comes
-    /// right after it, so comparing neighbours finds every clash: O(n log n)
-    /// time and four bytes per entry.
-    fn check_clashes(&mut self) -> Result<(), TransferError> {
-        let entries = &self.entries;
-        let mut order: Vec<u32> = (0..entries.len() as u32).collect();
-        order.sort_unstable_by(|&a, &b| path_order(&entries[a as usize].path, &entries[b as usize].path));
-        for w in order.windows(2) {
-            let (a, b) = (&entries[w[0] as usize], &entries[w[1] as usize]);
-            let same = a.path == b.path;
-            let below = b.path.len() > a.path.len()
-                && b.path.as_bytes()[a.path.len()] == b'/'
-                && b.path.starts_with(a.path.as_str());
-            if same && (a.kind == EntryKind::File || b.kind == EntryKind::File) {
-                return Err(TransferError::BadOffer(format!(
-                    "{} appears twice",
-                    escape_display(&a.path)
-                )));
-            }
-            if below && a.kind == EntryKind::File {
-                return Err(TransferError::BadOffer(format!(
-                    "{} is both a file and a folder",
-                    escape_display(&a.path)
-                )));
-            }
-        }
-        self.order = order;
-        Ok(())
-    }
-
-    /// Whether the complete offer names `path` (a file or folder entry).
-    /// Folders only implied by deeper entries do not count.
-    pub fn offers(&self, path: &str) -> bool {
-        self.order
-            .binary_search_by(|&i| path_order(&self.entries[i as usize].path, path))
-            .is_ok()
-    }
-
-    /// Handles one record's plaintext.
-    pub fn handle<'a>(&mut self, record: &'a [u8]) -> Result<RxEvent<'a>, TransferError> {
-        let msg = match Message::decode(record) {
-            Ok(m) => m,
-            Err(e) => return self.fail(e.into()),
-        };
-        match (self.state, msg) {
-            (RxState::Failed, _) => Err(TransferError::Unexpected("message after failure")),
-            (_, Message::Keepalive) => Ok(RxEvent::Nothing),
-            (_, Message::Error(m)) => self.fail(TransferError::Peer(escape_display(&m))),
-            (RxState::AwaitOffer, Message::Offer { kind, entries, total }) => {
-                let bad = entries > MAX_ENTRIES
-                    || (kind != OfferKind::Files && entries != 1)
-                    || (kind == OfferKind::Stream && total != 0);
-                if bad {
-                    return self.fail(TransferError::BadOffer(format!(
-                        "{entries} entries of kind {kind:?}"
-                    )));
-                }
-                self.kind = kind;
-                self.expected = entries;
-                self.declared_total = total;
-                self.state = RxState::Entries;
-                Ok(RxEvent::Nothing)
-            }
-            (RxState::Entries, Message::Entry(e)) => {
-                if self.entries.len() as u64 >= self.expected {
-                    return self.fail(TransferError::BadOffer("more entries than announced".into()));
-                }
-                match self.add_entry(e) {
-                    Ok(()) => Ok(RxEvent::Nothing),
-                    Err(err) => self.fail(err),
-                }
-            }
-            (RxState::Entries, Message::OfferEnd) => {
-                if self.entries.len() as u64 != self.expected {
-                    return self.fail(TransferError::BadOffer("fewer entries than announced".into()));
-                }
-                if self.kind != OfferKind::Stream && self.sum != self.declared_total {
-                    return self.fail(TransferError::BadOffer("sizes do not add up to the total".into()));
-                }
-                if let Err(e) = self.check_clashes() {
-                    return self.fail(e);
-                }
-                self.state = RxState::AwaitDecision;
-                Ok(RxEvent::OfferReady)
-            }
-            (RxState::Receiving, Message::Skip(offset)) => {
-                let index = self.current;
-                match self.resume.remove(&index) {
-                    Some((proposed, hasher)) if proposed == offset && !self.started => {
-                        self.started = true;
-                        self.in_file = offset;
-                        self.hasher = Some(hasher);
-                        Ok(RxEvent::Resumed { index, offset })
-                    }
-                    _ => self.fail(TransferError::Unexpected(
-                        "skip without a matching resume proposal",
-                    )),
-                }
-            }
-            (RxState::Receiving, Message::Data(bytes)) => self.data(bytes),
-            (RxState::Receiving, Message::ZData(frame)) => {
-                if self.current >= self.entries.len() {
-                    return self.fail(TransferError::Unexpected("data after the last file"));
-                }
-                Ok(RxEvent::Compressed {
-                    index: self.current,
-                    frame,
-                })
-            }
-            (RxState::Receiving, Message::FileEnd(hash)) => {
-                self.resume.remove(&self.current);
-                let Some(e) = self.entries.get(self.current) else {
-                    return self.fail(TransferError::Unexpected("file end after the last file"));
-                };
-                if e.size != UNKNOWN_SIZE && self.in_file != e.size {
-                    return self.fail(TransferError::Unexpected("file ended before its size"));
-                }
-                if let Some(h) = self.hasher.take() {
-                    let Some(hash) = hash else {
-                        return self.fail(TransferError::Unexpected(
-                            "the sender sent no hash for a file this side checks",
-                        ));
-                    };
-                    if h.finalize() != blake3::Hash::from_bytes(hash) {
-                        let name = escape_display(&e.path);
-                        return self.fail(TransferError::HashMismatch(name));
-                    }
-                }
-                let index = self.current;
-                self.current += 1;
-                self.skip_dirs();
-                Ok(RxEvent::FileVerified { index })
-            }
-            (RxState::Receiving, Message::Done) => {
-                if self.current < self.entries.len() {
-                    return self.fail(TransferError::Unexpected("done before every file arrived"));
-                }
-                self.state = RxState::Finished;
-                Ok(RxEvent::Finished)
-            }
-            (_, _) => self.fail(TransferError::Unexpected("message out of order")),
-        }
-    }
-
-    /// File bytes for the current file: from a `Data` record, or what a
-    /// `ZData` frame decompressed to ([`RxEvent::Compressed`]).
-    pub fn data<'a>(&mut self, bytes: &'a [u8]) -> Result<RxEvent<'a>, TransferError> {
-        if self.state != RxState::Receiving {
-            return self.fail(TransferError::Unexpected("data out of order"));
-        }
-        self.started = true;
-        self.resume.remove(&self.current);
-        let Some(e) = self.entries.get(self.current) else {
-            return self.fail(TransferError::Unexpected("data after the last file"));
-        };
-        let new_len = self.in_file.saturating_add(bytes.len() as u64);
-        if e.size != UNKNOWN_SIZE && new_len > e.size {
-            return self.fail(TransferError::Unexpected("more data than the file's size"));
-        }
-        self.in_file = new_len;
-        self.received += bytes.len() as u64;
-        if let Some(h) = &mut self.hasher {
-            h.update(bytes);
-        }
-        Ok(RxEvent::Data {
-            index: self.current,
-            bytes,
-        })
-    }
-
-    /// The message to send once [`RxEvent::Finished`] was returned.
-    pub fn ack(&self) -> Vec<u8> {
-        Message::Ack.to_vec()
-    }
-}
-
-/// Orders paths component by component: as bytes, with `/` below every
-/// other byte (NUL cannot occur in a valid path), so that `a/b` sorts right
-/// after `a` and before `a-b`.
-fn path_order(a: &str, b: &str) -> Ordering {
-    let key = |c: &u8| if *c == b'/' { 0 } else { *c };
-    a.as_bytes().iter().map(key).cmp(b.as_bytes().iter().map(key))
 }
 
 /// Writes an offer's messages, one `Vec` per record.
@@ -1091,9 +676,89 @@ pub fn offer_records(kind: OfferKind, entries: &[Entry]) -> impl Iterator<Item =
     .chain(std::iter::once(Message::OfferEnd.to_vec()))
 }
 
+/// Transfer messages over a plain ordered byte stream (a mux stream inside
+/// an already encrypted session, not a raw socket): each message with a
+/// two-byte big-endian length in front, as records are framed on TCP.
+///
+/// ```text
+/// framed = len:u16 (0..=MAX_PLAINTEXT) | message
+/// ```
+pub mod framing {
+    use crate::session::MAX_PLAINTEXT;
+
+    /// Appends `msg` with its length prefix to `out`; `false` (nothing
+    /// appended) when it is longer than one message may be.
+    pub fn put(msg: &[u8], out: &mut Vec<u8>) -> bool {
+        let Ok(len) = u16::try_from(msg.len()) else {
+            return false;
+        };
+        if msg.len() > MAX_PLAINTEXT {
+            return false;
+        }
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(msg);
+        true
+    }
+
+    /// Reassembles messages from stream bytes. Holds at most one message
+    /// and its prefix (64 KiB) plus what one `push` adds.
+    #[derive(Debug, Default)]
+    pub struct Reader {
+        buf: Vec<u8>,
+        start: usize,
+    }
+
+    /// A length prefix above [`MAX_PLAINTEXT`].
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+    #[error("a framed message longer than {MAX_PLAINTEXT} bytes")]
+    pub struct TooLong;
+
+    impl Reader {
+        /// Bytes that arrived.
+        pub fn push(&mut self, bytes: &[u8]) {
+            if self.start > 0 && self.start == self.buf.len() {
+                self.buf.clear();
+                self.start = 0;
+            }
+            self.buf.extend_from_slice(bytes);
+        }
+
+        /// The next complete message, if one is there.
+        pub fn next_message(&mut self) -> Result<Option<&[u8]>, TooLong> {
+            let rest = &self.buf[self.start..];
+            let Some(len) = rest
+                .get(..2)
+                .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+            else {
+                return Ok(None);
+            };
+            if len > MAX_PLAINTEXT {
+                return Err(TooLong);
+            }
+            if rest.len() < 2 + len {
+                if self.start > 0 {
+                    self.buf.drain(..self.start);
+                    self.start = 0;
+                }
+                return Ok(None);
+            }
+            let at = self.start + 2;
+            self.start = at + len;
+            Ok(Some(&self.buf[at..at + len]))
+        }
+    }
+}
+
+#[cfg(test)]
+mod pair_tests;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    pub(super) fn now() -> Instant {
+        Instant::now()
+    }
     use proptest::prelude::*;
 
     pub(super) fn file(path: &str, size: u64) -> Entry {
@@ -1199,19 +864,19 @@ mod tests {
     fn run(entries: Vec<Entry>, data: &[(&str, &[u8])]) -> Result<Vec<(usize, Vec<u8>)>, TransferError> {
         let mut rx = Receiver::new();
         for rec in offer_records(OfferKind::Files, &entries) {
-            rx.handle(&rec)?;
+            rx.handle(now(), &rec)?;
         }
         rx.accept()?;
         let mut got: Vec<(usize, Vec<u8>)> = Vec::new();
         for (_, bytes) in data {
             let m = Message::Data(bytes).to_vec();
-            if let RxEvent::Data { index, bytes } = rx.handle(&m)? {
+            if let RxEvent::Data { index, bytes } = rx.handle(now(), &m)? {
                 got.push((index, bytes.to_vec()));
             }
             let end = Message::FileEnd(Some(*blake3::hash(bytes).as_bytes())).to_vec();
-            rx.handle(&end)?;
+            rx.handle(now(), &end)?;
         }
-        assert_eq!(rx.handle(&Message::Done.to_vec())?, RxEvent::Finished);
+        assert_eq!(rx.handle(now(), &Message::Done.to_vec())?, RxEvent::Finished);
         Ok(got)
     }
 
@@ -1235,19 +900,25 @@ mod tests {
     fn hash_mismatch_is_detected_when_verifying_all() {
         let mut rx = Receiver::new().verify(Verify::All);
         for rec in offer_records(OfferKind::Files, &[file("a", 3), file("b", 2)]) {
-            rx.handle(&rec).unwrap();
+            rx.handle(now(), &rec).unwrap();
         }
         rx.accept().unwrap();
-        rx.handle(&Message::Data(b"abc").to_vec()).unwrap();
-        rx.handle(&Message::FileEnd(Some(*blake3::hash(b"abc").as_bytes())).to_vec())
-            .unwrap();
+        rx.handle(now(), &Message::Data(b"abc").to_vec()).unwrap();
+        rx.handle(
+            now(),
+            &Message::FileEnd(Some(*blake3::hash(b"abc").as_bytes())).to_vec(),
+        )
+        .unwrap();
         // The second file too: the hasher starts again for every file.
-        rx.handle(&Message::Data(b"xy").to_vec()).unwrap();
+        rx.handle(now(), &Message::Data(b"xy").to_vec()).unwrap();
         let err = rx
-            .handle(&Message::FileEnd(Some(*blake3::hash(b"xz").as_bytes())).to_vec())
+            .handle(
+                now(),
+                &Message::FileEnd(Some(*blake3::hash(b"xz").as_bytes())).to_vec(),
+            )
             .unwrap_err();
         assert_eq!(err, TransferError::HashMismatch("b".into()));
-        assert!(rx.handle(&Message::Done.to_vec()).is_err());
+        assert!(rx.handle(now(), &Message::Done.to_vec()).is_err());
     }
 
     /// By default a file that arrived whole in this session is trusted to
@@ -1256,19 +927,20 @@ mod tests {
     fn by_default_only_sizes_are_checked_for_whole_files() {
         let mut rx = Receiver::new();
         for rec in offer_records(OfferKind::Files, &[file("a", 3)]) {
-            rx.handle(&rec).unwrap();
+            rx.handle(now(), &rec).unwrap();
         }
         rx.accept().unwrap();
-        rx.handle(&Message::Data(b"ab").to_vec()).unwrap();
+        rx.handle(now(), &Message::Data(b"ab").to_vec()).unwrap();
         let early = rx.clone();
         assert!(matches!(
-            rx.handle(&Message::FileEnd(Some([0; 32])).to_vec()),
+            rx.handle(now(), &Message::FileEnd(Some([0; 32])).to_vec()),
             Err(TransferError::Unexpected(_))
         ));
         let mut rx = early;
-        rx.handle(&Message::Data(b"c").to_vec()).unwrap();
+        rx.handle(now(), &Message::Data(b"c").to_vec()).unwrap();
         assert_eq!(
-            rx.handle(&Message::FileEnd(Some([0; 32])).to_vec()).unwrap(),
+            rx.handle(now(), &Message::FileEnd(Some([0; 32])).to_vec())
+                .unwrap(),
             RxEvent::FileVerified { index: 0 }
         );
     }
@@ -1288,7 +960,7 @@ mod tests {
             let mut rx = Receiver::new();
             let mut res = Ok(());
             for rec in offer_records(OfferKind::Files, &[file(bad, 1)]) {
-                res = rx.handle(&rec).map(|_| ());
+                res = rx.handle(now(), &rec).map(|_| ());
                 if res.is_err() {
                     break;
                 }
@@ -1304,7 +976,7 @@ mod tests {
         ] {
             let mut rx = Receiver::new();
             let r: Result<Vec<_>, _> = offer_records(OfferKind::Files, &pair)
-                .map(|rec| rx.handle(&rec).map(|_| ()))
+                .map(|rec| rx.handle(now(), &rec).map(|_| ()))
                 .collect();
             assert!(r.is_err());
         }
@@ -1322,7 +994,7 @@ mod tests {
         ];
         let mut rx = Receiver::new();
         let r: Result<Vec<_>, _> = offer_records(OfferKind::Files, &bad)
-            .map(|rec| rx.handle(&rec).map(|_| ()))
+            .map(|rec| rx.handle(now(), &rec).map(|_| ()))
             .collect();
         assert!(matches!(r, Err(TransferError::BadOffer(m)) if m.contains("both a file and a folder")));
         // A folder named twice, or implied and named, is fine.
@@ -1336,7 +1008,7 @@ mod tests {
         ];
         let mut rx = Receiver::new();
         for rec in offer_records(OfferKind::Files, &good) {
-            rx.handle(&rec).unwrap();
+            rx.handle(now(), &rec).unwrap();
         }
         assert!(rx.offers("a/b") && rx.offers("a") && rx.offers("a-b") && rx.offers("c"));
         assert!(!rx.offers("a/b/c") && !rx.offers("b") && !rx.offers("a/"));
@@ -1350,6 +1022,7 @@ mod tests {
         rx.path_budget = 64 * long.len() as u64; // the same rule, a smaller budget
         let n = 65;
         rx.handle(
+            now(),
             &Message::Offer {
                 kind: OfferKind::Files,
                 entries: n,
@@ -1360,25 +1033,26 @@ mod tests {
         .unwrap();
         let rec = Message::Entry(file(&long, 0)).to_vec();
         for _ in 1..n {
-            rx.handle(&rec).unwrap();
+            rx.handle(now(), &rec).unwrap();
         }
-        let e = rx.handle(&rec).unwrap_err();
+        let e = rx.handle(now(), &rec).unwrap_err();
         assert!(matches!(e, TransferError::BadOffer(m) if m.contains("bytes of names")));
     }
 
     #[test]
     fn order_and_size_are_enforced() {
         let mut rx = Receiver::new();
-        assert!(rx.handle(&Message::Data(b"x").to_vec()).is_err());
+        assert!(rx.handle(now(), &Message::Data(b"x").to_vec()).is_err());
         let mut rx = Receiver::new();
         for rec in offer_records(OfferKind::Files, &[file("a", 1)]) {
-            rx.handle(&rec).unwrap();
+            rx.handle(now(), &rec).unwrap();
         }
         rx.accept().unwrap();
-        assert!(rx.handle(&Message::Data(b"xy").to_vec()).is_err());
+        assert!(rx.handle(now(), &Message::Data(b"xy").to_vec()).is_err());
         // Lying totals.
         let mut rx = Receiver::new();
         rx.handle(
+            now(),
             &Message::Offer {
                 kind: OfferKind::Files,
                 entries: 1,
@@ -1387,22 +1061,22 @@ mod tests {
             .to_vec(),
         )
         .unwrap();
-        rx.handle(&Message::Entry(file("a", 1)).to_vec()).unwrap();
-        assert!(rx.handle(&Message::OfferEnd.to_vec()).is_err());
+        rx.handle(now(), &Message::Entry(file("a", 1)).to_vec()).unwrap();
+        assert!(rx.handle(now(), &Message::OfferEnd.to_vec()).is_err());
         // Done before all files.
         let mut rx = Receiver::new();
         for rec in offer_records(OfferKind::Files, &[file("a", 0)]) {
-            rx.handle(&rec).unwrap();
+            rx.handle(now(), &rec).unwrap();
         }
         rx.accept().unwrap();
-        assert!(rx.handle(&Message::Done.to_vec()).is_err());
+        assert!(rx.handle(now(), &Message::Done.to_vec()).is_err());
     }
 
     #[test]
     fn peer_errors_surface() {
         let mut rx = Receiver::new();
         let e = rx
-            .handle(&Message::Error("disk \x1b[31mfull".into()).to_vec())
+            .handle(now(), &Message::Error("disk \x1b[31mfull".into()).to_vec())
             .unwrap_err();
         assert_eq!(e, TransferError::Peer("disk \\u{1b}[31mfull".into()));
     }
@@ -1458,7 +1132,7 @@ mod tests {
         fn decode_and_receiver_are_total(records in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..8)) {
             let mut rx = Receiver::new();
             for r in &records {
-                let _ = rx.handle(r);
+                let _ = rx.handle(now(), r);
                 let _ = rx.accept();
             }
         }
@@ -1467,7 +1141,15 @@ mod tests {
 
 #[cfg(test)]
 mod resume_tests {
+    use super::tests::now;
     use super::*;
+
+    /// The message the receiver queued next.
+    fn queued(rx: &mut Receiver) -> Vec<u8> {
+        let mut out = Vec::new();
+        assert!(rx.poll_transmit(now(), &mut out), "nothing queued");
+        out
+    }
 
     fn offer(rx: &mut Receiver, data: &[u8]) {
         let e = Entry {
@@ -1477,7 +1159,7 @@ mod resume_tests {
             path: "f".into(),
         };
         for rec in offer_records(OfferKind::Files, &[e]) {
-            rx.handle(&rec).unwrap();
+            rx.handle(now(), &rec).unwrap();
         }
     }
 
@@ -1492,9 +1174,9 @@ mod resume_tests {
         let data = b"hello resumable world";
         let mut rx = Receiver::new();
         offer(&mut rx, data);
-        let acc = rx
-            .accept_resuming(vec![(0, 6, prefix_hasher(&data[..6]))])
+        rx.accept_resuming(vec![(0, 6, prefix_hasher(&data[..6]))])
             .unwrap();
+        let acc = queued(&mut rx);
         let Ok(Message::Accept {
             hash_all: false,
             resume: list,
@@ -1505,12 +1187,15 @@ mod resume_tests {
         assert_eq!(list[0].offset, 6);
         assert_eq!(list[0].prefix, *blake3::hash(&data[..6]).as_bytes());
         assert_eq!(
-            rx.handle(&Message::Skip(6).to_vec()).unwrap(),
+            rx.handle(now(), &Message::Skip(6).to_vec()).unwrap(),
             RxEvent::Resumed { index: 0, offset: 6 }
         );
-        rx.handle(&Message::Data(&data[6..]).to_vec()).unwrap();
+        rx.handle(now(), &Message::Data(&data[6..]).to_vec()).unwrap();
         let end = Message::FileEnd(Some(*blake3::hash(data).as_bytes())).to_vec();
-        assert_eq!(rx.handle(&end).unwrap(), RxEvent::FileVerified { index: 0 });
+        assert_eq!(
+            rx.handle(now(), &end).unwrap(),
+            RxEvent::FileVerified { index: 0 }
+        );
         assert_eq!(rx.received(), (data.len() - 6) as u64);
     }
 
@@ -1524,12 +1209,12 @@ mod resume_tests {
             tests::file("c", 2),
         ];
         for rec in offer_records(OfferKind::Files, &entries) {
-            rx.handle(&rec).unwrap();
+            rx.handle(now(), &rec).unwrap();
         }
         assert!(rx.continue_from(5, vec![]).is_err());
-        let msg = rx
-            .continue_from(1, vec![(2, 6, prefix_hasher(b"012345"))])
+        rx.continue_from(1, vec![(2, 6, prefix_hasher(b"012345"))])
             .unwrap();
+        let msg = queued(&mut rx);
         let Ok(Message::Continue {
             from: 1,
             hash_all: false,
@@ -1541,22 +1226,25 @@ mod resume_tests {
         assert_eq!((resume.len(), resume[0].index, resume[0].offset), (1, 2, 6));
         // The folder is skipped; the file in flight continues at 6.
         assert_eq!(
-            rx.handle(&Message::Skip(6).to_vec()).unwrap(),
+            rx.handle(now(), &Message::Skip(6).to_vec()).unwrap(),
             RxEvent::Resumed { index: 2, offset: 6 }
         );
-        rx.handle(&Message::Data(b"6789").to_vec()).unwrap();
+        rx.handle(now(), &Message::Data(b"6789").to_vec()).unwrap();
         let h = *blake3::hash(b"0123456789").as_bytes();
         assert_eq!(
-            rx.handle(&Message::FileEnd(Some(h)).to_vec()).unwrap(),
+            rx.handle(now(), &Message::FileEnd(Some(h)).to_vec()).unwrap(),
             RxEvent::FileVerified { index: 2 }
         );
-        rx.handle(&Message::Data(b"xy").to_vec()).unwrap();
+        rx.handle(now(), &Message::Data(b"xy").to_vec()).unwrap();
         let h = *blake3::hash(b"xy").as_bytes();
         assert_eq!(
-            rx.handle(&Message::FileEnd(Some(h)).to_vec()).unwrap(),
+            rx.handle(now(), &Message::FileEnd(Some(h)).to_vec()).unwrap(),
             RxEvent::FileVerified { index: 3 }
         );
-        assert_eq!(rx.handle(&Message::Done.to_vec()).unwrap(), RxEvent::Finished);
+        assert_eq!(
+            rx.handle(now(), &Message::Done.to_vec()).unwrap(),
+            RxEvent::Finished
+        );
     }
 
     #[test]
@@ -1566,10 +1254,13 @@ mod resume_tests {
         offer(&mut rx, data);
         rx.accept_resuming(vec![(0, 6, prefix_hasher(b"HELLO "))])
             .unwrap();
-        rx.handle(&Message::Skip(6).to_vec()).unwrap();
-        rx.handle(&Message::Data(&data[6..]).to_vec()).unwrap();
+        rx.handle(now(), &Message::Skip(6).to_vec()).unwrap();
+        rx.handle(now(), &Message::Data(&data[6..]).to_vec()).unwrap();
         let end = Message::FileEnd(Some(*blake3::hash(data).as_bytes())).to_vec();
-        assert!(matches!(rx.handle(&end), Err(TransferError::HashMismatch(_))));
+        assert!(matches!(
+            rx.handle(now(), &end),
+            Err(TransferError::HashMismatch(_))
+        ));
     }
 
     #[test]
@@ -1578,25 +1269,28 @@ mod resume_tests {
         let mut rx = Receiver::new();
         offer(&mut rx, data);
         rx.accept().unwrap();
-        assert!(rx.handle(&Message::Skip(3).to_vec()).is_err());
+        assert!(rx.handle(now(), &Message::Skip(3).to_vec()).is_err());
         // The sender may decline a proposal and resend everything.
         let mut rx = Receiver::new();
         offer(&mut rx, data);
         rx.accept_resuming(vec![(0, 3, prefix_hasher(b"abc"))]).unwrap();
-        rx.handle(&Message::Data(data).to_vec()).unwrap();
+        rx.handle(now(), &Message::Data(data).to_vec()).unwrap();
         let end = Message::FileEnd(Some(*blake3::hash(data).as_bytes())).to_vec();
-        assert_eq!(rx.handle(&end).unwrap(), RxEvent::FileVerified { index: 0 });
+        assert_eq!(
+            rx.handle(now(), &end).unwrap(),
+            RxEvent::FileVerified { index: 0 }
+        );
         // A skip to another offset than proposed is refused.
         let mut rx = Receiver::new();
         offer(&mut rx, data);
         rx.accept_resuming(vec![(0, 3, prefix_hasher(b"abc"))]).unwrap();
-        assert!(rx.handle(&Message::Skip(4).to_vec()).is_err());
+        assert!(rx.handle(now(), &Message::Skip(4).to_vec()).is_err());
         // Proposals past the size are dropped.
         let mut rx = Receiver::new();
         offer(&mut rx, data);
-        let acc = rx.accept_resuming(vec![(0, 99, prefix_hasher(b""))]).unwrap();
+        rx.accept_resuming(vec![(0, 99, prefix_hasher(b""))]).unwrap();
         assert_eq!(
-            acc,
+            queued(&mut rx),
             Message::Accept {
                 hash_all: false,
                 resume: vec![]
@@ -1612,27 +1306,28 @@ mod resume_tests {
         let mut rx = Receiver::new();
         offer(&mut rx, data);
         rx.accept().unwrap();
-        rx.handle(&Message::Data(data).to_vec()).unwrap();
+        rx.handle(now(), &Message::Data(data).to_vec()).unwrap();
         assert_eq!(
-            rx.handle(&Message::FileEnd(None).to_vec()).unwrap(),
+            rx.handle(now(), &Message::FileEnd(None).to_vec()).unwrap(),
             RxEvent::FileVerified { index: 0 }
         );
         // Resumed: the sender must send the hash.
         let mut rx = Receiver::new();
         offer(&mut rx, data);
         rx.accept_resuming(vec![(0, 3, prefix_hasher(b"abc"))]).unwrap();
-        rx.handle(&Message::Skip(3).to_vec()).unwrap();
-        rx.handle(&Message::Data(&data[3..]).to_vec()).unwrap();
-        assert!(rx.handle(&Message::FileEnd(None).to_vec()).is_err());
+        rx.handle(now(), &Message::Skip(3).to_vec()).unwrap();
+        rx.handle(now(), &Message::Data(&data[3..]).to_vec()).unwrap();
+        assert!(rx.handle(now(), &Message::FileEnd(None).to_vec()).is_err());
         // --verify: asks for every hash in Accept, and refuses to go without.
         let mut rx = Receiver::new().verify(Verify::All);
         offer(&mut rx, data);
-        let acc = rx.accept().unwrap();
+        rx.accept().unwrap();
+        let acc = queued(&mut rx);
         assert!(matches!(
             Message::decode(&acc),
             Ok(Message::Accept { hash_all: true, .. })
         ));
-        rx.handle(&Message::Data(data).to_vec()).unwrap();
-        assert!(rx.handle(&Message::FileEnd(None).to_vec()).is_err());
+        rx.handle(now(), &Message::Data(data).to_vec()).unwrap();
+        assert!(rx.handle(now(), &Message::FileEnd(None).to_vec()).is_err());
     }
 }
