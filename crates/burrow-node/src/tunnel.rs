@@ -26,7 +26,7 @@ use burrow_proto::connector::{MAGIC, Msg, RELAY_CONTEXT, TUNNEL_CONTEXT, VERSION
 use burrow_proto::session::{
     Handshake, LEN_PREFIX, MAX_RECORD, Opener, Sealer, Side, TAG_LEN, compact_before_read, peek_record_len,
 };
-use burrow_proto::tunnel::mux::{self, Event, Host, Mux, ResetReason};
+use burrow_proto::tunnel::mux::{End, Event, Host, Limits, Mux, ResetReason};
 use burrow_proto::tunnel::policy::Policy;
 use burrow_proto::tunnel::socks;
 
@@ -383,13 +383,13 @@ impl Tunnel {
         s: TcpStream,
         mut sealer: Sealer,
         mut opener: Opener,
-        client: bool,
+        end: End,
         on_open: Option<OnOpen>,
     ) -> Arc<Self> {
         let (mut rd, mut wr) = s.into_split();
         let (out, mut out_rx) = mpsc::channel::<Vec<u8>>(OUT_QUEUE);
         let t = Arc::new(Self {
-            mux: Mutex::new(Mux::new(client, mux::DEFAULT_MAX_STREAMS)),
+            mux: Mutex::new(Mux::new(end, Limits::default())),
             out,
             streams: Mutex::new(HashMap::new()),
             dead: watch::channel(false).0,
@@ -602,6 +602,9 @@ impl Tunnel {
                 {
                     let _ = tx.send(Err((reason, message)));
                 }
+            }
+            Event::Refused { reset, .. } => {
+                let _ = self.out.try_send(as_record(&reset));
             }
             Event::Nothing => {}
         }
@@ -849,7 +852,7 @@ async fn exit_session(cfg: &Arc<ExitConfig>, session: [u8; 16], peer: [u8; 32]) 
         let policy = policy.clone();
         tokio::spawn(exit_stream(t, id, host, port, policy));
     });
-    let t = Tunnel::start(s, sealer, opener, false, Some(on_open));
+    let t = Tunnel::start(s, sealer, opener, End::Server, Some(on_open));
     t.ended().await;
     Ok(())
 }
@@ -981,7 +984,7 @@ impl Proxy {
             "tunnel to the exit {} is up",
             self.cfg.exit.fingerprint()
         ));
-        let t = Tunnel::start(s, sealer, opener, true, None);
+        let t = Tunnel::start(s, sealer, opener, End::Client, None);
         *g = Some(t.clone());
         Ok(t)
     }

@@ -69,7 +69,13 @@ pub fn socks(data: &[u8]) {
 /// The stream multiplexer: the input is a sequence of frames, each
 /// preceded by one length byte, fed to the exit's side.
 pub fn mux(data: &[u8]) {
-    let mut m = crate::tunnel::mux::Mux::new(false, 16);
+    let mut m = crate::tunnel::mux::Mux::new(
+        crate::tunnel::mux::End::Server,
+        crate::tunnel::mux::Limits {
+            pool: 1 << 20,
+            max_streams: 16,
+        },
+    );
     let mut rest = data;
     while let Some((&n, r)) = rest.split_first() {
         let n = usize::from(n).min(r.len());

@@ -411,7 +411,7 @@ struct OverMux<E> {
 
 impl<E: Endpoint> OverMux<E> {
     fn client(inner: E) -> Self {
-        let mut mux = Mux::new(true, mux::DEFAULT_MAX_STREAMS);
+        let mut mux = Mux::new(mux::End::Client, mux::Limits::default());
         let (stream, open) = mux.open(Host::Name("transfer".into()), 0).expect("a stream");
         Self {
             inner,
@@ -426,7 +426,7 @@ impl<E: Endpoint> OverMux<E> {
     fn server(inner: E) -> Self {
         Self {
             inner,
-            mux: Mux::new(false, mux::DEFAULT_MAX_STREAMS),
+            mux: Mux::new(mux::End::Server, mux::Limits::default()),
             stream: None,
             pending: Vec::new(),
             frames: VecDeque::new(),
@@ -494,7 +494,7 @@ impl<E: Endpoint> Endpoint for OverMux<E> {
 fn a_transfer_runs_over_a_mux_stream() {
     let start = Instant::now();
     // Larger than one stream window, so credit has to come back.
-    let big = bytes(mux::INITIAL_WINDOW as usize + 300_000, 9);
+    let big = bytes(mux::TARGET_WINDOW as usize + 300_000, 9);
     let entries = vec![file("big", &big), file("small", b"hi")];
     let files = vec![big, b"hi".to_vec()];
     let tx = OverMux::client(TxEnd::new(entries, files, start));

@@ -14,35 +14,70 @@
 //! | 0x06 | Reset | stream:u32, reason:u8, message: len:u16 + UTF-8 (≤ 256 bytes) |
 //!
 //! Stream ids are chosen by the opener: odd from the client (proxy), even
-//! from the server (exit), never reused within a session. Each side starts
-//! with [`INITIAL_WINDOW`] bytes of credit per stream and grants more with
-//! `Window` as its application consumes data; data beyond the credit is a
-//! protocol error that ends the session, so memory per stream is bounded by
-//! the window. A stream ends when both sides sent `Fin`, or at a `Reset`.
+//! from the server (exit), never reused within a session. A stream ends
+//! when both sides sent `Fin`, or at a `Reset`.
+//!
+//! **Flow control, bounded per session.** Each side may send
+//! [`START_WINDOW`] bytes on a new stream before hearing anything, and
+//! more as the other side grants it with `Window`; data beyond the credit
+//! is a protocol error that ends the session. What a side has promised
+//! (windows) or holds (received, not yet consumed by its application) is
+//! drawn from one pool per session ([`Limits::pool`]): every stream keeps
+//! [`START_WINDOW`] reserved so it can always make progress, and is topped
+//! up towards [`TARGET_WINDOW`] while the pool has room. So the memory a
+//! session can be made to hold is the pool, however many streams are
+//! open; a stream the pool (or [`Limits::max_streams`]) cannot take is
+//! refused with a `Reset`, and the session goes on.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::wire::{DecodeError, Reader, clip, put_bytes_u8, put_bytes_u16};
 
-/// Bytes of credit each side grants each stream at the start (a quarter of
-/// it is granted again at a time). Through a relay on a loaded machine the
-/// time until a `Window` comes back is set by scheduling, not the network:
-/// with 1 MiB the exit ran out of credit and the tunnel moved 30% less
-/// (`docs/benchmarks.md`). Memory per stream stays bounded by it.
-pub const INITIAL_WINDOW: u32 = 4 * 1024 * 1024;
+/// Bytes of credit each side implicitly grants a stream when it opens
+/// (until its first `Window`), and keeps reserved for it in the pool.
+pub const START_WINDOW: u32 = 64 * 1024;
+/// What a stream's window is topped up to while the pool has room (in
+/// steps of a quarter). Through a relay on a loaded machine the time until
+/// a `Window` comes back is set by scheduling, not the network: with 1 MiB
+/// the exit ran out of credit and the tunnel moved 30% less
+/// (`docs/benchmarks.md`).
+pub const TARGET_WINDOW: u32 = 4 * 1024 * 1024;
 /// Largest `Data` payload (fits one session record with its header).
 pub const MAX_DATA: usize = crate::session::MAX_PLAINTEXT - 5;
 /// Longest host name in `Open`.
 pub const MAX_HOST: usize = 255;
 /// Longest reset message.
 pub const MAX_RESET_MESSAGE: usize = 256;
-/// Default cap on streams open at once per session. With
-/// [`INITIAL_WINDOW`] this bounds what a session can buffer for streams
-/// whose local side does not read: 256 × 4 MiB = 1 GiB at the very worst
-/// (before 4 MiB windows: 1024 × 1 MiB). A proxy asked for more answers
-/// the client with a SOCKS failure; a peer that opens more breaks the rules.
-pub const DEFAULT_MAX_STREAMS: usize = 256;
+/// What one side of a session may promise or hold, all streams together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes of the session-wide pool (windows granted plus data held).
+    pub pool: u64,
+    /// Streams open at once (each also needs [`START_WINDOW`] of the pool).
+    pub max_streams: usize,
+}
+
+impl Default for Limits {
+    /// 64 MiB and 1,024 streams: sixteen streams at full speed, a
+    /// thousand slow ones, and never more than 64 MiB held per session
+    /// (before the pool: 256 streams × 4 MiB = 1 GiB at worst).
+    fn default() -> Self {
+        Self {
+            pool: 64 * 1024 * 1024,
+            max_streams: 1024,
+        }
+    }
+}
+
+/// Which ids a side opens streams with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The proxy's side: odd ids.
+    Client,
+    /// The exit's side: even ids.
+    Server,
+}
 
 /// Where a stream should connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -301,9 +336,13 @@ pub enum MuxError {
     /// An `Open` with an id of the wrong parity, or one already used.
     #[error("bad stream id {0}")]
     BadId(u32),
-    /// More streams than allowed.
-    #[error("too many streams")]
-    TooMany,
+    /// No room for another stream (this side's limits): not a violation,
+    /// the stream is simply not opened.
+    #[error("too many streams open in this session")]
+    Busy,
+    /// Stream ids ran out.
+    #[error("stream ids exhausted")]
+    IdsExhausted,
     /// Data beyond the credit granted.
     #[error("stream {0} sent more than its window")]
     Overrun(u32),
@@ -361,6 +400,14 @@ pub enum Event<'a> {
         /// Details.
         message: String,
     },
+    /// The peer asked for a stream this side has no room for: send
+    /// `reset` (the session goes on).
+    Refused {
+        /// Stream id.
+        stream: u32,
+        /// The `Reset` frame to send.
+        reset: Vec<u8>,
+    },
     /// Nothing to do (a frame for a stream already forgotten).
     Nothing,
 }
@@ -371,33 +418,106 @@ struct Stream {
     credit: u64,
     /// Bytes the peer may still send.
     window: u64,
-    /// Delivered to the application, not yet granted back.
-    consumed: u64,
+    /// Received and not yet consumed by the application.
+    held: u64,
     sent_fin: bool,
     got_fin: bool,
+}
+
+impl Stream {
+    /// What this stream takes from the pool: its window and held data, and
+    /// never less than its reservation.
+    fn reserved(&self) -> u64 {
+        (self.window + self.held).max(u64::from(START_WINDOW))
+    }
 }
 
 /// The stream table of one side of a session, sans-IO.
 #[derive(Debug)]
 pub struct Mux {
-    client: bool,
+    end: End,
     next: u32,
     /// Highest id the peer has opened so far (ids only grow).
     peer_high: u32,
-    max_streams: usize,
+    limits: Limits,
+    /// Σ [`Stream::reserved`] over the streams.
+    pool_used: u64,
     streams: HashMap<u32, Stream>,
 }
 
 impl Mux {
-    /// The proxy's side (opens odd ids) or the exit's (even).
-    pub fn new(client: bool, max_streams: usize) -> Self {
+    /// One side of a session's streams.
+    pub fn new(end: End, limits: Limits) -> Self {
         Self {
-            client,
-            next: if client { 1 } else { 2 },
+            end,
+            next: match end {
+                End::Client => 1,
+                End::Server => 2,
+            },
             peer_high: 0,
-            max_streams,
+            limits,
+            pool_used: 0,
             streams: HashMap::new(),
         }
+    }
+
+    /// Bytes of the pool in use (windows granted, data held, reservations).
+    pub fn pool_used(&self) -> u64 {
+        self.pool_used
+    }
+
+    /// Whether a new stream fits the limits.
+    fn has_room(&self) -> bool {
+        self.streams.len() < self.limits.max_streams
+            && self.pool_used + u64::from(START_WINDOW) <= self.limits.pool
+    }
+
+    fn insert(&mut self, stream: u32) {
+        let s = Self::fresh();
+        self.pool_used += s.reserved();
+        self.streams.insert(stream, s);
+    }
+
+    fn remove(&mut self, stream: u32) -> bool {
+        match self.streams.remove(&stream) {
+            Some(s) => {
+                self.pool_used -= s.reserved();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Grants `stream` more window, up to [`TARGET_WINDOW`] as the pool
+    /// allows, when that is worth a frame (a quarter of the target, or the
+    /// stream is short of its reservation).
+    fn top_up(&mut self, stream: u32) -> Option<Vec<u8>> {
+        let free = self.limits.pool.saturating_sub(self.pool_used);
+        let s = self.streams.get_mut(&stream)?;
+        if s.got_fin {
+            return None;
+        }
+        let outstanding = s.window + s.held;
+        let before = s.reserved();
+        let most = (before + free)
+            .min(u64::from(TARGET_WINDOW))
+            .max(u64::from(START_WINDOW));
+        let grant = most.saturating_sub(outstanding).min(u64::from(u32::MAX));
+        let worth =
+            grant >= u64::from(TARGET_WINDOW / 4) || (grant > 0 && s.window < u64::from(START_WINDOW));
+        if !worth {
+            return None;
+        }
+        s.window += grant;
+        let after = s.reserved();
+        self.pool_used = self.pool_used - before + after;
+        Some(
+            Frame::Window {
+                stream,
+                credit: grant as u32,
+            }
+            .to_vec(),
+        )
     }
 
     /// Streams open now.
@@ -412,22 +532,23 @@ impl Mux {
 
     fn fresh() -> Stream {
         Stream {
-            credit: u64::from(INITIAL_WINDOW),
-            window: u64::from(INITIAL_WINDOW),
-            consumed: 0,
+            credit: u64::from(START_WINDOW),
+            window: u64::from(START_WINDOW),
+            held: 0,
             sent_fin: false,
             got_fin: false,
         }
     }
 
     /// Opens a stream; returns its id and the `Open` frame.
+    /// [`MuxError::Busy`] when the limits have no room for it.
     pub fn open(&mut self, host: Host, port: u16) -> Result<(u32, Vec<u8>), MuxError> {
-        if self.streams.len() >= self.max_streams {
-            return Err(MuxError::TooMany);
+        if !self.has_room() {
+            return Err(MuxError::Busy);
         }
         let stream = self.next;
-        self.next = self.next.checked_add(2).ok_or(MuxError::TooMany)?;
-        self.streams.insert(stream, Self::fresh());
+        self.next = self.next.checked_add(2).ok_or(MuxError::IdsExhausted)?;
+        self.insert(stream);
         Ok((stream, Frame::Open { stream, host, port }.to_vec()))
     }
 
@@ -482,18 +603,16 @@ impl Mux {
         Ok(())
     }
 
-    /// The application took `n` bytes of `stream`: grants them back (as one
-    /// `Window` frame once a quarter of the window is consumed).
+    /// The application took `n` bytes of `stream`: they leave the pool,
+    /// and the stream's window is topped up (one `Window` frame) when
+    /// that is worth it.
     pub fn consumed(&mut self, stream: u32, n: usize) -> Option<Vec<u8>> {
         let s = self.streams.get_mut(&stream)?;
-        s.consumed += n as u64;
-        if s.got_fin || s.consumed < u64::from(INITIAL_WINDOW / 4) {
-            return None;
-        }
-        let credit = s.consumed.min(u64::from(u32::MAX)) as u32;
-        s.consumed -= u64::from(credit);
-        s.window += u64::from(credit);
-        Some(Frame::Window { stream, credit }.to_vec())
+        let before = s.reserved();
+        s.held = s.held.saturating_sub(n as u64);
+        let after = s.reserved();
+        self.pool_used = self.pool_used - before + after;
+        self.top_up(stream)
     }
 
     /// Half-closes `stream` from our side.
@@ -505,14 +624,14 @@ impl Mux {
         s.sent_fin = true;
         let done = s.got_fin;
         if done {
-            self.streams.remove(&stream);
+            self.remove(stream);
         }
         Some(Frame::Fin { stream }.to_vec())
     }
 
     /// Aborts `stream`, telling the peer why.
     pub fn reset(&mut self, stream: u32, reason: ResetReason, message: &str) -> Vec<u8> {
-        self.streams.remove(&stream);
+        self.remove(stream);
         Frame::Reset {
             stream,
             reason,
@@ -530,19 +649,24 @@ impl Mux {
     pub fn handle<'a>(&mut self, record: &'a [u8]) -> Result<Event<'a>, MuxError> {
         match Frame::decode(record)? {
             Frame::Open { stream, host, port } => {
-                let theirs = if self.client {
-                    stream % 2 == 0
-                } else {
-                    stream % 2 == 1
+                let theirs = match self.end {
+                    End::Client => stream % 2 == 0,
+                    End::Server => stream % 2 == 1,
                 };
                 if !theirs || stream <= self.peer_high {
                     return Err(MuxError::BadId(stream));
                 }
                 self.peer_high = stream;
-                if self.streams.len() >= self.max_streams {
-                    return Err(MuxError::TooMany);
+                if !self.has_room() {
+                    let reset = Frame::Reset {
+                        stream,
+                        reason: ResetReason::Failure,
+                        message: "the other side has too many streams open".into(),
+                    }
+                    .to_vec();
+                    return Ok(Event::Refused { stream, reset });
                 }
-                self.streams.insert(stream, Self::fresh());
+                self.insert(stream);
                 Ok(Event::Open { stream, host, port })
             }
             Frame::Opened { stream } => Ok(if self.streams.contains_key(&stream) {
@@ -562,6 +686,7 @@ impl Mux {
                     return Err(MuxError::Overrun(stream));
                 }
                 s.window -= bytes.len() as u64;
+                s.held += bytes.len() as u64;
                 Ok(Event::Data { stream, bytes })
             }
             Frame::Window { stream, credit } => {
@@ -579,9 +704,14 @@ impl Mux {
                 let Some(s) = self.streams.get_mut(&stream) else {
                     return Ok(Event::Nothing);
                 };
+                // It sends no more: its window goes back to the pool.
+                let before = s.reserved();
                 s.got_fin = true;
-                if s.sent_fin {
-                    self.streams.remove(&stream);
+                s.window = 0;
+                let (after, done) = (s.reserved(), s.sent_fin);
+                self.pool_used = self.pool_used - before + after;
+                if done {
+                    self.remove(stream);
                 }
                 Ok(Event::Fin { stream })
             }
@@ -589,7 +719,7 @@ impl Mux {
                 stream,
                 reason,
                 message,
-            } => Ok(if self.streams.remove(&stream).is_some() {
+            } => Ok(if self.remove(stream) {
                 Event::Reset {
                     stream,
                     reason,
@@ -605,6 +735,13 @@ impl Mux {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn limits(max_streams: usize) -> Limits {
+        Limits {
+            max_streams,
+            ..Limits::default()
+        }
+    }
     use proptest::prelude::*;
 
     #[test]
@@ -669,7 +806,7 @@ mod tests {
 
     #[test]
     fn data_in_place_is_data_and_spends_credit() {
-        let (mut c, mut s) = (Mux::new(true, 8), Mux::new(false, 8));
+        let (mut c, mut s) = (Mux::new(End::Client, limits(8)), Mux::new(End::Server, limits(8)));
         let (id, open) = c.open(Host::Name("h".into()), 1).unwrap();
         s.handle(&open).unwrap();
         c.handle(&s.opened(id)).unwrap();
@@ -703,13 +840,13 @@ mod tests {
             c.data_in_place(id, &mut f).unwrap();
             sent += f.len() - Mux::DATA_HEADER;
         }
-        assert_eq!(sent, INITIAL_WINDOW as usize);
+        assert_eq!(sent, START_WINDOW as usize);
         assert!(c.data_in_place(id, &mut frame).is_err());
     }
 
     #[test]
     fn flow_control_half_close_and_reset() {
-        let (mut c, mut s) = (Mux::new(true, 8), Mux::new(false, 8));
+        let (mut c, mut s) = (Mux::new(End::Client, limits(8)), Mux::new(End::Server, limits(8)));
         let (id, open) = c.open(Host::Name("h".into()), 1).unwrap();
         assert_eq!(id, 1);
         assert!(matches!(s.handle(&open).unwrap(), Event::Open { stream: 1, .. }));
@@ -723,10 +860,10 @@ mod tests {
             assert!(matches!(s.handle(&f).unwrap(), Event::Data { .. }));
             sent += n;
         }
-        assert_eq!(sent, INITIAL_WINDOW as usize);
+        assert_eq!(sent, START_WINDOW as usize);
         assert!(c.data(1, b"x").is_err());
         // A peer that ignores the window breaks the session.
-        let mut s2 = Mux::new(false, 8);
+        let mut s2 = Mux::new(End::Server, limits(8));
         s2.handle(&open).unwrap();
         let big = Frame::Data {
             stream: 1,
@@ -734,7 +871,7 @@ mod tests {
         }
         .to_vec();
         let mut res = Ok(Event::Nothing);
-        for _ in 0..INITIAL_WINDOW as usize / MAX_DATA + 2 {
+        for _ in 0..START_WINDOW as usize / MAX_DATA + 2 {
             res = s2.handle(&big);
             if res.is_err() {
                 break;
@@ -742,9 +879,9 @@ mod tests {
         }
         assert_eq!(res, Err(MuxError::Overrun(1)));
         // Consuming grants credit back.
-        let w = s.consumed(1, INITIAL_WINDOW as usize).unwrap();
+        let w = s.consumed(1, START_WINDOW as usize).unwrap();
         assert_eq!(c.handle(&w).unwrap(), Event::Writable { stream: 1 });
-        assert_eq!(c.credit(1), MAX_DATA.min(INITIAL_WINDOW as usize));
+        assert_eq!(c.credit(1), MAX_DATA.min(START_WINDOW as usize));
         // Half-close both ways ends the stream.
         let fin = c.fin(1).unwrap();
         assert!(c.data(1, b"x").is_err(), "no data after our Fin");
@@ -774,7 +911,7 @@ mod tests {
 
     #[test]
     fn ids_and_limits_are_enforced() {
-        let mut s = Mux::new(false, 2);
+        let mut s = Mux::new(End::Server, limits(2));
         let open = |id| {
             Frame::Open {
                 stream: id,
@@ -787,7 +924,16 @@ mod tests {
         s.handle(&open(5)).unwrap();
         assert_eq!(s.handle(&open(3)), Err(MuxError::BadId(3)), "ids only grow");
         s.handle(&open(7)).unwrap();
-        assert_eq!(s.handle(&open(9)), Err(MuxError::TooMany));
+        // One too many: that stream is refused, the session goes on.
+        let Ok(Event::Refused { stream: 9, reset }) = s.handle(&open(9)) else {
+            panic!("not refused")
+        };
+        assert!(matches!(
+            Frame::decode(&reset),
+            Ok(Frame::Reset { stream: 9, .. })
+        ));
+        assert_eq!(s.handle(&open(9)), Err(MuxError::BadId(9)), "and its id is spent");
+        assert!(matches!(s.handle(&open(11)), Ok(Event::Refused { .. })));
         let w = Frame::Window {
             stream: 5,
             credit: u32::MAX,
@@ -796,10 +942,93 @@ mod tests {
         assert_eq!(s.handle(&w), Err(MuxError::WindowOverflow(5)));
     }
 
+    /// Sends everything the client may on `stream`; returns the bytes.
+    fn drain_credit(c: &mut Mux, s: &mut Mux, stream: u32) -> usize {
+        let chunk = vec![1u8; MAX_DATA];
+        let mut sent = 0;
+        while c.credit(stream) > 0 {
+            let n = c.credit(stream);
+            let f = c.data(stream, &chunk[..n]).unwrap();
+            assert!(matches!(s.handle(&f).unwrap(), Event::Data { .. }));
+            sent += n;
+        }
+        sent
+    }
+
+    #[test]
+    fn one_pool_bounds_what_a_session_holds_however_many_streams() {
+        let pool = 1024 * 1024;
+        let server = Limits {
+            pool,
+            max_streams: 1000,
+        };
+        let (mut c, mut s) = (
+            Mux::new(End::Client, Limits::default()),
+            Mux::new(End::Server, server),
+        );
+        let (mut opened, mut refused) = (0, 0);
+        for _ in 0..100 {
+            let (id, open) = c.open(Host::Name("h".into()), 1).unwrap();
+            match s.handle(&open).unwrap() {
+                Event::Open { .. } => {
+                    opened += 1;
+                    // The server's application never reads: all it may get is held.
+                    drain_credit(&mut c, &mut s, id);
+                }
+                Event::Refused { reset, .. } => {
+                    refused += 1;
+                    assert!(matches!(c.handle(&reset).unwrap(), Event::Reset { .. }));
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(s.pool_used() <= pool, "{} > {pool}", s.pool_used());
+        }
+        assert_eq!(opened, (pool / u64::from(START_WINDOW)) as usize);
+        assert_eq!(refused, 100 - opened);
+        assert!(c.len() == opened && s.len() == opened);
+    }
+
+    #[test]
+    fn windows_grow_while_the_pool_has_room_and_every_stream_keeps_moving() {
+        let pool = u64::from(TARGET_WINDOW) + 2 * u64::from(START_WINDOW);
+        let (mut c, mut s) = (
+            Mux::new(End::Client, Limits::default()),
+            Mux::new(End::Server, Limits { pool, max_streams: 8 }),
+        );
+        let (a, open) = c.open(Host::Name("a".into()), 1).unwrap();
+        s.handle(&open).unwrap();
+        let (b, open) = c.open(Host::Name("b".into()), 1).unwrap();
+        s.handle(&open).unwrap();
+        // Stream a: consumed as it comes, its window grows to the target.
+        let n = drain_credit(&mut c, &mut s, a);
+        assert_eq!(n, START_WINDOW as usize);
+        let w = s.consumed(a, n).expect("a top-up");
+        c.handle(&w).unwrap();
+        let n = drain_credit(&mut c, &mut s, a);
+        assert_eq!(n, TARGET_WINDOW as usize, "topped up to the target");
+        // Its application stops reading: it holds the target. Stream b
+        // still has its reservation, and gets it back each time it is read.
+        for _ in 0..3 {
+            let n = drain_credit(&mut c, &mut s, b);
+            assert!(n > 0, "stream b starved");
+            if let Some(w) = s.consumed(b, n) {
+                c.handle(&w).unwrap();
+            }
+            assert!(s.pool_used() <= pool);
+        }
+        // Once a is read, the pool has room again and b can grow.
+        let _ = s.consumed(a, n);
+        let n = drain_credit(&mut c, &mut s, b);
+        let w = s.consumed(b, n).expect("a top-up from the freed pool");
+        c.handle(&w).unwrap();
+        assert!(c.credit(b) > 0);
+        assert!(s.pool_used() <= pool);
+    }
+
     proptest! {
         #[test]
         fn decode_and_handle_are_total(frames in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..10)) {
-            let mut m = Mux::new(false, 4);
+            let mut m = Mux::new(End::Server, limits(4));
             for f in &frames {
                 let _ = m.handle(f);
             }
