@@ -1,8 +1,11 @@
 # Shared by the bench scripts, sourced once they run inside their private
 # network namespace: the binary, a scratch folder in /dev/shm (set WORK_NAME
 # first) removed on exit with every process in PIDS, and small helpers.
-BIN="$ROOT/target/release/burrow"
-WORK=$(mktemp -d "/dev/shm/${WORK_NAME:-burrow-bench}.XXXXXX")
+# BURROW_BIN: another build to measure (scripts/bench-compare.sh runs an
+# old and a new one alternately); BENCH_DIR: where data is written
+# (default /dev/shm, the page cache; /tmp for a disk file system).
+BIN="${BURROW_BIN:-$ROOT/target/release/burrow}"
+WORK=$(mktemp -d "${BENCH_DIR:-/dev/shm}/${WORK_NAME:-burrow-bench}.XXXXXX")
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done

@@ -34,7 +34,7 @@ if [ -z "${BURROW_BENCH_IN_NS:-}" ]; then
     need_commands socat:socat iperf3:iperf3 /usr/bin/time:time b3sum:b3sum unshare:util-linux ip:iproute2
     python3 -c 'import venv, ensurepip' 2>/dev/null || need_commands no-such-command:python3-venv
     need_wormhole
-    (cd "$ROOT" && cargo build --release -q -p burrow-cli)
+    [ -n "${BURROW_BIN:-}" ] || (cd "$ROOT" && cargo build --release -q -p burrow-cli)
     exec unshare --net env BURROW_BENCH_IN_NS=1 bash "$0" "$@"
 fi
 ip link set lo up
@@ -71,7 +71,7 @@ ROUNDS=${ROUNDS:-3}
 
 /usr/bin/time -v "$BIN" relay --listen 127.0.0.1:7100 2> relay.err & RP=$!; PIDS+=($RP)
 wait_for relay.err "listening on"
-PLAINS=(); BURROWS=(); IPERFS=(); DIRECTS=()
+PLAINS=(); BURROWS=(); IPERFS=(); DIRECTS=(); PDIRECTS=()
 for round in $(seq 1 "$ROUNDS"); do
     # --- plaintext baseline: socat as the relay -------------------------------
     rm -f out.socat
@@ -102,6 +102,17 @@ for round in $(seq 1 "$ROUNDS"); do
     sleep 0.3
     IPERFS+=("$(iperf3 -c 10.99.0.1 -p 7400 -n "$BYTES" -J | python3 -c "import json,sys; print(f\"{json.load(sys.stdin)['end']['sum_received']['bits_per_second'] / 8e6:.0f}\")")")
     wait "$IP" || true
+    # The same work as burrow direct, in plaintext: read the file, one TCP
+    # connection, write the file in the same place.
+    rm -f out.pdirect
+    timeout 300 socat -b 262144 -u TCP-LISTEN:7402,bind=10.99.0.1,reuseaddr OPEN:out.pdirect,creat,trunc & R=$!; PIDS+=($R)
+    sleep 0.3
+    t0=$(now)
+    timeout 300 socat -b 262144 -u OPEN:data.bin TCP:10.99.0.1:7402
+    wait "$R"
+    t1=$(now)
+    check out.pdirect; rm -f out.pdirect
+    PDIRECTS+=("$(mbps "$t0" "$t1")")
     mkdir -p out.direct
     /usr/bin/time -v timeout 300 "$BIN" send --json --relay 127.0.0.1:7100 data.bin > dsend.json 2> dsend.err.$round & SP=$!; PIDS+=($SP)
     wait_for dsend.json '"code"'
@@ -113,14 +124,15 @@ for round in $(seq 1 "$ROUNDS"); do
     grep -q '"path":"direct"' drecv.json || { echo "the direct path did not win:" >&2; grep connected drecv.json >&2; exit 1; }
     check out.direct/data.bin; rm -rf out.direct
     DIRECTS+=("$(mbps "$t0" "$t1")")
-    echo "round $round: socat ${PLAINS[-1]}, burrow relay ${BURROWS[-1]}, iperf3 ${IPERFS[-1]}, burrow direct ${DIRECTS[-1]} MB/s"
+    echo "round $round: socat ${PLAINS[-1]}, burrow relay ${BURROWS[-1]}, iperf3 ${IPERFS[-1]}, socat direct to file ${PDIRECTS[-1]}, burrow direct ${DIRECTS[-1]} MB/s"
 done
 pkill -TERM -P "$RP"; wait "$RP" || true
 PLAIN=$(median "${PLAINS[@]}"); BURROW=$(median "${BURROWS[@]}")
-IPERF=$(median "${IPERFS[@]}"); DIRECT=$(median "${DIRECTS[@]}")
+IPERF=$(median "${IPERFS[@]}"); DIRECT=$(median "${DIRECTS[@]}"); PDIRECT=$(median "${PDIRECTS[@]}")
 echo "plaintext (socat forwarder): $PLAIN MB/s (median of $ROUNDS)"
 echo "burrow via relay:            $BURROW MB/s   (peak RSS: sender $(maxrss send.err.*), receiver $(maxrss recv.err.*))"
-echo "plaintext direct (iperf3):   $IPERF MB/s"
+echo "plaintext direct (iperf3):   $IPERF MB/s (memory to memory)"
+echo "plaintext direct to a file:  $PDIRECT MB/s (socat, file to file in $(df -T --output=fstype "$WORK" | tail -1 | tr -d ' '))"
 echo "burrow direct:               $DIRECT MB/s   (peak RSS: sender $(maxrss dsend.err.*), receiver $(maxrss drecv.err.*); relay over all runs $(rss relay.err))"
 
 # --- magic-wormhole through its transit relay -------------------------------
@@ -201,14 +213,14 @@ CODE=$(grep '^code:' r1-send.err | cut -d' ' -f2)
 HALF=$((BYTES / 2))
 # Watch the hidden partial file grow; kill the receiver once it holds half.
 for _ in $(seq 1 20000); do
-    P=$(stat -c %s out.resume/.burrow-*.part 2>/dev/null || echo 0)
+    P=$(stat -c %s out.resume/.*part 2>/dev/null || echo 0)
     [ "$P" -ge "$HALF" ] && break
     kill -0 "$RV" 2>/dev/null || break
 done
 kill -KILL "$RV" 2>/dev/null || { echo "resume: the receiver finished before it could be killed" >&2; exit 1; }
 wait "$RV" 2>/dev/null || true
 wait "$SP" 2>/dev/null || true
-PART=$(stat -c %s out.resume/.burrow-*.part 2>/dev/null || echo 0)
+PART=$(stat -c %s out.resume/.*part 2>/dev/null || echo 0)
 timeout 300 "$BIN" send --relay-only --relay 127.0.0.1:7500 data.bin 2> r2-send.err & SP=$!; PIDS+=($SP)
 wait_for r2-send.err "^code:"
 CODE=$(grep '^code:' r2-send.err | cut -d' ' -f2)
@@ -219,9 +231,10 @@ MOVED=$(grep '"event":"done"' r2.json | python3 -c "import json,sys; print(json.
 pkill -TERM -P "$RP" 2>/dev/null || kill "$RP"
 echo "resume: killed at $PART bytes kept; the second run moved $MOVED of $BYTES bytes ($(python3 -c "print(f'{$MOVED / $BYTES * 100:.0f}')")%), file identical"
 
-python3 - "$BURROW" "$PLAIN" "$WORM" "$DIRECT" "$IPERF" "$WORMD" <<'PY'
+python3 - "$BURROW" "$PLAIN" "$WORM" "$DIRECT" "$IPERF" "$WORMD" "$PDIRECT" <<'PY'
 import sys
-b, p, w, d, i, wd = map(float, sys.argv[1:])
+b, p, w, d, i, wd, pd = map(float, sys.argv[1:])
 print(f"relay:  burrow / plaintext relay path (socat): {b / p * 100:.0f}%   burrow / magic-wormhole relay:  {b / w:.1f}x")
 print(f"direct: burrow / plaintext direct (iperf3):    {d / i * 100:.0f}%   burrow / magic-wormhole direct: {d / wd:.1f}x")
+print(f"direct: burrow / plaintext direct to a file:   {d / pd * 100:.0f}%")
 PY

@@ -22,7 +22,7 @@ if [ -z "${BURROW_BENCH_IN_NS:-}" ]; then
     . "$ROOT/scripts/bench-install.sh"
     need_commands nginx:nginx-light /usr/sbin/sshd:openssh-server ssh:openssh-client curl:curl \
         /usr/bin/time:time unshare:util-linux
-    (cd "$ROOT" && cargo build --release -q -p burrow-cli)
+    [ -n "${BURROW_BIN:-}" ] || (cd "$ROOT" && cargo build --release -q -p burrow-cli)
     exec unshare --net env BURROW_BENCH_IN_NS=1 bash "$0" "$@"
 fi
 ip link set lo up

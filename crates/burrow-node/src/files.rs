@@ -5,7 +5,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use burrow_proto::transfer::{Entry, EntryKind, escape_display};
+use burrow_proto::transfer::{Entry, EntryKind, escape_display, validate_rel_path};
 
 use crate::error::{Error, shown};
 
@@ -78,6 +78,12 @@ pub fn collect(paths: &[PathBuf], exclude: &Exclude, skipped: &mut Vec<String>) 
         if exclude.matches(&name) {
             continue;
         }
+        if let Err(e) = validate_rel_path(&name) {
+            return Err(Error::Usage(format!(
+                "{}: cannot be sent: {e}",
+                escape_display(&name)
+            )));
+        }
         if !top.insert(name.clone()) {
             return Err(Error::Usage(format!(
                 "two of the paths are both named {}",
@@ -137,6 +143,12 @@ fn walk_dir(
         for (n, path) in children {
             let child_rel = format!("{rel}/{n}");
             if exclude.matches(&child_rel) {
+                continue;
+            }
+            // What no receiver may accept (a backslash in a name, a path
+            // over 4 KiB) is left out and said, like links.
+            if let Err(e) = validate_rel_path(&child_rel) {
+                skipped.push(format!("{} ({e})", escape_display(&child_rel)));
                 continue;
             }
             let meta = fs::symlink_metadata(&path).map_err(|e| Error::io(&path, e))?;
@@ -271,6 +283,16 @@ mod tests {
         // Per folder: its files (sorted), then its subfolders (sorted).
         assert_eq!(paths, ["top", "top/a", "top/b", "top/b/z", "top/b/empty"]);
         assert_eq!(skipped, ["top/link (symbolic link)"]);
+        // Names no receiver accepts are left out, and said.
+        fs::write(root.join("back\\slash"), b"x").unwrap();
+        let mut skipped = Vec::new();
+        let items = collect(std::slice::from_ref(&root), &Exclude::default(), &mut skipped).unwrap();
+        assert!(items.iter().all(|i| !i.entry.path.contains('\\')));
+        assert!(
+            skipped.iter().any(|s| s.starts_with("top/back\\slash (")),
+            "{skipped:?}"
+        );
+        fs::remove_file(root.join("back\\slash")).unwrap();
         let ex = Exclude::new(&["empty".into(), "top/a".into()]).unwrap();
         let items = collect(std::slice::from_ref(&root), &ex, &mut Vec::new()).unwrap();
         let paths: Vec<&str> = items.iter().map(|i| i.entry.path.as_str()).collect();

@@ -67,7 +67,8 @@ impl Announcer {
             port,
             channel: channel.to_owned(),
         }
-        .encode();
+        .encode()
+        .map_err(|e| Error::Usage(format!("cannot announce this channel: {e}")))?;
         let sock = (|| -> std::io::Result<UdpSocket> {
             let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
             s.set_multicast_loop_v4(true)?;

@@ -78,7 +78,10 @@ async fn exchange(
             my_name,
         )),
     };
-    send_record(&mut s, &mut sealer, &hello.encode()).await?;
+    let hello = hello
+        .encode()
+        .map_err(|e| Error::Usage(format!("cannot pair: {e}")))?;
+    send_record(&mut s, &mut sealer, &hello).await?;
     let rec = read_record(&mut s, &mut opener, limit).await?;
     let theirs = PairHello::decode(&rec)
         .map_err(|e| Error::Protocol(format!("bad pairing message from the other side: {e}")))?;

@@ -146,7 +146,8 @@ impl RelayClient {
     /// Opens the stapling connection and waits until the relay staples it to
     /// the other peer (or `timeout` passes).
     pub async fn staple(&self, hello: &StapleHello, timeout: Duration) -> Result<TcpStream, Error> {
-        self.staple_raw(&hello.encode(), timeout).await
+        let hello = hello.encode().map_err(|e| Error::Usage(e.to_string()))?;
+        self.staple_raw(&hello, timeout).await
     }
 
     /// Reconnect stapling under a session-derived token (see [`TokenHello`]).
@@ -160,7 +161,8 @@ impl RelayClient {
         hello: &burrow_proto::staple::IdentityHello,
         timeout: Duration,
     ) -> Result<TcpStream, Error> {
-        self.staple_raw(&hello.encode(), timeout).await
+        let hello = hello.encode().map_err(|e| Error::RelayProtocol(e.to_string()))?;
+        self.staple_raw(&hello, timeout).await
     }
 
     async fn staple_raw(&self, hello: &[u8], timeout: Duration) -> Result<TcpStream, Error> {

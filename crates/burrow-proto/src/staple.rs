@@ -17,7 +17,7 @@
 //! ```
 
 use crate::channel::code::{MAX_CHANNEL_LEN, validate_channel};
-use crate::wire::{DecodeError, Reader, clip, put_bytes_u8, put_bytes_u16};
+use crate::wire::{DecodeError, EncodeError, Reader, Writer};
 
 /// The first four bytes of a stapling connection.
 pub const STAPLE_MAGIC: &[u8; 4] = b"BRWS";
@@ -117,11 +117,14 @@ pub struct IdentityHello {
 
 impl IdentityHello {
     /// Encodes the hello (including the magic).
-    pub fn encode(&self) -> Vec<u8> {
+    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
         let mut out = IDENTITY_MAGIC.to_vec();
-        out.push(STAPLE_VERSION);
-        put_bytes_u8(&mut out, self.identity.as_str().as_bytes());
-        out
+        Writer::new(&mut out).u8(STAPLE_VERSION).bytes_u8(
+            "identity",
+            crate::lobby::MAX_IDENTITY,
+            self.identity.as_str().as_bytes(),
+        )?;
+        Ok(out)
     }
 
     /// Decodes a hello from the start of `buf` (which begins with the magic).
@@ -162,13 +165,14 @@ fn partial<T>(buf: &[u8], f: impl FnOnce(&mut Reader<'_>) -> Result<T, DecodeErr
 
 impl StapleHello {
     /// Encodes the hello (including the magic).
-    pub fn encode(&self) -> Vec<u8> {
+    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
         let mut out = Vec::with_capacity(MAX_HELLO_LEN);
-        out.extend_from_slice(STAPLE_MAGIC);
-        out.push(STAPLE_VERSION);
-        put_bytes_u8(&mut out, self.channel.as_bytes());
-        out.extend_from_slice(&self.uuid);
-        out
+        Writer::new(&mut out)
+            .bytes(STAPLE_MAGIC)
+            .u8(STAPLE_VERSION)
+            .bytes_u8("channel", MAX_CHANNEL_LEN, self.channel.as_bytes())?
+            .bytes(&self.uuid);
+        Ok(out)
     }
 
     /// Decodes a hello from the start of `buf` (which begins with the magic).
@@ -217,7 +221,7 @@ impl StapleReply {
             StapleReply::Waiting => vec![0x01],
             StapleReply::Refused(reason) => {
                 let mut out = vec![0xff];
-                put_bytes_u16(&mut out, clip(reason, MAX_REASON_LEN).as_bytes());
+                Writer::new(&mut out).text_u16(MAX_REASON_LEN, reason);
                 out
             }
         }
@@ -251,10 +255,10 @@ mod tests {
             uuid: [0xab; 16],
         };
         assert_eq!(
-            hex::encode(h.encode()),
+            hex::encode(h.encode().unwrap()),
             "4252575301023432abababababababababababababababab"
         );
-        let enc = h.encode();
+        let enc = h.encode().unwrap();
         assert_eq!(StapleHello::decode(&enc).unwrap(), Some((h, enc.len())));
         assert_eq!(StapleHello::decode(&enc[..10]).unwrap(), None);
         assert!(StapleHello::decode(b"BRWS\x09").is_err());
@@ -267,7 +271,7 @@ mod tests {
         let h = IdentityHello {
             identity: crate::lobby::Identity::new("1.2.3.4:5").unwrap(),
         };
-        let enc = h.encode();
+        let enc = h.encode().unwrap();
         assert_eq!(
             hex::encode(&enc),
             "42525749010931 2e322e332e343a35".replace(' ', "")
@@ -313,7 +317,7 @@ mod tests {
         #[test]
         fn hello_round_trips(ch in "[a-zA-Z0-9_]{1,32}", uuid in any::<[u8; 16]>()) {
             let h = StapleHello { channel: ch, uuid };
-            let enc = h.encode();
+            let enc = h.encode().unwrap();
             prop_assert_eq!(StapleHello::decode(&enc).unwrap(), Some((h, enc.len())));
         }
 

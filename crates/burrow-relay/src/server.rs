@@ -14,12 +14,12 @@ use tokio::task::JoinHandle;
 
 use burrow_proto::channel::api::{ChannelRequest, JoinRequest, MAX_WAIT_MS, Role, decode_json};
 use burrow_proto::channel::table::{ApiError, ChannelTable, TableConfig};
-use burrow_proto::lobby::is_lobby_prefix;
 use burrow_proto::lobby::relay::{LobbyConfig, Side};
 use burrow_proto::staple::{
     IDENTITY_MAGIC, IdentityHello, MAX_HELLO_LEN, STAPLE_MAGIC, StapleHello, StapleReply, TOKEN_HELLO_LEN,
     TOKEN_MAGIC, TokenHello,
 };
+use burrow_proto::wire::registry::{self, Protocol};
 
 use crate::http;
 use crate::metrics::Metrics;
@@ -65,8 +65,8 @@ struct Shared {
     cfg: RelayConfig,
     table: Mutex<ChannelTable>,
     notify: Mutex<HashMap<String, Arc<Notify>>>,
-    /// First stapling connection of a channel, waiting for its partner.
-    pending: Mutex<HashMap<String, Pending>>,
+    /// Stapling connections waiting for their partner, by what they meet under.
+    pending: Mutex<HashMap<MeetKey, Pending>>,
     /// Seed 003's lobby.
     lobby: crate::lobby::Hub,
     /// Seed 000's connector.
@@ -80,6 +80,46 @@ struct Pending {
     role: Role,
     id: u64,
     tx: oneshot::Sender<TcpStream>,
+}
+
+/// What two stapling connections meet under: one key space per kind.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum MeetKey {
+    /// A channel of the table (seed 001).
+    Channel(String),
+    /// An accepted lobby pair (seed 003's second connection).
+    Lobby(String),
+    /// A reconnect token derived from a session key.
+    Token([u8; 32]),
+}
+
+impl MeetKey {
+    /// The channel of the table this meeting is for, if any.
+    fn channel(&self) -> Option<&str> {
+        match self {
+            MeetKey::Channel(c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
+/// What a second connection of the same role under one key does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SameRole {
+    /// It is refused: the role is taken (a channel's peers are fixed).
+    Refuse,
+    /// It replaces the waiting one (a reconnecting peer's newest attempt).
+    Replace,
+}
+
+/// The outcome of [`Shared::meet`].
+enum Meet {
+    /// The partner was waiting: hand it this connection.
+    Pair(oneshot::Sender<TcpStream>),
+    /// Wait under the key (the waiter's id, and where the partner arrives).
+    Wait(u64, oneshot::Receiver<TcpStream>),
+    /// The role is taken.
+    Duplicate,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -98,21 +138,28 @@ impl Shared {
         }
     }
 
-    /// Registers a waiting connection under `key`; returns its id and receiver.
-    fn wait_under(
-        &self,
-        pending: &mut HashMap<String, Pending>,
-        key: &str,
-        role: Role,
-    ) -> (u64, oneshot::Receiver<TcpStream>) {
+    /// Pairs a stapling connection with the partner waiting under `key`
+    /// (the other role), or registers it to wait: the one rule for every
+    /// kind of stapling.
+    fn meet(&self, key: &MeetKey, role: Role, same: SameRole) -> Meet {
+        let mut pending = lock(&self.pending);
+        match pending.remove(key) {
+            Some(w) if w.role != role => return Meet::Pair(w.tx),
+            Some(w) if same == SameRole::Refuse => {
+                pending.insert(key.clone(), w);
+                return Meet::Duplicate;
+            }
+            // Replaced: the old waiter's receiver ends, its wait expires.
+            _ => {}
+        }
         let (tx, rx) = oneshot::channel();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        pending.insert(key.to_owned(), Pending { role, id, tx });
-        (id, rx)
+        pending.insert(key.clone(), Pending { role, id, tx });
+        Meet::Wait(id, rx)
     }
 
     /// Forgets the waiting connection `id` (and only it).
-    fn forget(&self, key: &str, id: u64) {
+    fn forget(&self, key: &MeetKey, id: u64) {
         let mut p = lock(&self.pending);
         if p.get(key).is_some_and(|w| w.id == id) {
             p.remove(key);
@@ -128,7 +175,7 @@ impl Shared {
                 if let Some(w) = n.remove(&ch) {
                     w.notify_waiters();
                 }
-                p.remove(&ch);
+                p.remove(&MeetKey::Channel(ch));
             }
         }
     }
@@ -260,38 +307,40 @@ async fn handle_connection(shared: Arc<Shared>, mut stream: TcpStream, peer: Soc
             return;
         }
     }
-    if &head == b"GET " || &head == b"POST" || &head == b"HEAD" || &head == b"PUT " || &head == b"DELE" {
-        handle_http(&shared, stream, ip, head.to_vec()).await;
-    } else if &head == STAPLE_MAGIC {
-        handle_staple(shared, stream, ip).await;
-    } else if &head == TOKEN_MAGIC {
-        handle_token(shared, stream).await;
-    } else if &head == burrow_proto::connector::MAGIC {
-        let limit = shared.cfg.handshake_timeout;
-        if let Some((a, b)) = shared.connector.serve(stream, limit).await {
-            shared.metrics.staples_total.fetch_add(1, Ordering::Relaxed);
-            shared.metrics.staples_active.fetch_add(1, Ordering::Relaxed);
-            pipe(&shared, a, b).await;
-            shared.metrics.staples_active.fetch_sub(1, Ordering::Relaxed);
+    match registry::classify(&head) {
+        Some(Protocol::Http) => handle_http(&shared, stream, ip, head.to_vec()).await,
+        Some(Protocol::Staple) => handle_staple(shared, stream, ip).await,
+        Some(Protocol::Token) => handle_token(shared, stream).await,
+        Some(Protocol::Identity) => handle_identity(shared, stream, ip).await,
+        Some(Protocol::Connector) => {
+            let limit = shared.cfg.handshake_timeout;
+            if let Some((a, b)) = shared.connector.serve(stream, limit).await {
+                shared.metrics.staples_total.fetch_add(1, Ordering::Relaxed);
+                shared.metrics.staples_active.fetch_add(1, Ordering::Relaxed);
+                pipe(&shared, a, b).await;
+                shared.metrics.staples_active.fetch_sub(1, Ordering::Relaxed);
+            }
         }
-    } else if &head == IDENTITY_MAGIC {
-        handle_identity(shared, stream, ip).await;
-    } else if is_lobby_prefix(&head) {
-        shared.metrics.lobby_total.fetch_add(1, Ordering::Relaxed);
-        let addr = SocketAddr::new(ip, peer.port());
-        crate::lobby::serve(&shared.lobby, &shared.metrics, stream, addr, head).await;
-    } else {
-        shared.metrics.error("unknown_protocol");
-        // Say why in the one format a confused client is most likely to read.
-        let _ = http::write_error(
-            &mut stream,
-            400,
-            "unknown_protocol",
-            "not a burrow relay request (expected HTTP or a stapling hello)",
-        )
-        .await;
-        linger(&mut stream).await;
+        Some(Protocol::Lobby) => {
+            shared.metrics.lobby_total.fetch_add(1, Ordering::Relaxed);
+            let addr = SocketAddr::new(ip, peer.port());
+            crate::lobby::serve(&shared.lobby, &shared.metrics, stream, addr, head).await;
+        }
+        None => unknown_protocol(&shared, stream).await,
     }
+}
+
+async fn unknown_protocol(shared: &Shared, mut stream: TcpStream) {
+    shared.metrics.error("unknown_protocol");
+    // Say why in the one format a confused client is most likely to read.
+    let _ = http::write_error(
+        &mut stream,
+        400,
+        "unknown_protocol",
+        "not a burrow relay request (expected HTTP or a stapling hello)",
+    )
+    .await;
+    linger(&mut stream).await;
 }
 
 async fn handle_http(shared: &Shared, mut stream: TcpStream, ip: IpAddr, prefix: Vec<u8>) {
@@ -503,35 +552,30 @@ async fn handle_staple(shared: Arc<Shared>, mut stream: TcpStream, ip: IpAddr) {
         Ok(t) => t,
         Err(e) => return refuse(&shared, &mut stream, e.kind(), &e.to_string()).await,
     };
-    // Pair with a waiting partner, or wait to be paired.
-    enum Next {
-        Pair(oneshot::Sender<TcpStream>),
-        Wait(u64, oneshot::Receiver<TcpStream>),
-        Duplicate,
-    }
-    let next = {
-        let mut pending = lock(&shared.pending);
-        match pending.remove(&ch) {
-            Some(w) if w.role != ticket.role => Next::Pair(w.tx),
-            Some(other) => {
-                pending.insert(ch.clone(), other);
-                Next::Duplicate
+    staple(
+        shared,
+        stream,
+        MeetKey::Channel(ch),
+        ticket.role,
+        SameRole::Refuse,
+    )
+    .await;
+}
+
+/// Pairs `stream` with its partner under `key`, or waits for it, then pipes.
+async fn staple(shared: Arc<Shared>, mut stream: TcpStream, key: MeetKey, role: Role, same: SameRole) {
+    match shared.meet(&key, role, same) {
+        Meet::Pair(tx) => {
+            if let MeetKey::Lobby(pair) = &key {
+                shared.lobby.forget_pair(pair);
             }
-            None => {
-                let (id, rx) = shared.wait_under(&mut pending, &ch, ticket.role);
-                Next::Wait(id, rx)
-            }
-        }
-    };
-    match next {
-        Next::Pair(tx) => {
             if let Err(mut back) = tx.send(stream) {
                 // The waiting side gave up a moment ago.
                 refuse(&shared, &mut back, "staple_timeout", "the other peer is gone").await;
             }
         }
-        Next::Wait(id, rx) => wait_for_partner(shared, stream, ch, true, (id, rx)).await,
-        Next::Duplicate => {
+        Meet::Wait(id, rx) => wait_for_partner(shared, stream, key, (id, rx)).await,
+        Meet::Duplicate => {
             refuse(
                 &shared,
                 &mut stream,
@@ -580,23 +624,7 @@ async fn handle_identity(shared: Arc<Shared>, mut stream: TcpStream, ip: IpAddr)
         Side::Server => Role::Sender,
         Side::Client => Role::Recipient,
     };
-    let key = format!("l:{pair}");
-    let next = {
-        let mut pending = lock(&shared.pending);
-        match pending.remove(&key) {
-            Some(w) if w.role != role => Err(w.tx),
-            _ => Ok(shared.wait_under(&mut pending, &key, role)),
-        }
-    };
-    match next {
-        Err(tx) => {
-            shared.lobby.forget_pair(&pair);
-            if let Err(mut back) = tx.send(stream) {
-                refuse(&shared, &mut back, "staple_timeout", "the other peer is gone").await;
-            }
-        }
-        Ok(waiter) => wait_for_partner(shared, stream, key, false, waiter).await,
-    }
+    staple(shared, stream, MeetKey::Lobby(pair), role, SameRole::Replace).await;
 }
 
 /// A reconnecting pair: no channel, just a token both peers derived from
@@ -614,38 +642,28 @@ async fn handle_token(shared: Arc<Shared>, mut stream: TcpStream) {
         Ok(Err(_)) => return refuse(&shared, &mut stream, "bad_hello", "closed during hello").await,
         Err(_) => return refuse(&shared, &mut stream, "timeout", "hello not received in time").await,
     };
-    // Channel names never contain ':', so token keys cannot collide with them.
-    let key = format!("t:{}", hex_bytes(&hello.token));
-    let next = {
-        let mut pending = lock(&shared.pending);
-        match pending.remove(&key) {
-            Some(w) if w.role != hello.role => Err(w.tx),
-            // A newer connection of the same side replaces the waiting one
-            // (whose wait then ends as expired).
-            _ => Ok(shared.wait_under(&mut pending, &key, hello.role)),
-        }
-    };
-    match next {
-        Err(tx) => {
-            if let Err(mut back) = tx.send(stream) {
-                refuse(&shared, &mut back, "staple_timeout", "the other peer is gone").await;
-            }
-        }
-        Ok(waiter) => wait_for_partner(shared, stream, key, false, waiter).await,
-    }
+    // A newer connection of the same side replaces the waiting one (whose
+    // wait then ends as expired).
+    staple(
+        shared,
+        stream,
+        MeetKey::Token(hello.token),
+        hello.role,
+        SameRole::Replace,
+    )
+    .await;
 }
 
 fn hex_bytes(u: &[u8]) -> String {
     u.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Waits for the partner under `ch` (a channel, or a token key when
-/// `in_table` is false), then pipes.
+/// Waits for the partner under `ch`, then pipes (a channel's table entry
+/// learns that it is stapled, and when the pipe ends).
 async fn wait_for_partner(
     shared: Arc<Shared>,
     mut stream: TcpStream,
-    ch: String,
-    in_table: bool,
+    ch: MeetKey,
     (id, rx): (u64, oneshot::Receiver<TcpStream>),
 ) {
     if stream.write_all(&StapleReply::Waiting.encode()).await.is_err() {
@@ -697,9 +715,9 @@ async fn wait_for_partner(
             .await;
         }
     };
-    if in_table {
-        lock(&shared.table).set_stapled(Instant::now(), &ch);
-        shared.wake(&ch);
+    if let Some(c) = ch.channel() {
+        lock(&shared.table).set_stapled(Instant::now(), c);
+        shared.wake(c);
     }
     shared.metrics.staples_total.fetch_add(1, Ordering::Relaxed);
     shared.metrics.staples_active.fetch_add(1, Ordering::Relaxed);
@@ -709,9 +727,9 @@ async fn wait_for_partner(
         pipe(&shared, stream, partner).await;
     }
     shared.metrics.staples_active.fetch_sub(1, Ordering::Relaxed);
-    if in_table {
-        lock(&shared.table).close(Instant::now(), &ch, "the relay connection ended");
-        shared.wake(&ch);
+    if let Some(c) = ch.channel() {
+        lock(&shared.table).close(Instant::now(), c, "the relay connection ended");
+        shared.wake(c);
     }
 }
 

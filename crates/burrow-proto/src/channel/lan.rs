@@ -21,7 +21,7 @@
 use std::net::Ipv4Addr;
 
 use crate::channel::code::{MAX_CHANNEL_LEN, validate_channel};
-use crate::wire::{DecodeError, Reader, put_bytes_u8};
+use crate::wire::{DecodeError, EncodeError, Reader, Writer};
 
 /// The multicast group (organisation-local scope).
 pub const GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 90, 9);
@@ -47,13 +47,14 @@ pub struct Announce {
 
 impl Announce {
     /// Encodes the datagram.
-    pub fn encode(&self) -> Vec<u8> {
+    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
         let mut out = Vec::with_capacity(MAX_LEN);
-        out.extend_from_slice(MAGIC);
-        out.push(VERSION);
-        out.extend_from_slice(&self.port.to_be_bytes());
-        put_bytes_u8(&mut out, self.channel.as_bytes());
-        out
+        Writer::new(&mut out)
+            .bytes(MAGIC)
+            .u8(VERSION)
+            .u16(self.port)
+            .bytes_u8("channel", MAX_CHANNEL_LEN, self.channel.as_bytes())?;
+        Ok(out)
     }
 
     /// Decodes one whole datagram. Total: never panics.
@@ -100,8 +101,8 @@ mod tests {
             port: 0x1234,
             channel: "42".into(),
         };
-        assert_eq!(hex::encode(a.encode()), "4252574c011234023432");
-        assert_eq!(Announce::decode(&a.encode()).unwrap(), a);
+        assert_eq!(hex::encode(a.encode().unwrap()), "4252574c011234023432");
+        assert_eq!(Announce::decode(&a.encode().unwrap()).unwrap(), a);
         assert!(Announce::decode(b"BRWL\x01\x00\x00\x012").is_err(), "port 0");
         assert!(Announce::decode(b"BRWL\x02\x00\x01\x012").is_err(), "version");
         assert!(Announce::decode(b"BRWL\x01\x00\x01\x01/").is_err(), "channel");
@@ -113,7 +114,7 @@ mod tests {
         #[test]
         fn round_trips(port in 1u16.., ch in "[0-9a-z]{1,32}") {
             let a = Announce { port, channel: ch };
-            prop_assert_eq!(Announce::decode(&a.encode()).unwrap(), a);
+            prop_assert_eq!(Announce::decode(&a.encode().unwrap()).unwrap(), a);
         }
 
         #[test]

@@ -26,7 +26,7 @@
 //!   then mux frames in records           "data"
 //! ```
 
-use crate::wire::{DecodeError, Reader, clip, put_bytes_u16};
+use crate::wire::{DecodeError, Reader, Writer};
 
 /// The first bytes of a connector connection.
 pub const MAGIC: &[u8; 4] = b"BRWX";
@@ -95,7 +95,7 @@ impl Msg {
             }
             Msg::Error(m) => {
                 out.push(0x05);
-                put_bytes_u16(&mut out, clip(m, MAX_MESSAGE).as_bytes());
+                Writer::new(&mut out).text_u16(MAX_MESSAGE, m);
             }
             Msg::Ping => out.push(0x06),
             Msg::Pong => out.push(0x07),

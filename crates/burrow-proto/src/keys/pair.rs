@@ -14,7 +14,7 @@
 //! it announces, for this session only. The X25519 key is proven later, by
 //! every Noise handshake made with it.
 
-use crate::wire::{DecodeError, Reader, put_bytes_u8};
+use crate::wire::{DecodeError, EncodeError, Reader, Writer};
 
 /// Format version.
 pub const VERSION: u8 = 1;
@@ -59,14 +59,17 @@ impl PairHello {
         blake3::derive_key("burrow pair binding", session_key)
     }
 
-    /// Encodes the message.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![VERSION];
-        out.extend_from_slice(&self.x25519);
-        out.extend_from_slice(&self.ed25519);
-        put_bytes_u8(&mut out, self.name.as_bytes());
-        out.extend_from_slice(&self.signature);
-        out
+    /// Encodes the message; a name that does not fit is an error (a
+    /// clipped name would no longer match its signature).
+    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+        let mut out = Vec::with_capacity(2 + 64 + MAX_NAME + 64);
+        Writer::new(&mut out)
+            .u8(VERSION)
+            .bytes(&self.x25519)
+            .bytes(&self.ed25519)
+            .bytes_u8("name", MAX_NAME, self.name.as_bytes())?
+            .bytes(&self.signature);
+        Ok(out)
     }
 
     /// Decodes one whole message. Total.
@@ -111,7 +114,7 @@ mod tests {
             name: "laptop".into(),
             signature: [3; 64],
         };
-        let enc = h.encode();
+        let enc = h.encode().unwrap();
         assert_eq!(enc.len(), 1 + 32 + 32 + 1 + 6 + 64);
         assert_eq!(&enc[65..72], b"\x06laptop");
         assert_eq!(PairHello::decode(&enc).unwrap(), h);

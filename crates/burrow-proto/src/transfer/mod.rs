@@ -88,7 +88,7 @@ use thiserror::Error;
 
 use std::time::{Duration, Instant};
 
-use crate::wire::{DecodeError, Reader, clip, put_bytes_u16};
+use crate::wire::{DecodeError, Reader, Writer};
 
 mod receiver;
 mod sender;
@@ -299,7 +299,14 @@ impl Message<'_> {
                 });
                 out.push(u8::from(e.executable));
                 out.extend_from_slice(&e.size.to_be_bytes());
-                put_bytes_u16(out, clip(&e.path, MAX_PATH).as_bytes());
+                // Never another name: a path the sender should have refused
+                // (see `Sender::new`) goes out empty, which every receiver refuses.
+                if Writer::new(out)
+                    .bytes_u16("path", MAX_PATH, e.path.as_bytes())
+                    .is_err()
+                {
+                    Writer::new(out).u16(0);
+                }
             }
             Message::OfferEnd => out.push(0x03),
             Message::Accept { hash_all, resume } => {
@@ -308,7 +315,7 @@ impl Message<'_> {
             }
             Message::Reject(r) => {
                 out.push(0x05);
-                put_bytes_u16(out, clip(r, MAX_MESSAGE).as_bytes());
+                Writer::new(out).text_u16(MAX_MESSAGE, r);
             }
             Message::Data(d) => {
                 out.push(Self::DATA);
@@ -324,7 +331,7 @@ impl Message<'_> {
             Message::Ack => out.push(0x09),
             Message::Error(m) => {
                 out.push(0x0a);
-                put_bytes_u16(out, clip(m, MAX_MESSAGE).as_bytes());
+                Writer::new(out).text_u16(MAX_MESSAGE, m);
             }
             Message::Skip(offset) => {
                 out.push(0x0b);

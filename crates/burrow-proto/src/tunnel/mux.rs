@@ -32,7 +32,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::wire::{DecodeError, Reader, clip, put_bytes_u8, put_bytes_u16};
+use crate::wire::{DecodeError, Reader, Writer};
 
 /// Bytes of credit each side implicitly grants a stream when it opens
 /// (until its first `Window`), and keeps reserved for it in the pool.
@@ -204,7 +204,11 @@ impl Frame<'_> {
                 match host {
                     Host::Name(n) => {
                         out.push(0);
-                        put_bytes_u8(out, clip(n, MAX_HOST).as_bytes());
+                        // Never another host: a name [`Mux::open`] refused
+                        // as too long goes out empty, which no exit resolves.
+                        let name = if n.len() <= MAX_HOST { n.as_bytes() } else { &[] };
+                        out.push(name.len() as u8);
+                        out.extend_from_slice(name);
                     }
                     Host::Ip(IpAddr::V4(a)) => {
                         out.push(4);
@@ -242,7 +246,7 @@ impl Frame<'_> {
                 out.push(0x06);
                 out.extend_from_slice(&stream.to_be_bytes());
                 out.push(reason.code());
-                put_bytes_u16(out, clip(message, MAX_RESET_MESSAGE).as_bytes());
+                Writer::new(out).text_u16(MAX_RESET_MESSAGE, message);
             }
         }
     }
@@ -340,6 +344,9 @@ pub enum MuxError {
     /// the stream is simply not opened.
     #[error("too many streams open in this session")]
     Busy,
+    /// A host name that does not fit `Open` (empty, or over [`MAX_HOST`]).
+    #[error("host name empty or longer than {MAX_HOST} bytes")]
+    BadHost,
     /// Stream ids ran out.
     #[error("stream ids exhausted")]
     IdsExhausted,
@@ -543,6 +550,9 @@ impl Mux {
     /// Opens a stream; returns its id and the `Open` frame.
     /// [`MuxError::Busy`] when the limits have no room for it.
     pub fn open(&mut self, host: Host, port: u16) -> Result<(u32, Vec<u8>), MuxError> {
+        if matches!(&host, Host::Name(n) if n.len() > MAX_HOST || n.is_empty()) {
+            return Err(MuxError::BadHost);
+        }
         if !self.has_room() {
             return Err(MuxError::Busy);
         }

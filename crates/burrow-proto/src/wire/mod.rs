@@ -3,9 +3,13 @@
 //! A [`Reader`] walks a byte slice and never panics: every read checks the
 //! remaining length first, and every length-prefixed field is checked against a
 //! named maximum *before* anything is allocated. Decoders built on it are total:
-//! any input yields either a value or a [`DecodeError`].
+//! any input yields either a value or a [`DecodeError`]. A [`Writer`]
+//! encodes, and refuses a field that does not fit instead of clipping it.
+//! [`registry`] names every protocol's first bytes and type codes.
 
 use thiserror::Error;
+
+pub mod registry;
 
 /// Why a byte string could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -148,7 +152,9 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// `s` cut to at most `max` bytes, on a character boundary.
+/// `s` cut to at most `max` bytes, on a character boundary: for
+/// human-readable text only (error messages, reasons), never for a name,
+/// a path or anything signed, which [`Writer`] refuses to shorten.
 pub fn clip(s: &str, max: usize) -> &str {
     let mut cut = s.len().min(max);
     while !s.is_char_boundary(cut) {
@@ -157,19 +163,88 @@ pub fn clip(s: &str, max: usize) -> &str {
     &s[..cut]
 }
 
-/// Appends a u16 length and the bytes. The caller guarantees `b.len() <= u16::MAX`
-/// (every encoder checks its field against its `MAX_*` first).
-pub fn put_bytes_u16(out: &mut Vec<u8>, b: &[u8]) {
-    let len = u16::try_from(b.len()).unwrap_or(u16::MAX);
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(&b[..usize::from(len)]);
+/// A field too long for its format: the encoder fails instead of
+/// shortening it (a clipped name is another name; a clipped signed record
+/// no longer verifies).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{what} too long to encode: {len} bytes (max {max})")]
+pub struct EncodeError {
+    /// The field.
+    pub what: &'static str,
+    /// Its length.
+    pub len: usize,
+    /// What the format allows.
+    pub max: usize,
 }
 
-/// Appends a u8 length and the bytes, truncated to 255 bytes.
-pub fn put_bytes_u8(out: &mut Vec<u8>, b: &[u8]) {
-    let len = u8::try_from(b.len()).unwrap_or(u8::MAX);
-    out.push(len);
-    out.extend_from_slice(&b[..usize::from(len)]);
+/// Appends fields to a buffer, big-endian; length-prefixed fields are
+/// checked against their maximum and never clipped.
+#[derive(Debug)]
+pub struct Writer<'a> {
+    out: &'a mut Vec<u8>,
+}
+
+impl<'a> Writer<'a> {
+    /// Appends to `out`.
+    pub fn new(out: &'a mut Vec<u8>) -> Self {
+        Self { out }
+    }
+
+    /// One byte.
+    pub fn u8(&mut self, v: u8) -> &mut Self {
+        self.out.push(v);
+        self
+    }
+
+    /// A big-endian u16.
+    pub fn u16(&mut self, v: u16) -> &mut Self {
+        self.bytes(&v.to_be_bytes())
+    }
+
+    /// A big-endian u32.
+    pub fn u32(&mut self, v: u32) -> &mut Self {
+        self.bytes(&v.to_be_bytes())
+    }
+
+    /// A big-endian u64.
+    pub fn u64(&mut self, v: u64) -> &mut Self {
+        self.bytes(&v.to_be_bytes())
+    }
+
+    /// Raw bytes (fixed-size fields, or the rest of a message).
+    pub fn bytes(&mut self, b: &[u8]) -> &mut Self {
+        self.out.extend_from_slice(b);
+        self
+    }
+
+    fn check(what: &'static str, len: usize, max: usize) -> Result<(), EncodeError> {
+        if len > max {
+            return Err(EncodeError { what, len, max });
+        }
+        Ok(())
+    }
+
+    /// A u8 length and the bytes; more than `max` (or 255) is an error.
+    pub fn bytes_u8(&mut self, what: &'static str, max: usize, b: &[u8]) -> Result<&mut Self, EncodeError> {
+        Self::check(what, b.len(), max.min(usize::from(u8::MAX)))?;
+        self.out.push(b.len() as u8);
+        Ok(self.bytes(b))
+    }
+
+    /// A u16 length and the bytes; more than `max` (or 65,535) is an error.
+    pub fn bytes_u16(&mut self, what: &'static str, max: usize, b: &[u8]) -> Result<&mut Self, EncodeError> {
+        Self::check(what, b.len(), max.min(usize::from(u16::MAX)))?;
+        self.out.extend_from_slice(&(b.len() as u16).to_be_bytes());
+        Ok(self.bytes(b))
+    }
+
+    /// Human-readable text with a u16 length, [`clip`]ped to `max` bytes
+    /// on purpose (a reason or an error message, never a name).
+    pub fn text_u16(&mut self, max: usize, s: &str) -> &mut Self {
+        let t = clip(s, max.min(usize::from(u16::MAX)));
+        self.out.extend_from_slice(&(t.len() as u16).to_be_bytes());
+        self.bytes(t.as_bytes())
+    }
 }
 
 #[cfg(test)]
@@ -197,10 +272,27 @@ mod tests {
     }
 
     #[test]
-    fn put_truncates_instead_of_panicking() {
+    fn the_writer_refuses_what_does_not_fit_and_clips_only_text() {
         let mut v = Vec::new();
-        put_bytes_u8(&mut v, &[7u8; 300]);
-        assert_eq!(v.len(), 256);
-        assert_eq!(v[0], 255);
+        let e = Writer::new(&mut v)
+            .bytes_u8("name", 300, &[7u8; 256])
+            .unwrap_err();
+        assert_eq!(
+            e,
+            EncodeError {
+                what: "name",
+                len: 256,
+                max: 255
+            }
+        );
+        assert!(Writer::new(&mut v).bytes_u16("path", 4, b"abcde").is_err());
+        assert!(v.is_empty(), "nothing written by a refused field");
+        Writer::new(&mut v)
+            .u8(1)
+            .u16(2)
+            .bytes_u8("name", 8, b"ab")
+            .unwrap()
+            .text_u16(3, "héllo");
+        assert_eq!(v, [1, 0, 2, 2, b'a', b'b', 0, 3, b'h', 0xc3, 0xa9]);
     }
 }
