@@ -132,7 +132,7 @@ IPERF=$(median "${IPERFS[@]}"); DIRECT=$(median "${DIRECTS[@]}"); PDIRECT=$(medi
 echo "plaintext (socat forwarder): $PLAIN MB/s (median of $ROUNDS)"
 echo "burrow via relay:            $BURROW MB/s   (peak RSS: sender $(maxrss send.err.*), receiver $(maxrss recv.err.*))"
 echo "plaintext direct (iperf3):   $IPERF MB/s (memory to memory)"
-echo "plaintext direct to a file:  $PDIRECT MB/s (socat, file to file in $(df -T --output=fstype "$WORK" | tail -1 | tr -d ' '))"
+echo "plaintext direct to a file:  $PDIRECT MB/s (socat, file to file in $(df --output=fstype "$WORK" | tail -1 | tr -d ' '))"
 echo "burrow direct:               $DIRECT MB/s   (peak RSS: sender $(maxrss dsend.err.*), receiver $(maxrss drecv.err.*); relay over all runs $(rss relay.err))"
 
 # --- magic-wormhole through its transit relay -------------------------------

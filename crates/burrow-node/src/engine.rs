@@ -25,7 +25,7 @@ use burrow_proto::transfer::{
 
 use crate::error::{Error, shown};
 use crate::files::{self, Item};
-use crate::paths::Conn;
+use crate::paths::Established;
 use crate::record::{DataBatch, Keepalive, RecordReader, RecordWriter, SharedWriter};
 use crate::{Compress, Decision, Event, Observer, OfferInfo, ReceiveReport, SendReport, Sink};
 
@@ -97,18 +97,18 @@ fn setup(stream: &TcpStream, idle: Duration) -> Result<(), Error> {
 /// An established session on a relay or direct connection: the shared
 /// writer with its keepalive thread, the reader, and a handle to the socket
 /// for shutting it down.
-struct Session {
+struct SessionIo {
     w: SharedWriter,
     r: RecordReader<TcpStream>,
     sock: TcpStream,
     _keepalive: Keepalive,
 }
 
-impl Session {
+impl SessionIo {
     /// Sets the socket of an authenticated connection up and starts
     /// keepalives every idle/3.
-    fn open(conn: Conn, idle: Duration) -> Result<Self, Error> {
-        let Conn {
+    fn open(conn: Established, idle: Duration) -> Result<Self, Error> {
+        let Established {
             stream: s,
             sealer,
             opener,
@@ -228,19 +228,19 @@ impl Payload {
 }
 
 pub(crate) fn run_send(
-    conn: Conn,
+    conn: Established,
     payload: &mut Payload,
     obs: &mut dyn Observer,
     idle: Duration,
     compress: Compress,
     state: &mut SendState,
 ) -> Result<SendReport, Error> {
-    let Session {
+    let SessionIo {
         w,
         mut r,
         sock,
         _keepalive,
-    } = Session::open(conn, idle)?;
+    } = SessionIo::open(conn, idle)?;
     let first_run = state.runs == 0;
     state.runs += 1;
     let (kind, entries) = payload.offer();
@@ -846,7 +846,7 @@ impl RecvState {
 }
 
 pub(crate) fn run_receive(
-    conn: Conn,
+    conn: Established,
     sink: &Sink,
     overwrite: bool,
     obs: &mut dyn Observer,
@@ -854,9 +854,9 @@ pub(crate) fn run_receive(
     state: &mut RecvState,
 ) -> Result<ReceiveReport, Error> {
     // Keepalives also cover the time a person takes to decide.
-    let Session {
+    let SessionIo {
         w, mut r, _keepalive, ..
-    } = Session::open(conn, idle)?;
+    } = SessionIo::open(conn, idle)?;
     let mut rx = Receiver::new().verify(state.verify);
     loop {
         let rec = expect_msg(&mut r, "sending its offer")?;

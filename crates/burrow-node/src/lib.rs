@@ -453,8 +453,8 @@ impl From<rendezvous::Rendezvous> for Meeting {
     }
 }
 
-impl From<lobby::Paired> for Meeting {
-    fn from(p: lobby::Paired) -> Self {
+impl From<lobby::Matched> for Meeting {
+    fn from(p: lobby::Matched) -> Self {
         Self {
             stream: p.stream,
             key: p.key,
@@ -608,7 +608,7 @@ impl Transfer {
         rv: Meeting,
         role: burrow_proto::channel::api::Role,
         direct: bool,
-    ) -> Result<(paths::Paths, paths::Conn), Error> {
+    ) -> Result<(paths::Paths, paths::Established), Error> {
         let relay_only = self.relay_only || !direct;
         let mut paths = paths::Paths::new(rv.key, role, relay.clone(), relay_only, self.idle_timeout).await;
         let conn = paths.first(rv.stream, &rv.context).await?;
@@ -621,7 +621,7 @@ impl Transfer {
         paths: &mut paths::Paths,
         cause: Error,
         obs: &mut dyn Observer,
-    ) -> Result<paths::Conn, Error> {
+    ) -> Result<paths::Established, Error> {
         obs.event(Event::Reconnecting {
             reason: cause.to_string(),
             for_up_to: self.reconnect_for,

@@ -27,7 +27,7 @@ use crate::relay_client::RelayClient;
 const MAX_TRIES: usize = 64;
 
 /// A lobby pairing that agreed: the second connection and its key.
-pub struct Paired {
+pub struct Matched {
     /// The stapled second connection.
     pub stream: TcpStream,
     /// The PAKE's session key.
@@ -39,12 +39,12 @@ pub struct Paired {
 }
 
 /// One lobby connection with a packet reader.
-struct Conn {
+struct LobbyConn {
     s: TcpStream,
     buf: Vec<u8>,
 }
 
-impl Conn {
+impl LobbyConn {
     async fn open(relay: &RelayClient) -> Result<Self, Error> {
         Ok(Self {
             s: relay.connect().await?,
@@ -112,13 +112,13 @@ pub async fn serve(
     password: &str,
     salt: [u8; 16],
     on_ready: impl FnOnce(&str),
-) -> Result<Paired, Error> {
+) -> Result<Matched, Error> {
     let params = Params::new(salt);
     let public: [u8; PUBLIC_LEN] = params.encode();
     let w = stretch(params, password.to_owned())
         .await
         .map_err(|e| Error::Usage(format!("cannot stretch the password: {e:?}")))?;
-    let mut c = Conn::open(relay).await?;
+    let mut c = LobbyConn::open(relay).await?;
     c.send(RELAY_UID, Body::HelloAsServer { public }).await?;
     let me = match c.next().await?.body {
         Body::ServerIdentity(id) => id,
@@ -153,7 +153,7 @@ pub async fn serve(
             Body::Accepted => {
                 if let Some((key, client)) = agreed.remove(&p.uid) {
                     let stream = second(relay, &me).await?;
-                    return Ok(Paired {
+                    return Ok(Matched {
                         stream,
                         key,
                         context: context(me.as_str(), client.as_str()),
@@ -205,8 +205,8 @@ pub async fn join(
     password: &str,
     mut decide: impl FnMut(&str) -> Verdict,
     mut no_match: impl FnMut(usize),
-) -> Result<Paired, Error> {
-    let mut c = Conn::open(relay).await?;
+) -> Result<Matched, Error> {
+    let mut c = LobbyConn::open(relay).await?;
     c.send(RELAY_UID, Body::HelloAsClient).await?;
     let me = match c.next().await?.body {
         Body::ClientIdentity(id) => id,
@@ -303,7 +303,7 @@ pub async fn join(
                             }
                         }
                         let stream = second(relay, &me).await?;
-                        return Ok(Paired {
+                        return Ok(Matched {
                             stream,
                             key,
                             context: context(server.as_str(), me.as_str()),

@@ -35,6 +35,7 @@ use tokio::task::JoinSet;
 
 use burrow_proto::channel::api::Role;
 use burrow_proto::channel::pake::SessionKey;
+use burrow_proto::channel::race::{Chooser, Decision, Race};
 use burrow_proto::session::{Handshake, Opener, Sealer, Side};
 use burrow_proto::staple::TokenHello;
 use burrow_proto::transfer::{MAX_HINTS, Message};
@@ -44,9 +45,7 @@ pub(crate) use crate::handshake::read_frame;
 use crate::platform::{self, OsRandom};
 use crate::relay_client::RelayClient;
 
-/// How long the sender holds a ready relay connection back while direct
-/// attempts are still under way (magic-wormhole waits 2 s; we wait 1).
-pub const RELAY_DELAY: Duration = Duration::from_secs(1);
+pub use burrow_proto::channel::race::RELAY_DELAY;
 /// One direct TCP connect, handshake included.
 const DIRECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// One reconnect attempt, before backing off and trying again.
@@ -84,7 +83,7 @@ impl PathKind {
 }
 
 /// An authenticated connection, ready for the engine.
-pub(crate) struct Conn {
+pub(crate) struct Established {
     pub stream: std::net::TcpStream,
     pub sealer: Sealer,
     pub opener: Opener,
@@ -100,9 +99,9 @@ struct Live {
 }
 
 impl Live {
-    fn into_conn(self) -> Result<Conn, Error> {
+    fn into_conn(self) -> Result<Established, Error> {
         let stream = self.stream.into_std().map_err(Error::ConnectionLost)?;
-        Ok(Conn {
+        Ok(Established {
             stream,
             sealer: self.sealer,
             opener: self.opener,
@@ -324,7 +323,7 @@ impl Paths {
 
     /// The first connection of the session: handshake on the stapled relay
     /// connection, exchange hints, race direct paths against it.
-    pub async fn first(&mut self, mut relay: TcpStream, channel: &str) -> Result<Conn, Error> {
+    pub async fn first(&mut self, mut relay: TcpStream, channel: &str) -> Result<Established, Error> {
         let (mut sealer, mut opener) =
             handshake(&mut relay, &self.key, channel, self.role, self.io_timeout).await?;
         let hints = Message::Hints {
@@ -363,7 +362,7 @@ impl Paths {
     /// A new connection after a drop: races direct paths against a token
     /// staple through the relay, attempt after attempt with backoff, until
     /// `deadline`.
-    pub async fn reconnect(&mut self, deadline: Instant) -> Result<Conn, Error> {
+    pub async fn reconnect(&mut self, deadline: Instant) -> Result<Established, Error> {
         let mut wait = BACKOFF.0;
         loop {
             let attempt_end = (Instant::now() + ATTEMPT_TIMEOUT).min(deadline);
@@ -383,7 +382,7 @@ impl Paths {
 
     /// One race. `relay`: the ready relay leg (first connection); without
     /// it, a token staple through the relay is one of the candidates.
-    async fn race(&mut self, relay: Option<Live>, deadline: Instant) -> Result<Conn, Error> {
+    async fn race(&mut self, relay: Option<Live>, deadline: Instant) -> Result<Established, Error> {
         let sender = self.is_sender();
         let role = self.role;
         let (tx, mut rx) = mpsc::channel::<Cand>(16);
@@ -433,10 +432,18 @@ impl Paths {
         }
         // The relay leg.
         let may_be_dialed = racing && !self.my_addrs.is_empty() && self.listener.is_some();
+        let chooser = if sender {
+            Chooser::Sender
+        } else {
+            Chooser::Receiver
+        };
+        let mut race = Race::new(chooser, dials, may_be_dialed, racing, Instant::now(), deadline);
         let mut relay_ready: Option<Live> = None;
-        let mut relay_pending = true;
         match relay {
-            Some(live) if sender => relay_ready = Some(live),
+            Some(live) if sender => {
+                relay_ready = Some(live);
+                race.relay_ready();
+            }
             Some(live) => {
                 let (tx, limit) = (tx.clone(), deadline.saturating_duration_since(Instant::now()));
                 tasks.spawn(async move {
@@ -474,43 +481,36 @@ impl Paths {
             }
         }
         drop(tx);
-        let relay_at = tokio::time::Instant::now() + if racing { RELAY_DELAY } else { Duration::ZERO };
+        // The decisions are the proto rule's; this loop only waits and reports.
+        let mut direct: Option<Live> = None;
         let mut last_err: Option<Error> = None;
         let winner = loop {
-            let directs_left = dials > 0 || may_be_dialed;
-            if sender && relay_ready.is_some() && (!directs_left || tokio::time::Instant::now() >= relay_at) {
-                break relay_ready.take();
-            }
-            if !relay_pending && relay_ready.is_none() && !directs_left {
-                break None;
-            }
+            let until = match race.decide(Instant::now()) {
+                Decision::Direct => break direct.take(),
+                Decision::Relay => break relay_ready.take(),
+                Decision::Fail => break None,
+                Decision::Wait(until) => until,
+            };
             let ev = tokio::select! {
                 ev = rx.recv() => ev,
-                _ = tokio::time::sleep_until(relay_at), if sender && relay_ready.is_some() => continue,
-                _ = tokio::time::sleep_until(deadline.into()) => break None,
+                _ = tokio::time::sleep_until(until.into()) => continue,
             };
             match ev {
-                Some(Cand::Direct(live)) => break Some(live),
-                Some(Cand::DialFailed) => dials = dials.saturating_sub(1),
+                Some(Cand::Direct(live)) => {
+                    direct = Some(live);
+                    race.direct();
+                }
+                Some(Cand::DialFailed) => race.dial_failed(),
                 Some(Cand::Relay(Ok(live))) => {
-                    relay_pending = false;
-                    if sender {
-                        relay_ready = Some(live);
-                    } else {
-                        break Some(live);
-                    }
+                    relay_ready = Some(live);
+                    race.relay_ready();
                 }
                 Some(Cand::Relay(Err(e))) => {
-                    relay_pending = false;
+                    race.relay_failed();
                     last_err = Some(e);
                 }
-                None => {
-                    // Every task is done and none won.
-                    if relay_ready.is_none() {
-                        break None;
-                    }
-                    dials = 0;
-                }
+                // Every task is done.
+                None => race.all_done(),
             }
         };
         tasks.abort_all();

@@ -286,11 +286,11 @@ impl<R: Read> RecordReader<R> {
 mod tests {
     use super::*;
     use burrow_proto::channel::pake::SessionKey;
-    use burrow_proto::session::pair_in_memory;
+    use burrow_proto::session::handshake_in_memory;
 
     /// A writer into memory and the opener for what it writes.
     fn one_way(seed: u8) -> (RecordWriter<Vec<u8>>, Opener) {
-        let (a, b) = pair_in_memory(
+        let (a, b) = handshake_in_memory(
             &SessionKey::from_bytes([seed; 32]),
             "t",
             crate::platform::aead(),

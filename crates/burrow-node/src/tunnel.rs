@@ -126,13 +126,13 @@ fn remember(path: &Path, addr: &str, fp: &str) -> Result<(), Error> {
 }
 
 /// An authenticated connection to the relay.
-struct Link {
+struct RelayLink {
     s: TcpStream,
     sealer: Sealer,
     opener: Opener,
 }
 
-impl Link {
+impl RelayLink {
     async fn send(&mut self, m: &Msg) -> Result<(), Error> {
         send_record(&mut self.s, &mut self.sealer, &m.encode()).await
     }
@@ -152,7 +152,7 @@ impl Link {
 
 /// Opens an authenticated connection to the relay ("authenticate" and
 /// "authenticate-ack" of seed 000).
-async fn relay_link(relay: &RelayClient, trust: &RelayTrust, me: &Identity) -> Result<Link, Error> {
+async fn relay_link(relay: &RelayClient, trust: &RelayTrust, me: &Identity) -> Result<RelayLink, Error> {
     let mut s = relay.connect().await?;
     let run = async {
         let mut hello = MAGIC.to_vec();
@@ -183,7 +183,7 @@ async fn relay_link(relay: &RelayClient, trust: &RelayTrust, me: &Identity) -> R
         Ok::<_, Error>(hs.into_transport()?.split())
     };
     let (sealer, opener) = run.await?;
-    Ok(Link { s, sealer, opener })
+    Ok(RelayLink { s, sealer, opener })
 }
 
 /// End-to-end Noise XX through the relay's pipe; returns the peer's key.

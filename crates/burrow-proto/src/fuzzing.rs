@@ -23,6 +23,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("transfer_message", transfer_message),
     ("transfer_receiver", transfer_receiver),
     ("transfer_sender", transfer_sender),
+    ("transfer_framing", transfer_framing),
     ("api_json", api_json),
     ("channel_table", channel_table),
     ("record", record),
@@ -282,6 +283,33 @@ pub fn transfer_sender(data: &[u8]) {
     }
 }
 
+/// Length-prefixed transfer messages over a byte stream: the bytes arrive
+/// in pieces (their sizes from the first byte); every message that comes
+/// out is within bounds and re-frames to the bytes it came from.
+pub fn transfer_framing(data: &[u8]) {
+    use crate::transfer::framing::{Reader, put};
+    let step = usize::from(data.first().copied().unwrap_or(1)).max(1);
+    let mut r = Reader::default();
+    let mut out = Vec::new();
+    for piece in data.chunks(step) {
+        r.push(piece);
+        loop {
+            match r.next_message() {
+                Ok(Some(m)) => {
+                    assert!(m.len() <= crate::session::MAX_PLAINTEXT);
+                    assert!(put(m, &mut out));
+                }
+                Ok(None) => break,
+                Err(_) => return,
+            }
+        }
+    }
+    assert!(
+        data.starts_with(&out),
+        "re-framed messages differ from what arrived"
+    );
+}
+
 /// The relay's JSON bodies.
 pub fn api_json(data: &[u8]) {
     let _ = decode_json::<JoinRequest>(data);
@@ -396,13 +424,13 @@ pub fn lobby_packet(data: &[u8]) {
 /// (never a panic, never a success without the key); and what is sealed
 /// opens to itself.
 pub fn record(data: &[u8]) {
-    use crate::session::{LEN_PREFIX, MAX_PLAINTEXT, MAX_RECORD, pair_in_memory};
+    use crate::session::{LEN_PREFIX, MAX_PLAINTEXT, MAX_RECORD, handshake_in_memory};
     if let Ok(Some(n)) = peek_record_len(data) {
         assert!((16..=65535).contains(&n));
     }
     let key = crate::channel::pake::SessionKey::from_bytes([7; 32]);
     let backend = crate::session::aead::Backend::detect();
-    let Ok((a, b)) = pair_in_memory(&key, "fuzz", backend, &mut crate::random::seeded(7)) else {
+    let Ok((a, b)) = handshake_in_memory(&key, "fuzz", backend, &mut crate::random::seeded(7)) else {
         return;
     };
     let (mut tx, _) = a.split();

@@ -54,7 +54,7 @@ struct Side<E> {
 }
 
 /// Two endpoints and the link between them.
-pub(crate) struct Pair<A, B> {
+pub(crate) struct TwoEnds<A, B> {
     a: Side<A>,
     b: Side<B>,
     link: Link,
@@ -65,7 +65,7 @@ pub(crate) struct Pair<A, B> {
     sent: usize,
 }
 
-impl<A: Endpoint, B: Endpoint> Pair<A, B> {
+impl<A: Endpoint, B: Endpoint> TwoEnds<A, B> {
     pub(crate) fn new(a: A, b: B, link: Link, start: Instant) -> Self {
         Self {
             a: Side { e: a, failed: None },

@@ -61,13 +61,13 @@ async fn read_frame(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     Ok(b)
 }
 
-struct Link {
+struct PeerLink {
     s: TcpStream,
     sealer: Sealer,
     opener: Opener,
 }
 
-impl Link {
+impl PeerLink {
     async fn send(&mut self, m: &Msg) -> std::io::Result<()> {
         let mut out = Vec::new();
         self.sealer
@@ -101,7 +101,7 @@ impl Connector {
     }
 
     /// Authenticates both ways; returns the link and the peer's identity key.
-    async fn authenticate(&self, mut s: TcpStream, limit: Duration) -> Option<(Link, [u8; 32])> {
+    async fn authenticate(&self, mut s: TcpStream, limit: Duration) -> Option<(PeerLink, [u8; 32])> {
         let key = self.key.clone()?;
         let run = async {
             let mut v = [0u8; 1];
@@ -124,7 +124,7 @@ impl Connector {
             hs.read_message(&read_frame(&mut s).await.ok()?).ok()?;
             let peer = hs.remote_static()?;
             let (sealer, opener) = hs.into_transport().ok()?.split();
-            Some((Link { s, sealer, opener }, peer))
+            Some((PeerLink { s, sealer, opener }, peer))
         };
         tokio::time::timeout(limit, run).await.ok().flatten()
     }
@@ -169,7 +169,7 @@ impl Connector {
         }
     }
 
-    async fn mailbox(&self, mut link: Link, peer: [u8; 32]) {
+    async fn mailbox(&self, mut link: PeerLink, peer: [u8; 32]) {
         let (tx, mut rx) = mpsc::channel::<Msg>(64);
         // A newer mailbox for the same key replaces the old one.
         lock(&self.mailboxes).insert(peer, tx.clone());
@@ -199,7 +199,7 @@ impl Connector {
 
     async fn connect(
         &self,
-        mut link: Link,
+        mut link: PeerLink,
         proxy: [u8; 32],
         exit: [u8; 32],
     ) -> Option<(TcpStream, TcpStream)> {

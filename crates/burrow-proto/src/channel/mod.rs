@@ -17,10 +17,12 @@
 //! | [`http`] | the HTTP/1.1 subset of that API (request heads, responses) |
 //! | [`table`] | the relay's channel table: joins, steps, limits, expiry |
 //! | [`lan`] | LAN announcements of an embedded relay (no relay configured) |
+//! | [`race`] | the rule that picks a session's path: direct connections vs the relay |
 
 pub mod api;
 pub mod code;
 pub mod http;
 pub mod lan;
 pub mod pake;
+pub mod race;
 pub mod table;

@@ -419,7 +419,7 @@ impl Opener {
 
 /// Runs both sides of an `NNpsk0` handshake in memory (tests, benchmarks,
 /// fuzzing): the initiator's transport, then the responder's.
-pub fn pair_in_memory(
+pub fn handshake_in_memory(
     psk: &SessionKey,
     context: &str,
     backend: aead::Backend,
@@ -450,7 +450,7 @@ mod tests {
     }
 
     fn pair(k: &SessionKey, context: &str) -> Result<(Transport, Transport), SessionError> {
-        pair_in_memory(k, context, B, &mut seeded(9))
+        handshake_in_memory(k, context, B, &mut seeded(9))
     }
 
     /// Runs an `XX` handshake in memory; returns both transports and the

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::framing;
 use super::*;
-use crate::harness::{Endpoint, Link, Outcome, Pair};
+use crate::harness::{Endpoint, Link, Outcome, TwoEnds};
 use crate::tunnel::mux::{self, Host, Mux};
 
 const IDLE: Duration = Duration::from_secs(15);
@@ -247,10 +247,10 @@ fn tree() -> (Vec<Entry>, Vec<Vec<u8>>) {
     (entries, files)
 }
 
-fn pair(link: Link, verify: Verify) -> Pair<TxEnd, RxEnd> {
+fn pair(link: Link, verify: Verify) -> TwoEnds<TxEnd, RxEnd> {
     let start = Instant::now();
     let (entries, files) = tree();
-    Pair::new(
+    TwoEnds::new(
         TxEnd::new(entries, files, start),
         RxEnd::new(verify, start),
         link,
@@ -258,7 +258,7 @@ fn pair(link: Link, verify: Verify) -> Pair<TxEnd, RxEnd> {
     )
 }
 
-fn assert_arrived(p: &Pair<TxEnd, RxEnd>) {
+fn assert_arrived(p: &TwoEnds<TxEnd, RxEnd>) {
     let (tx, rx) = (p.a(), p.b());
     assert!(tx.finished && rx.finished);
     for (i, e) in tx.tx.entries().iter().enumerate() {
@@ -298,7 +298,7 @@ fn a_partial_file_resumes_only_when_its_prefix_matches() {
     let (entries, files) = tree();
     let mut rx = RxEnd::new(Verify::Resumed, start);
     rx.partial.insert(1, files[1][..3 * CHUNK].to_vec());
-    let mut p = Pair::new(
+    let mut p = TwoEnds::new(
         TxEnd::new(entries.clone(), files.clone(), start),
         rx,
         Link::default(),
@@ -312,7 +312,7 @@ fn a_partial_file_resumes_only_when_its_prefix_matches() {
     // A stale partial file (other bytes): the whole file is sent again.
     let mut rx = RxEnd::new(Verify::Resumed, start);
     rx.partial.insert(1, vec![0xee; 3 * CHUNK]);
-    let mut p = Pair::new(TxEnd::new(entries, files, start), rx, Link::default(), start);
+    let mut p = TwoEnds::new(TxEnd::new(entries, files, start), rx, Link::default(), start);
     ok(&p.run(Duration::from_secs(60)));
     assert_arrived(&p);
     assert_eq!(p.a().tx.skipped(), 0);
@@ -499,7 +499,7 @@ fn a_transfer_runs_over_a_mux_stream() {
     let files = vec![big, b"hi".to_vec()];
     let tx = OverMux::client(TxEnd::new(entries, files, start));
     let rx = OverMux::server(RxEnd::new(Verify::All, start));
-    let mut p = Pair::new(
+    let mut p = TwoEnds::new(
         tx,
         rx,
         Link {
