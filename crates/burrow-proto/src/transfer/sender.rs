@@ -291,6 +291,10 @@ impl Sender {
 
     /// The next thing to send (between files only).
     pub fn next_file(&mut self) -> Result<Next, TransferError> {
+        if self.state == TxState::Failed {
+            // The receiver (or a check) ended it: not the driver's misuse.
+            return Err(TransferError::Unexpected("the transfer has already failed"));
+        }
         if self.state != TxState::Between {
             return Err(TransferError::Local("next file asked for out of turn".into()));
         }
@@ -314,6 +318,10 @@ impl Sender {
     /// (its resume proposal, whose prefix the driver found matching: `Skip`
     /// is queued, and the hash must cover the whole file), or from the start.
     pub fn begin(&mut self, index: usize, resumed_at: Option<u64>) -> Result<(), TransferError> {
+        if self.state == TxState::Failed {
+            // The receiver (or a check) ended it: not the driver's misuse.
+            return Err(TransferError::Unexpected("the transfer has already failed"));
+        }
         if self.state != TxState::Between || index != self.current {
             return Err(TransferError::Local("a file begun out of turn".into()));
         }
@@ -345,6 +353,10 @@ impl Sender {
     /// file's size (the file grew while it was sent), and data while
     /// control messages wait in [`Sender::poll_transmit`] (they go first).
     pub fn sent_data(&mut self, now: Instant, n: usize) -> Result<(), TransferError> {
+        if self.state == TxState::Failed {
+            // The receiver (or a check) ended it: not the driver's misuse.
+            return Err(TransferError::Unexpected("the transfer has already failed"));
+        }
         if self.state != TxState::InFile {
             return Err(TransferError::Local("data sent outside a file".into()));
         }
@@ -373,6 +385,10 @@ impl Sender {
     /// The current file is complete: queues `FileEnd` with `hash` (which
     /// must be there exactly when [`Sender::hashing`] says so).
     pub fn end_file(&mut self, hash: Option<[u8; 32]>) -> Result<(), TransferError> {
+        if self.state == TxState::Failed {
+            // The receiver (or a check) ended it: not the driver's misuse.
+            return Err(TransferError::Unexpected("the transfer has already failed"));
+        }
         if self.state != TxState::InFile {
             return Err(TransferError::Local("a file ended outside a file".into()));
         }
