@@ -37,15 +37,13 @@
 //! | [`peers`] | the paired peers file (names → keys) |
 //! | [`paths`] | relay and direct connections, the race between them, reconnects |
 //! | [`tunnel`] | seed 000: exit and proxy through the relay's connector, streams, policy |
-//! | [`record`] | blocking record I/O |
 //! | [`files`] | what a sender offers, where a receiver writes |
-//! | `engine` | the send and receive loops |
+//! | `transfer` | one task per connection driving the transfer machines, a blocking file worker |
 //!
 //! A runnable example is `examples/roundtrip.rs` (relay, sender and receiver in one process).
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
-mod engine;
 pub mod error;
 pub mod files;
 mod handshake;
@@ -56,9 +54,9 @@ pub mod pairing;
 pub mod paths;
 pub mod peers;
 pub mod platform;
-pub mod record;
 pub mod relay_client;
 pub mod rendezvous;
+mod transfer;
 pub mod tunnel;
 
 use std::io::Read;
@@ -277,6 +275,17 @@ pub struct ReceiveReport {
     pub text: Option<String>,
 }
 
+/// The transfer's link over an established connection.
+fn link_of(conn: paths::Established) -> Result<transfer::link::Link<tokio::net::TcpStream>, Error> {
+    conn.stream.set_nodelay(true).map_err(Error::ConnectionLost)?;
+    Ok(transfer::link::Link::new(
+        conn.stream,
+        conn.sealer,
+        conn.opener,
+        conn.inbox,
+    ))
+}
+
 /// A configured transfer endpoint. Build it with [`Transfer::builder`].
 #[derive(Debug, Clone)]
 pub struct Transfer {
@@ -482,7 +491,7 @@ impl Transfer {
     }
 
     /// Collects what `source` offers (files are listed, not read).
-    async fn payload(&self, source: Source, obs: &mut dyn Observer) -> Result<engine::Payload, Error> {
+    async fn payload(&self, source: Source, obs: &mut dyn Observer) -> Result<transfer::Payload, Error> {
         Ok(match source {
             Source::Paths(paths) => {
                 if paths.is_empty() {
@@ -504,10 +513,10 @@ impl Transfer {
                         "nothing to send: everything was excluded or skipped".into(),
                     ));
                 }
-                engine::Payload::Items(items.0)
+                transfer::Payload::Items(items.0)
             }
-            Source::Text(t) => engine::Payload::Text(t),
-            Source::Stream(r) => engine::Payload::Stream(r),
+            Source::Text(t) => transfer::Payload::Text(t),
+            Source::Stream(r) => transfer::Payload::Stream(r),
         })
     }
 
@@ -562,39 +571,36 @@ impl Transfer {
         &self,
         relay: &RelayClient,
         rv: Meeting,
-        mut payload: engine::Payload,
-        mut obs: O,
+        mut payload: transfer::Payload,
+        obs: O,
     ) -> Result<SendReport, Error> {
         // A small offer goes straight over the relay: racing a direct path
         // costs more than it saves (extra connections and handshakes, and up
         // to RELAY_DELAY where direct attempts are silently dropped).
         let small = match &payload {
-            engine::Payload::Items(items) => {
+            transfer::Payload::Items(items) => {
                 items.iter().map(|i| i.entry.size).fold(0u64, u64::saturating_add) < SMALL_OFFER
             }
-            engine::Payload::Text(t) => (t.len() as u64) < SMALL_OFFER,
-            engine::Payload::Stream(_) => false,
+            transfer::Payload::Text(t) => (t.len() as u64) < SMALL_OFFER,
+            transfer::Payload::Stream(_) => false,
         };
         let (mut paths, mut conn) = self
             .connect(relay, rv, burrow_proto::channel::api::Role::Sender, !small)
             .await?;
-        let mut state = engine::SendState::default();
+        let mut state = transfer::SendState::default();
+        let obs: transfer::Obs = std::sync::Arc::new(std::sync::Mutex::new(obs));
         loop {
-            obs.event(Event::Connected {
+            transfer::obs_lock(&obs).event(Event::Connected {
                 relay: relay.addr().to_owned(),
                 path: conn.kind,
             });
-            let (idle, compress) = (self.idle_timeout, self.compress);
-            let (res, back) = tokio::task::spawn_blocking(move || {
-                let r = engine::run_send(conn, &mut payload, &mut obs, idle, compress, &mut state);
-                (r, (payload, obs, state))
-            })
-            .await
-            .map_err(|e| Error::Protocol(format!("transfer thread failed: {e}")))?;
-            (payload, obs, state) = back;
+            let link = link_of(conn)?;
+            let (res, back) =
+                transfer::run_send(link, payload, &obs, self.idle_timeout, self.compress, &mut state).await;
+            payload = back;
             match res {
                 Err(e) if e.is_transient() && payload.repeatable() && !self.reconnect_for.is_zero() => {
-                    conn = self.reconnect(&mut paths, e, &mut obs).await?;
+                    conn = self.reconnect(&mut paths, e, &obs).await?;
                 }
                 other => return other,
             }
@@ -620,9 +626,9 @@ impl Transfer {
         &self,
         paths: &mut paths::Paths,
         cause: Error,
-        obs: &mut dyn Observer,
+        obs: &transfer::Obs,
     ) -> Result<paths::Established, Error> {
-        obs.event(Event::Reconnecting {
+        transfer::obs_lock(obs).event(Event::Reconnecting {
             reason: cause.to_string(),
             for_up_to: self.reconnect_for,
         });
@@ -668,30 +674,26 @@ impl Transfer {
         relay: &RelayClient,
         rv: Meeting,
         sink: Sink,
-        mut obs: O,
+        obs: O,
         from: Option<String>,
     ) -> Result<ReceiveReport, Error> {
         let (mut paths, mut conn) = self
             .connect(relay, rv, burrow_proto::channel::api::Role::Recipient, true)
             .await?;
-        let mut state = engine::RecvState::new(from, self.verify);
+        let mut state = transfer::RecvState::new(from, self.verify);
         let sink = std::sync::Arc::new(sink);
+        let obs: transfer::Obs = std::sync::Arc::new(std::sync::Mutex::new(obs));
         loop {
-            obs.event(Event::Connected {
+            transfer::obs_lock(&obs).event(Event::Connected {
                 relay: relay.addr().to_owned(),
                 path: conn.kind,
             });
-            let (idle, overwrite, sink2) = (self.idle_timeout, self.overwrite, sink.clone());
-            let (res, back) = tokio::task::spawn_blocking(move || {
-                let r = engine::run_receive(conn, &sink2, overwrite, &mut obs, idle, &mut state);
-                (r, (obs, state))
-            })
-            .await
-            .map_err(|e| Error::Protocol(format!("transfer thread failed: {e}")))?;
-            (obs, state) = back;
+            let link = link_of(conn)?;
+            let res =
+                transfer::run_receive(link, &sink, self.overwrite, &obs, self.idle_timeout, &mut state).await;
             match res {
                 Err(e) if e.is_transient() && state.continuable() && !self.reconnect_for.is_zero() => {
-                    conn = self.reconnect(&mut paths, e, &mut obs).await?;
+                    conn = self.reconnect(&mut paths, e, &obs).await?;
                 }
                 other => return other,
             }

@@ -82,7 +82,9 @@ async fn exchange(
         .encode()
         .map_err(|e| Error::Usage(format!("cannot pair: {e}")))?;
     send_record(&mut s, &mut sealer, &hello).await?;
-    let rec = read_record(&mut s, &mut opener, limit).await?;
+    // One record each way, then the connection ends.
+    let mut inbox = burrow_proto::session::Inbox::new(0);
+    let rec = read_record(&mut s, &mut opener, &mut inbox, limit).await?;
     let theirs = PairHello::decode(&rec)
         .map_err(|e| Error::Protocol(format!("bad pairing message from the other side: {e}")))?;
     let key = PublicIdentity {

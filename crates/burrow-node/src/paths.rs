@@ -28,7 +28,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -36,7 +36,7 @@ use tokio::task::JoinSet;
 use burrow_proto::channel::api::Role;
 use burrow_proto::channel::pake::SessionKey;
 use burrow_proto::channel::race::{Chooser, Decision, Race};
-use burrow_proto::session::{Handshake, Opener, Sealer, Side};
+use burrow_proto::session::{Handshake, Inbox, Opener, Sealer, Side};
 use burrow_proto::staple::TokenHello;
 use burrow_proto::transfer::{MAX_HINTS, Message};
 
@@ -82,43 +82,28 @@ impl PathKind {
     }
 }
 
-/// An authenticated connection, ready for the engine.
+/// Bytes per read on a transfer's connection.
+pub(crate) const READ_BUF: usize = 512 * 1024;
+
+/// An authenticated connection: during the race, and then the transfer's.
+/// Bytes read past the last record used in setup stay in `inbox`.
 pub(crate) struct Established {
-    pub stream: std::net::TcpStream,
+    pub stream: TcpStream,
     pub sealer: Sealer,
     pub opener: Opener,
+    pub inbox: Inbox,
     pub kind: PathKind,
-}
-
-/// A connection during the race (still async).
-struct Live {
-    stream: TcpStream,
-    sealer: Sealer,
-    opener: Opener,
-    kind: PathKind,
-}
-
-impl Live {
-    fn into_conn(self) -> Result<Established, Error> {
-        let stream = self.stream.into_std().map_err(Error::ConnectionLost)?;
-        Ok(Established {
-            stream,
-            sealer: self.sealer,
-            opener: self.opener,
-            kind: self.kind,
-        })
-    }
 }
 
 /// One candidate's outcome during a race.
 enum Cand {
     /// A direct connection finished its handshake (and, on the receiver,
     /// delivered `Use`).
-    Direct(Live),
+    Direct(Established),
     /// A direct attempt (a dial) failed.
     DialFailed,
     /// The relay leg is ready (receiver: delivered `Use`), or failed.
-    Relay(Result<Live, Error>),
+    Relay(Result<Established, Error>),
 }
 
 /// Everything needed to (re)connect to the other peer within one session.
@@ -224,20 +209,30 @@ pub(crate) async fn send_record(s: &mut TcpStream, sealer: &mut Sealer, msg: &[u
     s.write_all(&out).await.map_err(Error::ConnectionLost)
 }
 
-/// Reads one record, exactly (nothing after it is consumed), skipping keepalives.
+/// Reads the next record, skipping keepalives; whatever arrived after it
+/// stays in `inbox`.
 pub(crate) async fn read_record(
     s: &mut TcpStream,
     opener: &mut Opener,
+    inbox: &mut Inbox,
     limit: Duration,
 ) -> Result<Vec<u8>, Error> {
     let run = async {
         loop {
-            let mut ct = read_frame(s).await?;
-            let n = opener.open_in_place(&mut ct)?.len();
-            ct.truncate(n);
-            if ct != Message::Keepalive.to_vec() {
-                return Ok(ct);
+            while let Some(r) = inbox.open_next(opener)? {
+                let rec = &inbox.buffer()[r];
+                if rec != Message::Keepalive.to_vec().as_slice() {
+                    return Ok(rec.to_vec());
+                }
             }
+            let n = s.read(inbox.space()).await.map_err(Error::ConnectionLost)?;
+            if n == 0 {
+                return Err(Error::ConnectionLost(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the other side closed the connection during path setup",
+                )));
+            }
+            inbox.filled(n);
         }
     };
     tokio::time::timeout(limit, run)
@@ -246,8 +241,8 @@ pub(crate) async fn read_record(
 }
 
 /// The receiver's side of a candidate: after the handshake, wait for `Use`.
-async fn await_use(mut live: Live, limit: Duration) -> Result<Live, Error> {
-    let rec = read_record(&mut live.stream, &mut live.opener, limit).await?;
+async fn await_use(mut live: Established, limit: Duration) -> Result<Established, Error> {
+    let rec = read_record(&mut live.stream, &mut live.opener, &mut live.inbox, limit).await?;
     match Message::decode(&rec) {
         Ok(Message::Use) => Ok(live),
         Ok(Message::Error(m)) => Err(Error::PeerClosed(burrow_proto::transfer::escape_display(&m))),
@@ -257,13 +252,19 @@ async fn await_use(mut live: Live, limit: Duration) -> Result<Live, Error> {
 
 /// One direct connection: handshake (the sender initiates whoever dialed),
 /// and on the receiver the wait for `Use`.
-async fn direct_leg(mut s: TcpStream, key: &SessionKey, role: Role, limit: Duration) -> Result<Live, Error> {
+async fn direct_leg(
+    mut s: TcpStream,
+    key: &SessionKey,
+    role: Role,
+    limit: Duration,
+) -> Result<Established, Error> {
     let _ = s.set_nodelay(true);
     let (sealer, opener) = handshake(&mut s, key, DIRECT_CONTEXT, role, limit).await?;
-    let live = Live {
+    let live = Established {
         stream: s,
         sealer,
         opener,
+        inbox: Inbox::new(READ_BUF),
         kind: PathKind::Direct,
     };
     match role {
@@ -331,7 +332,8 @@ impl Paths {
             addrs: self.my_addrs.clone(),
         };
         send_record(&mut relay, &mut sealer, &hints.to_vec()).await?;
-        let rec = read_record(&mut relay, &mut opener, self.io_timeout).await?;
+        let mut inbox = Inbox::new(READ_BUF);
+        let rec = read_record(&mut relay, &mut opener, &mut inbox, self.io_timeout).await?;
         match Message::decode(&rec) {
             Ok(Message::Hints { direct, addrs }) => {
                 self.direct &= direct;
@@ -349,10 +351,11 @@ impl Paths {
             }
             _ => return Err(Error::Protocol("expected the other side's address hints".into())),
         }
-        let relay = Live {
+        let relay = Established {
             stream: relay,
             sealer,
             opener,
+            inbox,
             kind: PathKind::Relay,
         };
         let deadline = Instant::now() + self.io_timeout;
@@ -382,7 +385,7 @@ impl Paths {
 
     /// One race. `relay`: the ready relay leg (first connection); without
     /// it, a token staple through the relay is one of the candidates.
-    async fn race(&mut self, relay: Option<Live>, deadline: Instant) -> Result<Established, Error> {
+    async fn race(&mut self, relay: Option<Established>, deadline: Instant) -> Result<Established, Error> {
         let sender = self.is_sender();
         let role = self.role;
         let (tx, mut rx) = mpsc::channel::<Cand>(16);
@@ -438,7 +441,7 @@ impl Paths {
             Chooser::Receiver
         };
         let mut race = Race::new(chooser, dials, may_be_dialed, racing, Instant::now(), deadline);
-        let mut relay_ready: Option<Live> = None;
+        let mut relay_ready: Option<Established> = None;
         match relay {
             Some(live) if sender => {
                 relay_ready = Some(live);
@@ -463,10 +466,11 @@ impl Paths {
                         let mut s = relay.staple_token(&hello, wait).await?;
                         let (sealer, opener) =
                             handshake(&mut s, &key, RECONNECT_CONTEXT, role, limit).await?;
-                        let live = Live {
+                        let live = Established {
                             stream: s,
                             sealer,
                             opener,
+                            inbox: Inbox::new(READ_BUF),
                             kind: PathKind::Relay,
                         };
                         if sender {
@@ -482,7 +486,7 @@ impl Paths {
         }
         drop(tx);
         // The decisions are the proto rule's; this loop only waits and reports.
-        let mut direct: Option<Live> = None;
+        let mut direct: Option<Established> = None;
         let mut last_err: Option<Error> = None;
         let winner = loop {
             let until = match race.decide(Instant::now()) {
@@ -520,7 +524,7 @@ impl Paths {
         if sender {
             send_record(&mut live.stream, &mut live.sealer, &Message::Use.to_vec()).await?;
         }
-        live.into_conn()
+        Ok(live)
     }
 }
 

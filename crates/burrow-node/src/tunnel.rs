@@ -23,9 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use burrow_proto::connector::{MAGIC, Msg, RELAY_CONTEXT, TUNNEL_CONTEXT, VERSION};
-use burrow_proto::session::{
-    Handshake, LEN_PREFIX, MAX_RECORD, Opener, Sealer, Side, TAG_LEN, compact_before_read, peek_record_len,
-};
+use burrow_proto::session::{Handshake, Inbox, LEN_PREFIX, MAX_RECORD, Opener, Sealer, Side, TAG_LEN};
 use burrow_proto::tunnel::mux::{End, Event, Host, Limits, Mux, ResetReason};
 use burrow_proto::tunnel::policy::Policy;
 use burrow_proto::tunnel::socks;
@@ -273,16 +271,12 @@ impl RecvBufs {
         })
     }
 
-    /// The buffer back if no stream holds a piece of it (`false`), else a
-    /// fresh one with `tail` copied to its front (`true`).
-    fn unshare(&self, b: Arc<RecvBuf>, tail: std::ops::Range<usize>) -> (Vec<u8>, bool) {
+    /// Gives `inbox` its buffer back if no stream holds a piece of it,
+    /// else a fresh one with the partial record moved over.
+    fn unshare(&self, b: Arc<RecvBuf>, inbox: &mut Inbox) {
         match Arc::try_unwrap(b) {
-            Ok(mut b) => (std::mem::take(&mut b.v), false),
-            Err(shared) => {
-                let mut v = self.take();
-                v[..tail.len()].copy_from_slice(&shared.v[tail]);
-                (v, true)
-            }
+            Ok(mut b) => inbox.put_back(std::mem::take(&mut b.v)),
+            Err(shared) => inbox.put_fresh(self.take(), &shared.v),
         }
     }
 
@@ -437,35 +431,24 @@ impl Tunnel {
             // Large reads; records are decrypted in place, then the buffer is
             // shared with the streams their `Data` goes to (no copy) and the
             // next read goes into another buffer (see `RecvBuf`).
-            let mut buf = t2.recv_bufs.take();
-            let (mut start, mut end) = (0usize, 0usize);
+            let mut inbox = Inbox::with_buffer(t2.recv_bufs.take());
             let mut plains: Vec<std::ops::Range<usize>> = Vec::new();
             'session: loop {
                 let mut failed = false;
                 loop {
-                    let have = &buf[start..end];
-                    let len = match peek_record_len(have) {
-                        Ok(Some(len)) if have.len() >= LEN_PREFIX + len => len,
-                        Ok(_) => break,
-                        Err(_) => {
-                            failed = true;
-                            break;
-                        }
-                    };
-                    let ct = start + LEN_PREFIX..start + LEN_PREFIX + len;
-                    start = ct.end;
-                    // A record that fails authentication ends everything: no altered byte is delivered.
-                    match opener.open_in_place(&mut buf[ct.clone()]) {
-                        Ok(p) => plains.push(ct.start..ct.start + p.len()),
-                        Err(_) => {
-                            tracing::warn!("tunnel: integrity check failed; closing every stream");
+                    match inbox.open_next(&mut opener) {
+                        Ok(Some(p)) => plains.push(p),
+                        Ok(None) => break,
+                        // A record that fails authentication ends everything: no altered byte is delivered.
+                        Err(e) => {
+                            tracing::warn!("tunnel: {e}; closing every stream");
                             failed = true;
                             break;
                         }
                     }
                 }
                 if !plains.is_empty() {
-                    let shared = t2.recv_bufs.share(std::mem::take(&mut buf));
+                    let shared = t2.recv_bufs.share(inbox.take_buffer());
                     for r in plains.drain(..) {
                         let ev = lock(&t2.mux).handle(&shared.v[r.clone()]).map(|e| match e {
                             Event::Data { stream, bytes } => {
@@ -483,26 +466,16 @@ impl Tunnel {
                         };
                         t2.dispatch(ev, bytes, on_open.as_ref());
                     }
-                    // Streams still hold pieces of it: read on into another
-                    // buffer, with the partial record moved over.
-                    let (b, moved) = t2.recv_bufs.unshare(shared, start..end);
-                    buf = b;
-                    if moved {
-                        end -= start;
-                        start = 0;
-                    }
+                    // Streams still holding pieces of it: read on into
+                    // another buffer, with the partial record moved over.
+                    t2.recv_bufs.unshare(shared, &mut inbox);
                 }
                 if failed {
                     break 'session;
                 }
-                if compact_before_read(start, end, buf.len()) {
-                    buf.copy_within(start..end, 0);
-                    end -= start;
-                    start = 0;
-                }
-                match rd.read(&mut buf[end..]).await {
+                match rd.read(inbox.space()).await {
                     Ok(0) | Err(_) => break,
-                    Ok(n) => end += n,
+                    Ok(n) => inbox.filled(n),
                 }
             }
             t2.kill();

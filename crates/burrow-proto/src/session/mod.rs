@@ -31,6 +31,9 @@
 //! snow.
 
 pub mod aead;
+pub mod inbox;
+
+pub use inbox::{Inbox, MIN_INBOX, StreamEnd};
 
 use std::sync::Mutex;
 

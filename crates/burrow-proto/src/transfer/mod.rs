@@ -594,7 +594,7 @@ pub enum TransferError {
     #[error("the other side declined: {0}")]
     Rejected(String),
     /// Nothing arrived for the idle limit (not even a keepalive).
-    #[error("the other side sent nothing for {}s", .0.as_secs())]
+    #[error("the other side stopped responding (nothing arrived for {}s)", .0.as_secs())]
     Silent(std::time::Duration),
     /// This side's own data broke the offer (a file grew or shrank while
     /// it was sent, or the driver misused the machine).
@@ -884,6 +884,7 @@ mod tests {
             rx.handle(now(), &end)?;
         }
         assert_eq!(rx.handle(now(), &Message::Done.to_vec())?, RxEvent::Finished);
+        rx.confirm()?;
         Ok(got)
     }
 

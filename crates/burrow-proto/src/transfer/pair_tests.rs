@@ -21,6 +21,9 @@ struct TxEnd {
     sending: bool,
     /// (index, cursor, hasher) of the file in flight.
     file: Option<(usize, usize, Option<blake3::Hasher>)>,
+    /// What `schedule` promised once the answer came: `next_file` must
+    /// name exactly these files.
+    planned: Option<VecDeque<Next>>,
     finished: bool,
 }
 
@@ -31,6 +34,7 @@ impl TxEnd {
             files,
             sending: false,
             file: None,
+            planned: None,
             finished: false,
         }
     }
@@ -39,7 +43,16 @@ impl TxEnd {
     /// is ended (its control messages go through `poll_transmit`).
     fn data(&mut self, now: Instant) -> Result<Option<Vec<u8>>, TransferError> {
         let Some((index, cursor, hasher)) = &mut self.file else {
-            match self.tx.next_file()? {
+            let planned = self.planned.get_or_insert_with(|| self.tx.schedule().into());
+            let next = self.tx.next_file()?;
+            let promised = match &next {
+                Next::Done => planned.is_empty(),
+                file => planned.pop_front().as_ref() == Some(file),
+            };
+            if !promised {
+                return Err(TransferError::Local(format!("{next:?} was not scheduled")));
+            }
+            match next {
                 Next::Done => self.sending = false,
                 Next::File { index, resume, .. } => {
                     let data = &self.files[index];
@@ -178,7 +191,10 @@ impl Endpoint for RxEnd {
                 self.files.entry(index).or_default();
                 self.saved.push(index);
             }
-            RxEvent::Finished => self.finished = true,
+            RxEvent::Finished => {
+                self.rx.confirm().map_err(|e| e.to_string())?;
+                self.finished = true;
+            }
             RxEvent::Nothing => {}
         }
         Ok(())
@@ -350,7 +366,7 @@ fn silence_fails_both_sides_within_the_idle_limit() {
     let o = p.run(Duration::from_secs(600));
     let (a, b) = (o.a.expect("sender fails"), o.b.expect("receiver fails"));
     assert!(
-        a.contains("sent nothing") && b.contains("sent nothing"),
+        a.contains("stopped responding") && b.contains("stopped responding"),
         "{a} / {b}"
     );
     assert!(o.elapsed <= IDLE + Duration::from_secs(1), "{:?}", o.elapsed);

@@ -71,8 +71,9 @@ pub enum RxEvent<'a> {
         /// Entry index.
         index: usize,
     },
-    /// Everything arrived and was verified; `Ack` is queued (make it durable
-    /// first, then send it).
+    /// Everything arrived and was verified: make it durable, then call
+    /// [`Receiver::confirm`], which queues the `Ack` (the timers keep
+    /// running meanwhile: a long sync is not silence).
     Finished,
 }
 
@@ -82,6 +83,8 @@ enum RxState {
     Entries,
     AwaitDecision,
     Receiving,
+    /// `Done` arrived; waiting for the driver's [`Receiver::confirm`].
+    Saving,
     Finished,
     Failed,
 }
@@ -209,6 +212,17 @@ impl Receiver {
                 Err(e)
             }
         }
+    }
+
+    /// Everything received is durable: queues the `Ack` that tells the
+    /// sender so. Only after [`RxEvent::Finished`].
+    pub fn confirm(&mut self) -> Result<(), TransferError> {
+        if self.state != RxState::Saving {
+            return Err(TransferError::Local("confirmed before everything arrived".into()));
+        }
+        self.state = RxState::Finished;
+        self.out.push_back(Message::Ack.to_vec());
+        Ok(())
     }
 
     /// Ends the transfer from this side (a local failure): tells the
@@ -533,8 +547,7 @@ impl Receiver {
                 if self.current < self.entries.len() {
                     return self.fail(TransferError::Unexpected("done before every file arrived"));
                 }
-                self.state = RxState::Finished;
-                self.out.push_back(Message::Ack.to_vec());
+                self.state = RxState::Saving;
                 Ok(RxEvent::Finished)
             }
             (_, _) => self.fail(TransferError::Unexpected("message out of order")),

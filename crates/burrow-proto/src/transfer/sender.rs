@@ -314,6 +314,24 @@ impl Sender {
         })
     }
 
+    /// The files still to send, in order, exactly as [`Sender::next_file`]
+    /// will name them one by one: a driver whose file reader runs ahead of
+    /// the connection (so there is no round trip per file) follows this
+    /// list, and the machine still checks every `begin` against it.
+    pub fn schedule(&self) -> Vec<Next> {
+        if self.state != TxState::Between {
+            return Vec::new();
+        }
+        (self.current..self.entries.len())
+            .filter(|&i| self.entries[i].kind == EntryKind::File)
+            .map(|index| Next::File {
+                index,
+                resume: self.resume.get(&index).cloned(),
+                hash: self.hash_all,
+            })
+            .collect()
+    }
+
     /// Starts the file [`Sender::next_file`] named: from `Some(offset)`
     /// (its resume proposal, whose prefix the driver found matching: `Skip`
     /// is queued, and the hash must cover the whole file), or from the start.
