@@ -34,8 +34,8 @@ fn main() {
     // byte passes the same reader and writer tasks in turn, and handing them
     // between worker threads cost 15% more CPU per byte and 20-30% of the
     // throughput (docs/benchmarks.md). Everything else (the relay serving
-    // many connections) gets two worker threads; transfers run their data
-    // path on blocking threads either way.
+    // many connections, a transfer's connection task) gets two worker
+    // threads; a transfer's file reads and writes run on a blocking worker.
     let single = matches!(&cli.command, Command::Exit(_) | Command::Proxy(_));
     let rt = if single {
         tokio::runtime::Builder::new_current_thread().enable_all().build()

@@ -2,7 +2,7 @@
 //! lobby with its PAKE parameters; a receiver tries the PAKE with every
 //! waiting sender at once and only the one with the same password agrees.
 //! Both then open the second connection (the "secure room"), and the same
-//! session and transfer engine as channel mode run on it.
+//! session and transfer driver as channel mode run on it.
 //!
 //! The sans-IO parts are [`burrow_proto::lobby::relay`] (the relay) and
 //! [`burrow_proto::lobby::pake`] (the PAKE); this module does the I/O.

@@ -21,8 +21,9 @@
 //! needs no memory of the channel (it may have restarted).
 //!
 //! Everything here is bounded in time; losers are aborted when a winner is
-//! chosen. The winner is handed to the blocking engine as a std socket with
-//! its Noise halves; nothing was read past the `Use` record.
+//! chosen. The winner is handed to the transfer driver with its Noise
+//! halves and its inbox: whatever arrived after the last setup record (the
+//! offer may follow `Use` at once) stays there.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;

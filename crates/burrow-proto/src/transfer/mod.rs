@@ -602,6 +602,67 @@ pub enum TransferError {
     Local(String),
 }
 
+/// One side's control messages waiting for the driver, and its liveness
+/// timers (both machines have the same).
+#[derive(Debug, Clone, Default)]
+struct Outbox {
+    queue: std::collections::VecDeque<Vec<u8>>,
+    liveness: Option<Liveness>,
+}
+
+impl Outbox {
+    fn set_timeouts(&mut self, idle: Duration, now: Instant) {
+        self.liveness = Some(Liveness::new(idle, now));
+    }
+
+    fn push_back(&mut self, msg: Vec<u8>) {
+        self.queue.push_back(msg);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// The next message into `out` (cleared first); `false` when there is none.
+    fn transmit(&mut self, now: Instant, out: &mut Vec<u8>) -> bool {
+        let Some(m) = self.queue.pop_front() else {
+            return false;
+        };
+        out.clear();
+        out.extend_from_slice(&m);
+        self.sent(now);
+        true
+    }
+
+    fn sent(&mut self, now: Instant) {
+        if let Some(l) = &mut self.liveness {
+            l.sent(now);
+        }
+    }
+
+    fn received(&mut self, now: Instant) {
+        if let Some(l) = &mut self.liveness {
+            l.received(now);
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.liveness.as_ref().map(Liveness::deadline)
+    }
+
+    /// Queues a keepalive when one is due; fails when the other side has
+    /// been silent for the idle limit.
+    fn on_timeout(&mut self, now: Instant) -> Result<(), TransferError> {
+        let Some(l) = &mut self.liveness else {
+            return Ok(());
+        };
+        if l.on_timeout(now)? {
+            self.queue.push_back(Message::Keepalive.to_vec());
+        }
+        Ok(())
+    }
+}
+
 /// Keepalive and silence timers of one side of a transfer: a `Keepalive`
 /// is due when nothing was sent for a third of the idle limit, and the
 /// other side is gone when nothing arrived for the whole limit.

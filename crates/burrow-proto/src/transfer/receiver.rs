@@ -6,11 +6,11 @@
 //! keepalives: its answers come out of [`Receiver::poll_transmit`].
 
 use std::cmp::Ordering;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::time::Instant;
 
 use super::{
-    Entry, EntryKind, Liveness, MAX_ENTRIES, MAX_OFFER_PATH_BYTES, MAX_RESUME, Message, OfferKind, ResumeAt,
+    Entry, EntryKind, MAX_ENTRIES, MAX_OFFER_PATH_BYTES, MAX_RESUME, Message, OfferKind, Outbox, ResumeAt,
     TransferError, UNKNOWN_SIZE, escape_display, validate_rel_path,
 };
 
@@ -126,9 +126,7 @@ pub struct Receiver {
     /// Resume proposals sent with `Accept`, by entry index.
     resume: HashMap<usize, (u64, blake3::Hasher)>,
     /// Messages to send, oldest first (see [`Receiver::poll_transmit`]).
-    out: VecDeque<Vec<u8>>,
-    /// Keepalive and silence timers, once [`Receiver::timeouts`] set them.
-    liveness: Option<Liveness>,
+    out: Outbox,
 }
 
 impl Default for Receiver {
@@ -157,8 +155,7 @@ impl Receiver {
             received: 0,
             started: false,
             resume: HashMap::new(),
-            out: VecDeque::new(),
-            liveness: None,
+            out: Outbox::default(),
         }
     }
 
@@ -166,52 +163,33 @@ impl Receiver {
     /// nothing was sent for `idle / 3`, and the transfer fails when nothing
     /// arrived for `idle` (the sender's keepalives cover its quiet times).
     pub fn timeouts(mut self, idle: std::time::Duration, now: Instant) -> Self {
-        self.liveness = Some(Liveness::new(idle, now));
+        self.out.set_timeouts(idle, now);
         self
     }
 
     /// The next message to send, written into `out` (cleared first);
     /// `false` when there is none.
     pub fn poll_transmit(&mut self, now: Instant, out: &mut Vec<u8>) -> bool {
-        let Some(m) = self.out.pop_front() else {
-            return false;
-        };
-        out.clear();
-        out.extend_from_slice(&m);
-        if let Some(l) = &mut self.liveness {
-            l.sent(now);
-        }
-        true
+        self.out.transmit(now, out)
     }
 
     /// When [`Receiver::handle_timeout`] wants to run next, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
             RxState::Finished | RxState::Failed => None,
-            _ => self.liveness.as_ref().map(Liveness::deadline),
+            _ => self.out.deadline(),
         }
     }
 
     /// Runs the timers: queues a keepalive when due; fails when the
     /// sender has been silent for the idle limit.
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), TransferError> {
-        let Some(l) = &mut self.liveness else {
-            return Ok(());
-        };
         if matches!(self.state, RxState::Finished | RxState::Failed) {
             return Ok(());
         }
-        match l.on_timeout(now) {
-            Ok(true) => {
-                self.out.push_back(Message::Keepalive.to_vec());
-                Ok(())
-            }
-            Ok(false) => Ok(()),
-            Err(e) => {
-                self.state = RxState::Failed;
-                Err(e)
-            }
-        }
+        self.out
+            .on_timeout(now)
+            .inspect_err(|_| self.state = RxState::Failed)
     }
 
     /// Everything received is durable: queues the `Ack` that tells the
@@ -447,9 +425,7 @@ impl Receiver {
 
     /// Handles one record's plaintext, received at `now`.
     pub fn handle<'a>(&mut self, now: Instant, record: &'a [u8]) -> Result<RxEvent<'a>, TransferError> {
-        if let Some(l) = &mut self.liveness {
-            l.received(now);
-        }
+        self.out.received(now);
         let msg = match Message::decode(record) {
             Ok(m) => m,
             Err(e) => return self.fail(e.into()),

@@ -25,11 +25,11 @@
 //!   handle(Ack)                  ->      TxEvent::Finished
 //! ```
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use super::{
-    Entry, EntryKind, Liveness, Message, OfferKind, ResumeAt, TransferError, UNKNOWN_SIZE, escape_display,
+    Entry, EntryKind, Message, OfferKind, Outbox, ResumeAt, TransferError, UNKNOWN_SIZE, escape_display,
 };
 
 /// What an answer from the receiver means to the driver.
@@ -100,8 +100,7 @@ pub struct Sender {
     sent: u64,
     /// Bytes the receiver already had (accepted resume offsets).
     skipped: u64,
-    out: VecDeque<Vec<u8>>,
-    liveness: Option<Liveness>,
+    out: Outbox,
 }
 
 /// Whether a connection starts a transfer or continues one after a reconnect.
@@ -117,7 +116,7 @@ impl Sender {
     /// Starts a transfer of `entries` (in the order their data will go);
     /// the offer is queued at once.
     pub fn new(kind: OfferKind, entries: Vec<Entry>, attempt: Attempt) -> Self {
-        let mut out = VecDeque::new();
+        let mut out = Outbox::default();
         for rec in super::offer_records(kind, &entries) {
             out.push_back(rec);
         }
@@ -133,7 +132,6 @@ impl Sender {
             sent: 0,
             skipped: 0,
             out,
-            liveness: None,
         }
     }
 
@@ -141,7 +139,7 @@ impl Sender {
     /// whenever nothing was sent for `idle / 3` (a person deciding, a slow
     /// source), failure when the receiver was silent for `idle`.
     pub fn timeouts(mut self, idle: Duration, now: Instant) -> Self {
-        self.liveness = Some(Liveness::new(idle, now));
+        self.out.set_timeouts(idle, now);
         self
     }
 
@@ -163,22 +161,14 @@ impl Sender {
     /// The next control message, written into `out` (cleared first);
     /// `false` when there is none. Data records are the driver's own.
     pub fn poll_transmit(&mut self, now: Instant, out: &mut Vec<u8>) -> bool {
-        let Some(m) = self.out.pop_front() else {
-            return false;
-        };
-        out.clear();
-        out.extend_from_slice(&m);
-        if let Some(l) = &mut self.liveness {
-            l.sent(now);
-        }
-        true
+        self.out.transmit(now, out)
     }
 
     /// When [`Sender::handle_timeout`] wants to run next, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
             TxState::Finished | TxState::Failed => None,
-            _ => self.liveness.as_ref().map(Liveness::deadline),
+            _ => self.out.deadline(),
         }
     }
 
@@ -188,20 +178,9 @@ impl Sender {
         if matches!(self.state, TxState::Finished | TxState::Failed) {
             return Ok(());
         }
-        let Some(l) = &mut self.liveness else {
-            return Ok(());
-        };
-        match l.on_timeout(now) {
-            Ok(true) => {
-                self.out.push_back(Message::Keepalive.to_vec());
-                Ok(())
-            }
-            Ok(false) => Ok(()),
-            Err(e) => {
-                self.state = TxState::Failed;
-                Err(e)
-            }
-        }
+        self.out
+            .on_timeout(now)
+            .inspect_err(|_| self.state = TxState::Failed)
     }
 
     fn fail<T>(&mut self, e: TransferError) -> Result<T, TransferError> {
@@ -225,9 +204,7 @@ impl Sender {
 
     /// Handles one message from the receiver, received at `now`.
     pub fn handle(&mut self, now: Instant, record: &[u8]) -> Result<Option<TxEvent>, TransferError> {
-        if let Some(l) = &mut self.liveness {
-            l.received(now);
-        }
+        self.out.received(now);
         let msg = match Message::decode(record) {
             Ok(m) => m,
             Err(e) => return self.fail(e.into()),
@@ -394,9 +371,7 @@ impl Sender {
         }
         self.in_file = after;
         self.sent += n as u64;
-        if let Some(l) = &mut self.liveness {
-            l.sent(now);
-        }
+        self.out.sent(now);
         Ok(())
     }
 
