@@ -30,13 +30,16 @@ fn main() {
             tracing_subscriber::EnvFilter::try_from_env("BURROW_LOG").unwrap_or_else(|_| filter.into()),
         )
         .init();
-    // The exit and the proxy run one tunnel each on a single thread: every
-    // byte passes the same reader and writer tasks in turn, and handing them
-    // between worker threads cost 15% more CPU per byte and 20-30% of the
-    // throughput (docs/benchmarks.md). Everything else (the relay serving
-    // many connections, a transfer's connection task) gets two worker
-    // threads; a transfer's file reads and writes run on a blocking worker.
-    let single = matches!(&cli.command, Command::Exit(_) | Command::Proxy(_));
+    // The exit, the proxy and a transfer each run their connection on a
+    // single thread: every byte passes the same tasks in turn, and handing
+    // them between worker threads cost 15% more CPU per byte and 20-30% of
+    // the tunnel's throughput (docs/benchmarks.md); a transfer's file reads
+    // and writes run on a blocking worker beside it. The relay, serving many
+    // connections, gets two worker threads.
+    let single = matches!(
+        &cli.command,
+        Command::Exit(_) | Command::Proxy(_) | Command::Send(_) | Command::Receive(_)
+    );
     let rt = if single {
         tokio::runtime::Builder::new_current_thread().enable_all().build()
     } else {

@@ -855,9 +855,11 @@ async fn exit_stream(t: Arc<Tunnel>, id: u32, host: Host, port: u16, policy: Arc
         "the name did not resolve".to_owned(),
     );
     let mut conn = None;
+    // The host's addresses now, not only at start: one added since is ours too.
+    let own = crate::paths::local_addresses();
     for a in addrs {
         // Every address, after resolution: a name may point anywhere.
-        if let Err(why) = policy.check(a) {
+        if let Err(why) = policy.check_with(a, &own) {
             last = (ResetReason::NotAllowed, format!("{a}: {why}"));
             continue;
         }

@@ -953,8 +953,12 @@ pub(crate) async fn run_receive<S: AsyncRead + AsyncWrite + Unpin>(
                 Poll::Ready(Ok(true)) => continue,
                 Poll::Ready(Ok(false)) => return Poll::Ready(Err(rx.link.ended(rx.awaiting))),
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending if !d.actions.is_empty() && d.can_hand_off() => {
-                    // Nothing more to read now: let the worker write what there is.
+                Poll::Pending
+                    if !d.actions.is_empty() && d.can_hand_off() && !rx.link.inbox().holds_partial() =>
+                {
+                    // Nothing more to read now: let the worker write what there
+                    // is. (With half a record held, not yet: it completes with
+                    // the next read, and handing over now would copy it.)
                     d.idle = true;
                     continue;
                 }

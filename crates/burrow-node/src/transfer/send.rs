@@ -27,15 +27,25 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
-use burrow_proto::transfer::{Attempt, MAX_CHUNK, Message, Next, OfferKind, ResumeAt, Sender, TxEvent};
+use burrow_proto::transfer::{
+    Attempt, MAX_CHUNK, Message, Next, OfferKind, ResumeAt, Sender, TxEvent, UNKNOWN_SIZE,
+};
 
-use super::link::{DataBatch, Link};
+use super::link::{DATA_SPACE, DataBatch, Link};
 use super::{Obs, Payload, Progress, Timer, file_bytes, obs_lock};
 use crate::error::Error;
 use crate::{Compress, Event, SendReport};
 
 /// Batches in flight between the worker and the socket (~240 KiB each).
 const BATCHES: usize = 4;
+/// Files at most this large are read whole into one record of their own
+/// (a copy of a few KiB), so that many small files share the writes and
+/// wake-ups that a batch each would cost.
+const SMALL_FILE: u64 = 32 * 1024;
+/// The worker hands steps over in groups of at most this many (or
+/// [`GROUP_BYTES`] of small records), and at every batch.
+const GROUP_STEPS: usize = 256;
+const GROUP_BYTES: usize = 256 * 1024;
 /// Items waiting to be written before the task stops taking more from the worker.
 const BACKLOG: usize = 3;
 /// How long a failing sender waits for the receiver's reason, or to tell its own.
@@ -252,7 +262,7 @@ pub(crate) async fn run_send<S: AsyncRead + AsyncWrite + Unpin>(
 
     let schedule = tx.m.schedule();
     let repeatable = payload.repeatable();
-    let (fill_tx, mut fill_rx) = mpsc::channel::<Filled>(BATCHES);
+    let (fill_tx, mut fill_rx) = mpsc::channel::<Vec<Filled>>(BATCHES);
     let (free_tx, free_rx) = mpsc::unbounded_channel::<DataBatch>();
     let worker = tokio::task::spawn_blocking(move || {
         let mut payload = payload;
@@ -262,6 +272,9 @@ pub(crate) async fn run_send<S: AsyncRead + AsyncWrite + Unpin>(
             made: 0,
             spare: None,
             zip: Zip::new(compress),
+            group: Vec::new(),
+            group_bytes: 0,
+            flush_every_batch: !repeatable,
         }
         .run(&mut payload, schedule);
         payload
@@ -286,10 +299,14 @@ pub(crate) async fn run_send<S: AsyncRead + AsyncWrite + Unpin>(
                 return Poll::Pending;
             }
             match fill_rx.poll_recv(cx) {
-                Poll::Ready(Some(f)) => match tx.on_filled(f, &mut progress) {
-                    Ok(done) => worker_done = done,
-                    Err(e) => return Poll::Ready(Err(e)),
-                },
+                Poll::Ready(Some(group)) => {
+                    for f in group {
+                        match tx.on_filled(f, &mut progress) {
+                            Ok(done) => worker_done |= done,
+                            Err(e) => return Poll::Ready(Err(e)),
+                        }
+                    }
+                }
                 Poll::Ready(None) => {
                     return Poll::Ready(Err(Error::Protocol("the file reader stopped".into())));
                 }
@@ -361,13 +378,18 @@ enum Stop {
 
 /// The file-reading worker.
 struct Reader {
-    to: mpsc::Sender<Filled>,
+    to: mpsc::Sender<Vec<Filled>>,
     free: mpsc::UnboundedReceiver<DataBatch>,
     /// Batches made so far (at most [`BATCHES`]).
     made: usize,
     /// A batch kept between files (an empty file leaves its batch unused).
     spare: Option<DataBatch>,
     zip: Option<Zip>,
+    /// Steps not handed over yet, and the bytes of their small records.
+    group: Vec<Filled>,
+    group_bytes: usize,
+    /// A stream: every batch goes at once (its source may be slow).
+    flush_every_batch: bool,
 }
 
 /// zstd for `--compress`.
@@ -415,19 +437,40 @@ enum FileZip {
 
 impl Reader {
     fn run(mut self, payload: &mut Payload, schedule: Vec<Next>) {
-        match self.send_all(payload, schedule) {
-            Ok(()) => {
-                let _ = self.to.blocking_send(Filled::Finished);
-            }
-            Err(Stop::Failed(e)) => {
-                let _ = self.to.blocking_send(Filled::Failed(e));
-            }
-            Err(Stop::Gone) => {}
-        }
+        let last = match self.send_all(payload, schedule) {
+            Ok(()) => Filled::Finished,
+            Err(Stop::Failed(e)) => Filled::Failed(e),
+            Err(Stop::Gone) => return,
+        };
+        self.group.push(last);
+        let _ = self.flush();
     }
 
-    fn put(&self, f: Filled) -> Result<(), Stop> {
-        self.to.blocking_send(f).map_err(|_| Stop::Gone)
+    /// Hands the steps gathered so far to the task.
+    fn flush(&mut self) -> Result<(), Stop> {
+        if self.group.is_empty() {
+            return Ok(());
+        }
+        self.group_bytes = 0;
+        let group = std::mem::take(&mut self.group);
+        self.to.blocking_send(group).map_err(|_| Stop::Gone)
+    }
+
+    /// Adds a step; hands the group over when it is large enough, and at
+    /// every batch (the task frees batches only once it has them).
+    fn put(&mut self, f: Filled) -> Result<(), Stop> {
+        let batch = matches!(f, Filled::Batch(_));
+        if let Filled::Record { plain, .. } = &f {
+            self.group_bytes += plain.len();
+        }
+        self.group.push(f);
+        if (batch && (self.flush_every_batch || self.made >= BATCHES))
+            || self.group.len() >= GROUP_STEPS
+            || self.group_bytes >= GROUP_BYTES
+        {
+            self.flush()?;
+        }
+        Ok(())
     }
 
     fn batch(&mut self) -> Result<DataBatch, Stop> {
@@ -441,6 +484,8 @@ impl Reader {
             self.made += 1;
             return Ok(DataBatch::default());
         }
+        // Whatever is gathered must reach the task before it can free a batch.
+        self.flush()?;
         self.free.blocking_recv().ok_or(Stop::Gone)
     }
 
@@ -459,10 +504,14 @@ impl Reader {
                         Some(r) => resume_point(&mut f, src, r).map_err(Stop::Failed)?,
                         None => None,
                     };
-                    self.file(index, start, hash, f, src)?;
+                    let size = items[index].entry.size;
+                    self.file(index, start, hash, f, src, size)?;
                 }
-                Payload::Text(t) => self.file(index, None, hash, t.as_bytes(), Path::new("text"))?,
-                Payload::Stream(rd) => self.file(index, None, hash, rd, Path::new("stdin"))?,
+                Payload::Text(t) => {
+                    let size = t.len() as u64;
+                    self.file(index, None, hash, t.as_bytes(), Path::new("text"), size)?
+                }
+                Payload::Stream(rd) => self.file(index, None, hash, rd, Path::new("stdin"), UNKNOWN_SIZE)?,
             }
         }
         Ok(())
@@ -478,6 +527,7 @@ impl Reader {
         hash: bool,
         mut rd: impl Read,
         name: &Path,
+        size: u64,
     ) -> Result<(), Stop> {
         let (start, mut hasher) = match start {
             Some((offset, h)) => (Some(offset), Some(h)),
@@ -489,6 +539,33 @@ impl Reader {
             Some(z) if z.always => FileZip::On,
             Some(_) => FileZip::Undecided,
         };
+        let left = size.saturating_sub(start.unwrap_or(0));
+        if size != UNKNOWN_SIZE && left <= SMALL_FILE {
+            // One record of its own; a file that grew meanwhile goes on below.
+            let mut plain = Vec::with_capacity(2 + left as usize);
+            plain.push(Message::DATA);
+            (&mut rd)
+                .take(DATA_SPACE as u64)
+                .read_to_end(&mut plain)
+                .map_err(|e| Stop::Failed(Error::io(name, e)))?;
+            let n = plain.len() - 1;
+            if n > 0 {
+                if let Some(h) = &mut hasher {
+                    h.update(&plain[1..]);
+                }
+                let squeezed = match (&mut self.zip, zip) {
+                    (Some(z), FileZip::On | FileZip::Undecided) => z.squeeze(&plain[1..]),
+                    _ => None,
+                };
+                self.put(Filled::Record {
+                    plain: squeezed.unwrap_or(plain),
+                    bytes: n,
+                })?;
+            }
+            if n < DATA_SPACE {
+                return self.put(Filled::End(hasher.map(|h| *h.finalize().as_bytes())));
+            }
+        }
         let mut batch = self.batch()?;
         loop {
             let n = match rd.read(batch.space()) {

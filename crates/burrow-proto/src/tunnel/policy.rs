@@ -12,7 +12,10 @@
 //! ```
 //!
 //! An address without a prefix length means the single host (`/32`, `/128`).
-//! IPv4-mapped IPv6 addresses are judged as the IPv4 address they carry.
+//! IPv6 forms that carry an IPv4 address are judged as that address:
+//! IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`, deprecated
+//! but still routed by some stacks), NAT64 (`64:ff9b::/96`) and 6to4
+//! (`2002:AABB:CCDD::/48`).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -60,8 +63,25 @@ pub struct Rule {
     text: String,
 }
 
+/// The address a rule or class is judged on: IPv4-mapped and
+/// IPv4-compatible IPv6 addresses become the IPv4 address they carry (`::`
+/// and `::1` keep their own meaning).
 fn canonical(ip: IpAddr) -> IpAddr {
-    ip.to_canonical()
+    match ip {
+        IpAddr::V6(a) => {
+            let s = a.segments();
+            if s[..6] == [0; 6] && !(s[6] == 0 && s[7] <= 1) {
+                IpAddr::V4(embedded_v4(s[6], s[7]))
+            } else {
+                ip.to_canonical()
+            }
+        }
+        v4 => v4,
+    }
+}
+
+fn embedded_v4(hi: u16, lo: u16) -> Ipv4Addr {
+    Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo))
 }
 
 fn bits(ip: IpAddr) -> (u128, u8) {
@@ -201,8 +221,10 @@ fn classify_v6(a: Ipv6Addr) -> Option<Refusal> {
         Some(Refusal::Multicast)
     } else if s[0] == 0x0064 && s[1] == 0xff9b {
         // NAT64: judge the embedded IPv4 address.
-        let v4 = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
-        classify_v4(v4)
+        classify_v4(embedded_v4(s[6], s[7]))
+    } else if s[0] == 0x2002 {
+        // 6to4: the IPv4 address of the tunnel's end.
+        classify_v4(embedded_v4(s[1], s[2]))
     } else {
         None
     }
@@ -224,6 +246,18 @@ impl Policy {
             deny,
             own: own.into_iter().map(canonical).collect(),
         }
+    }
+
+    /// Whether the exit may connect to `dest`, with the host's addresses
+    /// as they are now (`own_now`, read at connect time: an address added
+    /// after the exit started is its own too) beside those given at start.
+    pub fn check_with(&self, dest: SocketAddr, own_now: &[IpAddr]) -> Result<(), Refusal> {
+        self.check(dest)?;
+        let ip = canonical(dest.ip());
+        if !self.allow.iter().any(|r| r.matches(dest)) && own_now.iter().any(|&o| canonical(o) == ip) {
+            return Err(Refusal::Own);
+        }
+        Ok(())
     }
 
     /// Whether the exit may connect to `dest`.
@@ -277,12 +311,35 @@ mod tests {
             ("[::]:80", Refusal::Reserved),
             ("255.255.255.255:80", Refusal::Reserved),
             ("[64:ff9b::a00:1]:80", Refusal::Private),
+            // IPv4 carried in IPv6: compatible, mapped, 6to4.
+            ("[::127.0.0.1]:80", Refusal::Loopback),
+            ("[::10.0.0.1]:80", Refusal::Private),
+            ("[::169.254.169.254]:80", Refusal::LinkLocal),
+            ("[::0.0.0.2]:80", Refusal::Reserved),
+            ("[::ffff:192.168.0.1]:80", Refusal::Private),
+            ("[2002:7f00:1::1]:80", Refusal::Loopback),
+            ("[2002:a9fe:a9fe::]:80", Refusal::LinkLocal),
             ("8.8.4.4:53", Refusal::Own),
+            ("[::8.8.4.4]:53", Refusal::Own),
         ] {
             assert_eq!(p.check(sa(a)), Err(why), "{a}");
         }
         assert_eq!(p.check(sa("1.1.1.1:443")), Ok(()));
         assert_eq!(p.check(sa("[2606:4700::1111]:443")), Ok(()));
+        assert_eq!(p.check(sa("[::1.1.1.1]:443")), Ok(()));
+        assert_eq!(p.check(sa("[2002:101:101::1]:443")), Ok(()));
+    }
+
+    #[test]
+    fn addresses_the_host_gained_later_are_its_own() {
+        let p = Policy::new(vec![Rule::parse("5.6.7.8").unwrap()], vec![], vec![]);
+        let now: Vec<IpAddr> = vec!["1.2.3.4".parse().unwrap(), "5.6.7.8".parse().unwrap()];
+        assert_eq!(p.check(sa("1.2.3.4:80")), Ok(()));
+        assert_eq!(p.check_with(sa("1.2.3.4:80"), &now), Err(Refusal::Own));
+        assert_eq!(p.check_with(sa("[::ffff:1.2.3.4]:80"), &now), Err(Refusal::Own));
+        // An explicit allow still opens it.
+        assert_eq!(p.check_with(sa("5.6.7.8:80"), &now), Ok(()));
+        assert_eq!(p.check_with(sa("9.9.9.9:80"), &now), Ok(()));
     }
 
     #[test]
