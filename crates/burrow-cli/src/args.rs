@@ -342,6 +342,11 @@ pub struct RelayArgs {
     #[arg(long, default_value_t = 4096, value_name = "N")]
     pub max_connections: usize,
 
+    /// Most connections open at once from one address (IPv4, or an IPv6
+    /// /64). Default: a sixteenth of --max-connections (at least 8).
+    #[arg(long, value_name = "N")]
+    pub max_per_ip: Option<usize>,
+
     /// Seconds a peer may wait in the lobby (`send --lobby` / `receive --lobby`)
     /// before it gets Timeout.
     #[arg(long, default_value_t = 600, value_name = "SECS")]

@@ -270,3 +270,60 @@ async fn confirmed_channel(a: std::net::SocketAddr, ch: &str) -> Vec<u8> {
     hello.extend((0..16).map(|i| u8::from_str_radix(&su[2 * i..2 * i + 2], 16).unwrap()));
     hello
 }
+
+/// Issue 14, 1: one address floods hellos that wait (lobby servers here:
+/// six bytes each, then silence). It keeps only its share of the slots;
+/// the rest are refused at once, and everyone else is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_connection_slot() {
+    let r = relay_with(|c| {
+        c.max_connections = 64;
+        c.max_per_ip = 16;
+    })
+    .await;
+    let a = r.addr();
+    let mut flood = Vec::new();
+    for _ in 0..200 {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+            .unwrap();
+        let mut s = sock.connect(a).await.unwrap();
+        let _ = s.write_all(b"000001").await;
+        flood.push(s);
+    }
+    // Refused ones are closed within a second; the share stays open (and
+    // may have been answered as lobby servers).
+    let mut open = 0;
+    for s in &mut flood {
+        let mut b = [0u8; 64];
+        match tokio::time::timeout(Duration::from_millis(1500), s.read(&mut b)).await {
+            Ok(Ok(0) | Err(_)) => {}
+            _ => open += 1,
+        }
+    }
+    assert_eq!(open, 16, "the flooding address holds exactly its share");
+    // The flooding address is told why when it asks over HTTP.
+    let (st, body) = raw_http(a, [127, 0, 0, 1], b"GET /health HTTP/1.1\r\n\r\n").await;
+    assert_eq!(st, 503, "{body}");
+    assert!(body.contains("too many connections from your address"), "{body}");
+    // Others: /health, and a whole transfer, while the flood holds on.
+    let (st, _) = raw_http(a, [127, 0, 0, 2], b"GET /health HTTP/1.1\r\n\r\n").await;
+    assert_eq!(st, 200);
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("ok.txt"), b"served beside a flood").unwrap();
+    let from = Some("127.0.0.3".parse().unwrap());
+    let (s, r2) = round_trip_from(&a.to_string(), from, &src.path().join("ok.txt"), dst.path()).await;
+    s.unwrap();
+    r2.unwrap();
+    assert_eq!(
+        std::fs::read(dst.path().join("ok.txt")).unwrap(),
+        b"served beside a flood"
+    );
+    let (_, metrics) = raw_http(a, [127, 0, 0, 2], b"GET /metrics HTTP/1.1\r\n\r\n").await;
+    assert!(
+        metrics.contains("burrow_relay_errors_total{kind=\"per_ip\"}"),
+        "{metrics}"
+    );
+    drop(flood);
+}

@@ -23,6 +23,7 @@ pub mod http;
 mod lobby;
 pub mod metrics;
 mod server;
+pub mod shares;
 
 pub use connector::RelayKey;
 pub use server::{Relay, RelayConfig, RelayHandle};

@@ -35,8 +35,12 @@ pub struct RelayConfig {
     pub handshake_timeout: Duration,
     /// How long a stapling connection waits for its partner.
     pub staple_timeout: Duration,
-    /// Most connections open at once; more are closed on accept.
+    /// Most connections open at once; more are refused with a reason.
     pub max_connections: usize,
+    /// Most connections open at once from one address (an IPv4 address or
+    /// an IPv6 /64; see [`crate::shares`]); 0 = a sixteenth of
+    /// `max_connections` (at least 8).
+    pub max_per_ip: usize,
     /// Copy buffer per direction of a stapled pair.
     pub pipe_buffer: usize,
     /// Lobby (seed 003) limits, `lobby_timeout` among them.
@@ -44,6 +48,16 @@ pub struct RelayConfig {
     /// The relay's identity key (seed 000's connector needs it; without one,
     /// connector connections are refused).
     pub key: Option<Arc<crate::connector::RelayKey>>,
+}
+
+impl RelayConfig {
+    /// The per-address share in effect.
+    pub fn per_ip(&self) -> usize {
+        match self.max_per_ip {
+            0 => (self.max_connections / 16).max(8),
+            n => n,
+        }
+    }
 }
 
 impl Default for RelayConfig {
@@ -54,6 +68,7 @@ impl Default for RelayConfig {
             handshake_timeout: Duration::from_secs(10),
             staple_timeout: Duration::from_secs(120),
             max_connections: 4096,
+            max_per_ip: 0,
             pipe_buffer: 256 * 1024,
             lobby: LobbyConfig::default(),
             key: None,
@@ -242,6 +257,8 @@ impl Relay {
     pub async fn serve(self) {
         let shared = self.shared;
         let permits = Arc::new(Semaphore::new(shared.cfg.max_connections));
+        let shares = crate::shares::Shares::new(shared.cfg.per_ip());
+        let refusers = Arc::new(Semaphore::new(REFUSERS));
         let sweeper = {
             let shared = shared.clone();
             tokio::spawn(async move {
@@ -270,18 +287,65 @@ impl Relay {
                 }
             };
             shared.metrics.connections.fetch_add(1, Ordering::Relaxed);
+            // The address's share first, then a slot of the whole relay.
+            let Some(share) = shares.take(peer.ip()) else {
+                shared.metrics.error("per_ip");
+                refuse_early(
+                    &refusers,
+                    stream,
+                    "too many connections from your address; try again later",
+                );
+                continue;
+            };
             let Ok(permit) = permits.clone().try_acquire_owned() else {
                 shared.metrics.error("capacity");
-                drop(stream);
+                drop(share);
+                refuse_early(&refusers, stream, "the relay is at capacity; try again later");
                 continue;
             };
             let shared = shared.clone();
             tokio::spawn(async move {
-                let _permit = permit;
+                let _slot = (permit, share);
                 handle_connection(shared, stream, peer).await;
             });
         }
     }
+}
+
+/// Connections being refused at once, at most; beyond, they are closed
+/// without a word (answering costs a task and a read each).
+const REFUSERS: usize = 64;
+
+/// Refuses a connection that got no slot, with `reason` in its own protocol
+/// (an HTTP 503 for the API, a refusal reply for stapling and reconnect
+/// hellos), so the client can tell the user why instead of "not an HTTP
+/// answer". Bounded: [`REFUSERS`] at once, a second each at most.
+fn refuse_early(refusers: &Arc<Semaphore>, mut stream: TcpStream, reason: &'static str) {
+    let Ok(permit) = refusers.clone().try_acquire_owned() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let _permit = permit;
+        let answer = async {
+            let mut head = [0u8; 4];
+            stream.read_exact(&mut head).await.ok()?;
+            match registry::classify(&head) {
+                Some(Protocol::Http) => {
+                    let _ = http::write_error(&mut stream, 503, "capacity", reason).await;
+                }
+                Some(Protocol::Staple | Protocol::Token | Protocol::Identity) => {
+                    let _ = stream
+                        .write_all(&StapleReply::Refused(reason.to_owned()).encode())
+                        .await;
+                }
+                // The lobby and connector protocols have no such answer: a close.
+                _ => {}
+            }
+            let _ = stream.shutdown().await;
+            Some(())
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
+    });
 }
 
 struct AbortOnDrop(JoinHandle<()>);

@@ -19,6 +19,7 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
         handshake_timeout: Duration::from_secs(args.handshake_timeout.max(1)),
         staple_timeout: Duration::from_secs(args.staple_timeout.max(1)),
         max_connections: args.max_connections.max(1),
+        max_per_ip: args.max_per_ip.unwrap_or(0),
         ..Default::default()
     };
     cfg.table.idle_ttl = Duration::from_secs(args.idle_timeout.max(1));

@@ -61,6 +61,24 @@ pub async fn round_trip(
     Result<SendReport, burrow_node::Error>,
     Result<ReceiveReport, burrow_node::Error>,
 ) {
+    round_trip_from(addr, None, src, dst).await
+}
+
+/// [`round_trip`] with both sides' connections from `from` (a loopback
+/// address of their own, e.g. 127.0.0.3).
+pub async fn round_trip_from(
+    addr: &str,
+    from: Option<std::net::IpAddr>,
+    src: &Path,
+    dst: &Path,
+) -> (
+    Result<SendReport, burrow_node::Error>,
+    Result<ReceiveReport, burrow_node::Error>,
+) {
+    let transfer = |addr: &str| match from {
+        Some(ip) => builder(addr).bind_ip(ip).build().unwrap(),
+        None => transfer(addr),
+    };
     let (tx, rx) = tokio::sync::oneshot::channel();
     let t = transfer(addr);
     let p = src.to_path_buf();
