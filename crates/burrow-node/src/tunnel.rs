@@ -221,7 +221,7 @@ type OnOpen = Arc<dyn Fn(Arc<Tunnel>, u32, Host, u16) + Send + Sync>;
 
 /// One stream's plumbing inside a tunnel.
 struct StreamIo {
-    data: mpsc::UnboundedSender<Option<Chunk>>,
+    inflow: Arc<Inflow>,
     writable: Arc<Notify>,
     opened: Option<oneshot::Sender<Result<(), (ResetReason, String)>>>,
 }
@@ -316,6 +316,147 @@ impl AsRef<[u8]> for Chunk {
         match self {
             Chunk::Shared(b, r) => &b.v[r.clone()],
             Chunk::Copied(v) => v,
+        }
+    }
+}
+
+impl Drop for StreamIo {
+    fn drop(&mut self) {
+        // Reset, or the session ended: the local side is cut off.
+        self.inflow.close();
+    }
+}
+
+/// Pieces below this are copied (gathered with their neighbours) rather
+/// than holding on to a shared receive buffer for a few bytes.
+const SMALL_PIECE: usize = 4096;
+/// Bytes gathered into one copy at most.
+const GATHER: usize = 64 * 1024;
+
+/// `Data` that arrived for a stream and waits for its local socket. Its
+/// size is bounded by the stream's window (the peer may send no more than
+/// the credit this side gave, and credit returns only for bytes written to
+/// the local socket), and what holds it costs at most about twice that:
+/// small pieces are copied together into buffers of up to [`GATHER`]
+/// bytes, so a peer sending 1-byte frames cannot turn a 4 MiB window into
+/// gigabytes of per-frame buffers. Large pieces share the receive buffer
+/// they arrived in (no copy) while few such buffers are held.
+#[derive(Default)]
+struct Inflow {
+    state: Mutex<InflowState>,
+    ready: Notify,
+}
+
+#[derive(Default)]
+struct InflowState {
+    chunks: std::collections::VecDeque<Chunk>,
+    /// Bytes queued.
+    bytes: usize,
+    /// The peer ended its side (after the queued bytes).
+    fin: bool,
+    /// The stream is gone (reset, or the session ended).
+    closed: bool,
+}
+
+/// What [`Inflow::take`] found.
+enum Took {
+    Data,
+    Fin,
+    Closed,
+}
+
+impl Inflow {
+    /// Queues `range` of `shared` (the plaintext of a `Data` frame): as a
+    /// piece of it, or copied when small or when `crowded` (too many
+    /// receive buffers are held already); `spare` gives a buffer for a
+    /// large copy.
+    fn push(
+        &self,
+        shared: &Arc<RecvBuf>,
+        range: std::ops::Range<usize>,
+        crowded: bool,
+        spare: impl FnOnce() -> Vec<u8>,
+    ) {
+        let bytes = &shared.v[range.clone()];
+        let mut st = lock(&self.state);
+        if st.closed {
+            return;
+        }
+        st.bytes += bytes.len();
+        if bytes.len() >= SMALL_PIECE && !crowded {
+            st.chunks.push_back(Chunk::Shared(shared.clone(), range));
+        } else if let Some(Chunk::Copied(v)) = st.chunks.back_mut()
+            && v.len() + bytes.len() <= GATHER.max(v.capacity())
+        {
+            v.extend_from_slice(bytes);
+        } else {
+            let mut v = if bytes.len() >= SMALL_PIECE {
+                spare()
+            } else {
+                Vec::with_capacity(SMALL_PIECE)
+            };
+            v.clear();
+            v.extend_from_slice(bytes);
+            st.chunks.push_back(Chunk::Copied(v));
+        }
+        drop(st);
+        self.ready.notify_one();
+    }
+
+    fn finish(&self) {
+        lock(&self.state).fin = true;
+        self.ready.notify_one();
+    }
+
+    fn close(&self) {
+        let mut st = lock(&self.state);
+        st.closed = true;
+        st.chunks.clear();
+        st.bytes = 0;
+        drop(st);
+        self.ready.notify_one();
+    }
+
+    /// Bytes waiting for the local socket, and the bytes of memory
+    /// holding them (copies' capacity; pieces count their whole buffer).
+    #[cfg(test)]
+    fn held(&self) -> (usize, usize) {
+        let st = lock(&self.state);
+        let mem = st
+            .chunks
+            .iter()
+            .map(|c| match c {
+                Chunk::Shared(b, _) => b.v.len(),
+                Chunk::Copied(v) => v.capacity(),
+            })
+            .sum();
+        (st.bytes, mem)
+    }
+
+    /// Waits for data (up to `max` chunks moved into `into`), the end, or
+    /// the stream's loss.
+    async fn take(&self, into: &mut Vec<Chunk>, max: usize) -> Took {
+        loop {
+            let woken = self.ready.notified();
+            {
+                let mut st = lock(&self.state);
+                if st.closed {
+                    return Took::Closed;
+                }
+                if !st.chunks.is_empty() {
+                    while into.len() < max
+                        && let Some(c) = st.chunks.pop_front()
+                    {
+                        st.bytes -= c.as_ref().len();
+                        into.push(c);
+                    }
+                    return Took::Data;
+                }
+                if st.fin {
+                    return Took::Fin;
+                }
+            }
+            woken.await;
         }
     }
 }
@@ -453,7 +594,7 @@ impl Tunnel {
                         let ev = lock(&t2.mux).handle(&shared.v[r.clone()]).map(|e| match e {
                             Event::Data { stream, bytes } => {
                                 let data = r.end - bytes.len()..r.end;
-                                (Some(t2.chunk(&shared, data)), Event::Data { stream, bytes: &[] })
+                                (Some((&shared, data)), Event::Data { stream, bytes: &[] })
                             }
                             other => (None, other),
                         });
@@ -481,24 +622,6 @@ impl Tunnel {
             t2.kill();
         });
         t
-    }
-
-    /// `Data` at `range` of a shared receive buffer, for a stream: the piece
-    /// itself, or a copy when too many buffers are held by slow streams.
-    fn chunk(&self, shared: &Arc<RecvBuf>, range: std::ops::Range<usize>) -> Chunk {
-        if self.recv_bufs.crowded() {
-            Chunk::Copied(self.copy_of(&shared.v[range]))
-        } else {
-            Chunk::Shared(shared.clone(), range)
-        }
-    }
-
-    /// A copy of `bytes` in a spare buffer.
-    fn copy_of(&self, bytes: &[u8]) -> Vec<u8> {
-        let mut v = self.get();
-        v.clear();
-        v.extend_from_slice(bytes);
-        v
     }
 
     /// A spare buffer with room for a whole record. Its contents (and
@@ -532,7 +655,12 @@ impl Tunnel {
         let _ = d.wait_for(|d| *d).await;
     }
 
-    fn dispatch(self: &Arc<Self>, ev: Event<'_>, bytes: Option<Chunk>, on_open: Option<&OnOpen>) {
+    fn dispatch(
+        self: &Arc<Self>,
+        ev: Event<'_>,
+        bytes: Option<(&Arc<RecvBuf>, std::ops::Range<usize>)>,
+        on_open: Option<&OnOpen>,
+    ) {
         let mut streams = lock(&self.streams);
         match ev {
             Event::Open { stream, host, port } => match on_open {
@@ -551,8 +679,9 @@ impl Tunnel {
                 }
             }
             Event::Data { stream, .. } => {
-                if let (Some(s), Some(b)) = (streams.get(&stream), bytes) {
-                    let _ = s.data.send(Some(b));
+                if let (Some(s), Some((shared, range))) = (streams.get(&stream), bytes) {
+                    s.inflow
+                        .push(shared, range, self.recv_bufs.crowded(), || self.get());
                 }
             }
             Event::Writable { stream } => {
@@ -562,7 +691,7 @@ impl Tunnel {
             }
             Event::Fin { stream } => {
                 if let Some(s) = streams.get(&stream) {
-                    let _ = s.data.send(None);
+                    s.inflow.finish();
                 }
             }
             Event::Reset {
@@ -587,18 +716,18 @@ impl Tunnel {
         &self,
         stream: u32,
         opened: Option<oneshot::Sender<Result<(), (ResetReason, String)>>>,
-    ) -> (mpsc::UnboundedReceiver<Option<Chunk>>, Arc<Notify>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+    ) -> (Arc<Inflow>, Arc<Notify>) {
+        let inflow = Arc::new(Inflow::default());
         let writable = Arc::new(Notify::new());
         lock(&self.streams).insert(
             stream,
             StreamIo {
-                data: tx,
+                inflow: inflow.clone(),
                 writable: writable.clone(),
                 opened,
             },
         );
-        (rx, writable)
+        (inflow, writable)
     }
 
     /// Queues a frame (plaintext); it is copied into record layout.
@@ -616,13 +745,7 @@ impl Tunnel {
     }
 
     /// Copies between a local socket and a stream until both directions end.
-    async fn pump(
-        self: Arc<Self>,
-        id: u32,
-        local: TcpStream,
-        mut rx: mpsc::UnboundedReceiver<Option<Chunk>>,
-        writable: Arc<Notify>,
-    ) {
+    async fn pump(self: Arc<Self>, id: u32, local: TcpStream, inflow: Arc<Inflow>, writable: Arc<Notify>) {
         let (mut lr, mut lw) = local.into_split();
         let up = {
             let t = self.clone();
@@ -677,46 +800,34 @@ impl Tunnel {
             async move {
                 // Whatever has arrived for this stream goes out in one `writev`.
                 let mut ready: Vec<Chunk> = Vec::with_capacity(DOWN_BATCH);
-                let mut fin = false;
-                while let Some(first) = rx.recv().await {
-                    let mut next = Some(first);
-                    while let Some(item) = next {
-                        let Some(chunk) = item else {
-                            fin = true;
-                            break;
-                        };
-                        ready.push(chunk);
-                        next = if ready.len() < DOWN_BATCH {
-                            rx.try_recv().ok()
-                        } else {
-                            None
-                        };
-                    }
-                    if !ready.is_empty() {
-                        if write_all_frames(&mut lw, &ready).await.is_err() {
-                            let r = lock(&t.mux).reset(id, ResetReason::Aborted, "the local side went away");
-                            lock(&t.streams).remove(&id);
-                            t.send(r).await;
+                loop {
+                    match inflow.take(&mut ready, DOWN_BATCH).await {
+                        Took::Data => {}
+                        Took::Fin | Took::Closed => {
+                            // The peer's end, or a reset or the tunnel's end
+                            // (then the local connection is cut off too).
+                            let _ = lw.shutdown().await;
                             return;
                         }
-                        let n = ready.iter().map(|c| c.as_ref().len()).sum();
-                        let w = lock(&t.mux).consumed(id, n);
-                        for chunk in ready.drain(..) {
-                            if let Chunk::Copied(v) = chunk {
-                                t.put(v);
-                            }
-                        }
-                        if let Some(w) = w {
-                            t.send(w).await;
-                        }
                     }
-                    if fin {
-                        let _ = lw.shutdown().await;
+                    if write_all_frames(&mut lw, &ready).await.is_err() {
+                        let r = lock(&t.mux).reset(id, ResetReason::Aborted, "the local side went away");
+                        lock(&t.streams).remove(&id);
+                        t.send(r).await;
                         return;
                     }
+                    // Credit goes back only for bytes the local side took.
+                    let n = ready.iter().map(|c| c.as_ref().len()).sum();
+                    let w = lock(&t.mux).consumed(id, n);
+                    for chunk in ready.drain(..) {
+                        if let Chunk::Copied(v) = chunk {
+                            t.put(v);
+                        }
+                    }
+                    if let Some(w) = w {
+                        t.send(w).await;
+                    }
                 }
-                // Reset or the tunnel ended: abort the local connection.
-                let _ = lw.shutdown().await;
             }
         };
         tokio::join!(up, down);
@@ -842,7 +953,7 @@ fn reset_for(e: &std::io::Error) -> ResetReason {
 }
 
 async fn exit_stream(t: Arc<Tunnel>, id: u32, host: Host, port: u16, policy: Arc<Policy>) {
-    let (rx, writable) = t.register(id, None);
+    let (inflow, writable) = t.register(id, None);
     let addrs: Vec<SocketAddr> = match &host {
         Host::Ip(ip) => vec![SocketAddr::new(*ip, port)],
         Host::Name(n) => match tokio::net::lookup_host((n.as_str(), port)).await {
@@ -881,7 +992,7 @@ async fn exit_stream(t: Arc<Tunnel>, id: u32, host: Host, port: u16, policy: Arc
     let _ = s.set_nodelay(true);
     let opened = lock(&t.mux).opened(id);
     t.send(opened).await;
-    t.pump(id, s, rx, writable).await;
+    t.pump(id, s, inflow, writable).await;
 }
 
 // ---------------------------------------------------------------- proxy
@@ -904,7 +1015,7 @@ pub struct ProxyConfig {
 struct Opened {
     t: Arc<Tunnel>,
     id: u32,
-    rx: mpsc::UnboundedReceiver<Option<Chunk>>,
+    inflow: Arc<Inflow>,
     writable: Arc<Notify>,
 }
 
@@ -912,7 +1023,7 @@ impl Opened {
     /// Copies between the local connection and the stream until both end.
     async fn pump(self, s: TcpStream) {
         let _ = s.set_nodelay(true);
-        self.t.pump(self.id, s, self.rx, self.writable).await;
+        self.t.pump(self.id, s, self.inflow, self.writable).await;
     }
 }
 
@@ -979,12 +1090,17 @@ impl Proxy {
             .map_err(|e| (ResetReason::Failure, e.to_string()))?;
         // Registered before Open goes out: bytes the destination sends right
         // after connecting (an SSH banner) wait in the stream's channel.
-        let (rx, writable) = t.register(id, Some(tx));
+        let (inflow, writable) = t.register(id, Some(tx));
         if !t.send(frame).await {
             return Err((ResetReason::Failure, "the tunnel closed".into()));
         }
         match tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_secs(5), opened).await {
-            Ok(Ok(Ok(()))) => Ok(Opened { t, id, rx, writable }),
+            Ok(Ok(Ok(()))) => Ok(Opened {
+                t,
+                id,
+                inflow,
+                writable,
+            }),
             Ok(Ok(Err(r))) => Err(r),
             _ => Err((ResetReason::TimedOut, "the exit did not answer".into())),
         }
@@ -1154,6 +1270,37 @@ mod tests {
         fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
             Poll::Ready(Ok(()))
         }
+    }
+
+    /// 100,000 one-byte frames for a stream whose local side does not
+    /// read: held in a few gathered copies, not a buffer per frame.
+    #[tokio::test]
+    async fn one_byte_frames_are_held_in_gathered_copies() {
+        let bufs = Arc::new(RecvBufs::default());
+        let inflow = Inflow::default();
+        for crowded in [false, true] {
+            for i in 0..100_000usize {
+                let mut v = bufs.take();
+                v[i % 1000] = i as u8;
+                let shared = bufs.share(v);
+                let at = i % 1000;
+                inflow.push(&shared, at..at + 1, crowded, Vec::new);
+            }
+        }
+        let (bytes, mem) = inflow.held();
+        assert_eq!(bytes, 200_000);
+        assert!(mem <= 2 * bytes + GATHER, "{mem} bytes hold {bytes}");
+        // Everything comes out, in order, and the end after it.
+        inflow.finish();
+        let mut got = Vec::new();
+        let mut out = Vec::new();
+        while let Took::Data = inflow.take(&mut out, 16).await {
+            for c in out.drain(..) {
+                got.extend_from_slice(c.as_ref());
+            }
+        }
+        assert_eq!(got.len(), 200_000);
+        assert!(got.iter().enumerate().all(|(i, &b)| b == (i % 100_000) as u8));
     }
 
     #[tokio::test]

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# A/B of two burrow builds, transfer by transfer: for ROUNDS rounds, 1 GiB
+# via the relay and direct, then 20,000 files of 4 KiB, each case run with
+# the old build and then the new one right after, so both see the same
+# minute of this VM (whose speed moves a lot between minutes). Prints each
+# transfer's MB/s (or files/s) and the CPU seconds of each side's process.
+# Leave the first round out when reading: whichever build runs first after
+# the file is written pays for the page cache.
+#
+# Usage: [DIR=/dev/shm] [ROUNDS=3] scripts/bench-ab.sh OLD_BIN NEW_BIN
+# Runs inside a private network namespace (lo, plus a veth address so that
+# direct paths have one to advertise); data in $DIR (/dev/shm, or /tmp for
+# a disk file system). Needs GNU time (installed if missing).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+OLD=$(realpath "${1:?the old burrow binary}")
+NEW=$(realpath "${2:?the new burrow binary}")
+ROUNDS=${ROUNDS:-3}
+DIR=${DIR:-/dev/shm}
+if [ -z "${BURROW_BENCH_IN_NS:-}" ]; then
+    # shellcheck source=scripts/bench-install.sh
+    . "$ROOT/scripts/bench-install.sh"
+    need_commands /usr/bin/time:time unshare:util-linux ip:iproute2 python3:python3
+    exec unshare --net env BURROW_BENCH_IN_NS=1 bash "$0" "$@"
+fi
+ip link set lo up
+ip link add bench0 type veth peer name bench1
+ip addr add 10.99.0.1/24 dev bench0
+ip link set bench0 up
+ip link set bench1 up
+W=$(mktemp -d "$DIR/burrow-ab.XXXX")
+PIDS=()
+trap 'kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$W"' EXIT
+cd "$W"
+echo "== A/B, $(nproc) cores, data in $DIR: old $OLD, new $NEW"
+head -c $((1024 * 1024 * 1024)) /dev/urandom > data.bin
+python3 - <<'PY'
+import os
+for i in range(20000):
+    d = f"many/d{i // 1000:02d}"
+    os.makedirs(d, exist_ok=True)
+    with open(f"{d}/f{i:05d}", "wb") as f:
+        f.write(os.urandom(4096))
+PY
+"$NEW" relay --listen 127.0.0.1:7300 2> relay.err & PIDS+=($!)
+until grep -q "listening on" relay.err 2>/dev/null; do sleep 0.05; done
+now() { date +%s.%N; }
+cpu() { grep -E 'User time|System time' "$1" | awk '{s+=$NF} END {printf "%.2f", s}'; }
+n=0
+one() { # label bin what [flag]: one transfer of `what`; prints seconds
+    local bin=$2 what=$3 flag=${4:-}
+    n=$((n + 1))
+    rm -rf out; mkdir out
+    # shellcheck disable=SC2086
+    /usr/bin/time -v timeout 300 "$bin" send $flag --relay 127.0.0.1:7300 --code "$n-absorb-zebra-captain" "$what" 2> send.err &
+    local sp=$!
+    until grep -q '^code:' send.err 2>/dev/null; do sleep 0.05; done
+    local t0; t0=$(now)
+    # shellcheck disable=SC2086
+    /usr/bin/time -v timeout 300 "$bin" receive $flag --relay 127.0.0.1:7300 --yes --out out "$n-absorb-zebra-captain" 2> recv.err
+    wait "$sp"
+    local t1; t1=$(now)
+    python3 -c "print(f'{$t1 - $t0:.4f}')"
+}
+for r in $(seq 1 "$ROUNDS"); do
+    for mode in relay direct; do
+        flag=; [ "$mode" = relay ] && flag=--relay-only
+        for which in old new; do
+            bin=$OLD; [ "$which" = new ] && bin=$NEW
+            s=$(one "$which" "$bin" data.bin "$flag")
+            cmp -s data.bin out/data.bin || { echo "MISMATCH" >&2; exit 1; }
+            echo "round $r, 1 GiB $mode, $which: $(python3 -c "print(f'{1073741824 / $s / 1e6:.0f}')") MB/s  (CPU-s sender $(cpu send.err), receiver $(cpu recv.err))"
+        done
+    done
+    for which in old new; do
+        bin=$OLD; [ "$which" = new ] && bin=$NEW
+        s=$(one "$which" "$bin" many --relay-only)
+        diff -r many out/many > /dev/null || { echo "MISMATCH in many files" >&2; exit 1; }
+        echo "round $r, 20,000 x 4 KiB, $which: $(python3 -c "print(f'{20000 / $s:.0f}')") files/s  (CPU-s sender $(cpu send.err), receiver $(cpu recv.err))"
+    done
+done
