@@ -358,6 +358,9 @@ fn lobby_three_senders_two_receivers_each_gets_only_its_senders_files() {
         s.args(["send", "--relay", &addr, "--lobby", "--password", pw])
             .arg(&f);
         let p = spawn(s);
+        // The command it prints works as printed (issue 14, 12: it left out --relay).
+        let cmd = p.line("    burrow receive");
+        assert_eq!(cmd, format!("--relay {addr} --lobby {pw}"));
         p.line("waiting in the relay's lobby");
         senders.push((p, f));
     }
@@ -707,20 +710,24 @@ fn exit_and_proxy_carry_curl_refuse_by_policy_and_survive_a_relay_restart() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // 200 concurrent requests, all fine.
-    let mut many = vec!["--parallel", "--parallel-max", "200", "--socks5-hostname", &socks];
+    // 300 concurrent requests, three times, all fine: as many streams
+    // open at once, and their Opens must reach the exit in id order (issue
+    // 14, 7: out of order, the exit ended the whole tunnel now and then).
     let small = f.url("small.txt");
-    for _ in 0..200 {
-        many.extend(["-o", "/dev/null", "-w", "%{http_code}\n", &small]);
+    for round in 0..3 {
+        let mut many = vec!["--parallel", "--parallel-max", "300", "--socks5-hostname", &socks];
+        for _ in 0..300 {
+            many.extend(["-o", "/dev/null", "-w", "%{http_code}\n", &small]);
+        }
+        let out = curl(&many);
+        let codes = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            codes.lines().filter(|l| *l == "200").count(),
+            300,
+            "round {round}: {codes}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    let out = curl(&many);
-    let codes = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        codes.lines().filter(|l| *l == "200").count(),
-        200,
-        "{codes}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     // The default policy: loopback on other ports, private, link-local, names
     // resolving there, and the exit's own addresses (refused before any dial).
     let mut targets = vec![
@@ -735,8 +742,8 @@ fn exit_and_proxy_carry_curl_refuse_by_policy_and_survive_a_relay_restart() {
     {
         targets.push(format!("http://{own}:9/"));
     }
-    for target in targets {
-        let out = curl(&["--socks5-hostname", &socks, &target]);
+    for target in &targets {
+        let out = curl(&["--socks5-hostname", &socks, target]);
         let err = String::from_utf8_lossy(&out.stderr);
         // SOCKS reply 2: "connection not allowed by ruleset" (curl prints the code).
         assert!(
@@ -744,6 +751,17 @@ fn exit_and_proxy_carry_curl_refuse_by_policy_and_survive_a_relay_restart() {
             "{target}: {err}"
         );
     }
+    // Both ends say so (issue 14, 14): the exit what it refused, the proxy
+    // why a request failed.
+    let said = f.exit.line("refused a stream to");
+    assert!(
+        said.starts_with("127.0.0.1:") && said.contains("loopback"),
+        "{said}"
+    );
+    let said = f.exit.line("refused a stream to 10.1.2.3:80");
+    assert!(said.contains("private address"), "{said}");
+    let said = proxy.line("10.1.2.3:80:");
+    assert!(said.contains("private address"), "{said}");
     // A key the exit has not paired with is refused (C knows the exit, not the other way round).
     let hc = tempfile::tempdir().unwrap();
     let data = |h: &Path| h.join(".local/share/burrow");

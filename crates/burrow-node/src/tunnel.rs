@@ -43,6 +43,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Mailbox keepalive.
 const PING_EVERY: Duration = Duration::from_secs(20);
 
+/// Where the exit and the proxy say what happens (a line for the user).
+pub type Log = Arc<dyn Fn(String) + Send + Sync>;
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -717,9 +720,18 @@ impl Tunnel {
         stream: u32,
         opened: Option<oneshot::Sender<Result<(), (ResetReason, String)>>>,
     ) -> (Arc<Inflow>, Arc<Notify>) {
+        Self::register_in(&mut lock(&self.streams), stream, opened)
+    }
+
+    /// [`Tunnel::register`] with the streams' lock already held.
+    fn register_in(
+        streams: &mut HashMap<u32, StreamIo>,
+        stream: u32,
+        opened: Option<oneshot::Sender<Result<(), (ResetReason, String)>>>,
+    ) -> (Arc<Inflow>, Arc<Notify>) {
         let inflow = Arc::new(Inflow::default());
         let writable = Arc::new(Notify::new());
-        lock(&self.streams).insert(
+        streams.insert(
             stream,
             StreamIo {
                 inflow: inflow.clone(),
@@ -850,7 +862,7 @@ pub struct ExitConfig {
     /// Egress policy.
     pub policy: Arc<Policy>,
     /// Called with a line for the user (connected, reconnecting, sessions).
-    pub log: Arc<dyn Fn(String) + Send + Sync>,
+    pub log: Log,
 }
 
 /// Serves as an exit forever: keeps the mailbox up (reconnecting with
@@ -859,9 +871,15 @@ pub async fn run_exit(cfg: ExitConfig) -> Result<(), Error> {
     let cfg = Arc::new(cfg);
     let mut wait = Duration::from_millis(500);
     loop {
-        match mailbox(&cfg).await {
+        let mut ready = false;
+        match mailbox(&cfg, &mut ready).await {
             Err(e @ Error::Integrity(_)) => return Err(e),
             Err(e) => {
+                // A mailbox that was up counts as a fresh outage: the wait
+                // starts short again instead of where the last one ended.
+                if ready {
+                    wait = Duration::from_millis(500);
+                }
                 (cfg.log)(format!(
                     "relay connection lost ({e}); reconnecting in {:.1}s",
                     wait.as_secs_f32()
@@ -874,9 +892,10 @@ pub async fn run_exit(cfg: ExitConfig) -> Result<(), Error> {
     }
 }
 
-async fn mailbox(cfg: &Arc<ExitConfig>) -> Result<(), Error> {
+async fn mailbox(cfg: &Arc<ExitConfig>, ready: &mut bool) -> Result<(), Error> {
     let mut link = relay_link(&cfg.relay, &cfg.trust, &cfg.me).await?;
     link.send(&Msg::Listen).await?;
+    *ready = true;
     (cfg.log)(format!(
         "exit ready at relay {} as {}",
         cfg.relay.addr(),
@@ -931,10 +950,9 @@ async fn exit_session(cfg: &Arc<ExitConfig>, session: [u8; 16], peer: [u8; 32]) 
         ));
     }
     (cfg.log)(format!("session from {name}"));
-    let policy = cfg.policy.clone();
+    let (policy, log) = (cfg.policy.clone(), cfg.log.clone());
     let on_open: OnOpen = Arc::new(move |t, id, host, port| {
-        let policy = policy.clone();
-        tokio::spawn(exit_stream(t, id, host, port, policy));
+        tokio::spawn(exit_stream(t, id, host, port, policy.clone(), log.clone()));
     });
     let t = Tunnel::start(s, sealer, opener, End::Server, Some(on_open));
     t.ended().await;
@@ -952,7 +970,16 @@ fn reset_for(e: &std::io::Error) -> ResetReason {
     }
 }
 
-async fn exit_stream(t: Arc<Tunnel>, id: u32, host: Host, port: u16, policy: Arc<Policy>) {
+/// How a destination is shown in a log line (names come from the peer).
+fn shown_host(host: &Host, port: u16) -> String {
+    match host {
+        Host::Ip(std::net::IpAddr::V6(a)) => format!("[{a}]:{port}"),
+        Host::Ip(a) => format!("{a}:{port}"),
+        Host::Name(n) => format!("{}:{port}", burrow_proto::transfer::escape_display(n)),
+    }
+}
+
+async fn exit_stream(t: Arc<Tunnel>, id: u32, host: Host, port: u16, policy: Arc<Policy>, log: Log) {
     let (inflow, writable) = t.register(id, None);
     let addrs: Vec<SocketAddr> = match &host {
         Host::Ip(ip) => vec![SocketAddr::new(*ip, port)],
@@ -984,6 +1011,13 @@ async fn exit_stream(t: Arc<Tunnel>, id: u32, host: Host, port: u16, policy: Arc
         }
     }
     let Some(s) = conn else {
+        if last.0 == ResetReason::NotAllowed {
+            log(format!(
+                "refused a stream to {}: {}",
+                shown_host(&host, port),
+                last.1
+            ));
+        }
         lock(&t.streams).remove(&id);
         let r = lock(&t.mux).reset(id, last.0, &last.1);
         t.send(r).await;
@@ -1008,7 +1042,7 @@ pub struct ProxyConfig {
     /// The exit's keys (paired).
     pub exit: PublicIdentity,
     /// Called with a line for the user.
-    pub log: Arc<dyn Fn(String) + Send + Sync>,
+    pub log: Log,
 }
 
 /// A stream the exit has connected, with its plumbing.
@@ -1085,15 +1119,24 @@ impl Proxy {
             }
         };
         let (tx, opened) = oneshot::channel();
-        let (id, frame) = lock(&t.mux)
-            .open(host, port)
-            .map_err(|e| (ResetReason::Failure, e.to_string()))?;
-        // Registered before Open goes out: bytes the destination sends right
-        // after connecting (an SSH banner) wait in the stream's channel.
-        let (inflow, writable) = t.register(id, Some(tx));
-        if !t.send(frame).await {
+        // Room in the writer's queue first; then the id, the stream's entry
+        // and the queued Open under one lock, so that Opens leave in the
+        // order of their ids whatever the number of clients opening at once
+        // (the exit refuses an id below one it has seen).
+        let Ok(permit) = t.out.reserve().await else {
             return Err((ResetReason::Failure, "the tunnel closed".into()));
-        }
+        };
+        let (id, inflow, writable) = {
+            let mut streams = lock(&t.streams);
+            let (id, frame) = lock(&t.mux)
+                .open(host, port)
+                .map_err(|e| (ResetReason::Failure, e.to_string()))?;
+            // Registered before Open goes out: bytes the destination sends
+            // right after connecting (an SSH banner) wait in the stream's queue.
+            let (inflow, writable) = Tunnel::register_in(&mut streams, id, Some(tx));
+            permit.send(as_record(&frame));
+            (id, inflow, writable)
+        };
         match tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_secs(5), opened).await {
             Ok(Ok(Ok(()))) => Ok(Opened {
                 t,
@@ -1180,6 +1223,7 @@ impl Proxy {
             buf.drain(..used);
             (t, false)
         };
+        let shown = shown_host(&target.host, target.port);
         match self.open(target.host, target.port).await {
             Ok(o) => {
                 let ok = if is_socks {
@@ -1200,6 +1244,9 @@ impl Proxy {
                 o.pump(s).await;
             }
             Err((reason, msg)) => {
+                // The reason comes from the exit: shown escaped.
+                let msg_shown = burrow_proto::transfer::escape_display(&msg);
+                (self.cfg.log)(format!("{shown}: {msg_shown}"));
                 let fail = if is_socks {
                     socks::reply_for(Some(reason)).to_vec()
                 } else {

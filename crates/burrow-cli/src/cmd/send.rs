@@ -50,6 +50,8 @@ pub async fn run(args: SendArgs, cfg: &Config) -> Result<(), Error> {
         Source::Paths(args.paths)
     };
     let hint = relay.and_then(|(r, tell)| tell.then_some(r));
+    // The receive command as the other machine must type it.
+    let relay_flag = hint.as_ref().map(|r| format!("--relay {r} ")).unwrap_or_default();
     let mode = Mode::detect(args.json);
     let mut ui = Ui::new(mode, hint, false, false);
     ui.qr = args.qr;
@@ -59,7 +61,7 @@ pub async fn run(args: SendArgs, cfg: &Config) -> Result<(), Error> {
             crate::ui::emit(serde_json::json!({"event": "password", "password": password}));
         } else {
             eprintln!("password: {password}");
-            eprintln!("On the other machine, run:\n\n    burrow receive --lobby {password}\n");
+            eprintln!("On the other machine, run:\n\n    burrow receive {relay_flag}--lobby {password}\n");
         }
         t.send_lobby(&password, source, ui).await?;
     } else {
