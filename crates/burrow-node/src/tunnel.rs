@@ -983,10 +983,14 @@ async fn exit_stream(t: Arc<Tunnel>, id: u32, host: Host, port: u16, policy: Arc
     let (inflow, writable) = t.register(id, None);
     let addrs: Vec<SocketAddr> = match &host {
         Host::Ip(ip) => vec![SocketAddr::new(*ip, port)],
-        Host::Name(n) => match tokio::net::lookup_host((n.as_str(), port)).await {
-            Ok(a) => a.collect(),
-            Err(_) => Vec::new(),
-        },
+        // A resolver that never answers must not hold the stream past the
+        // proxy's patience.
+        Host::Name(n) => {
+            match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::lookup_host((n.as_str(), port))).await {
+                Ok(Ok(a)) => a.collect(),
+                _ => Vec::new(),
+            }
+        }
     };
     let mut last = (
         ResetReason::HostUnreachable,
@@ -1145,7 +1149,15 @@ impl Proxy {
                 writable,
             }),
             Ok(Ok(Err(r))) => Err(r),
-            _ => Err((ResetReason::TimedOut, "the exit did not answer".into())),
+            _ => {
+                // Given up: the stream is freed here and at the exit (a late
+                // Opened is then ignored), or each such request would keep a
+                // stream's share of the session until the tunnel ends.
+                lock(&t.streams).remove(&id);
+                let r = lock(&t.mux).reset(id, ResetReason::TimedOut, "the proxy stopped waiting");
+                t.send(r).await;
+                Err((ResetReason::TimedOut, "the exit did not answer in time".into()))
+            }
         }
     }
 
