@@ -330,6 +330,10 @@ pub struct RelayArgs {
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub max_channels_per_ip: usize,
 
+    /// Most channels in the relay's table at once (each costs a few hundred bytes).
+    #[arg(long, default_value_t = 100_000, value_name = "N")]
+    pub max_channels: usize,
+
     /// Seconds a new connection has to send its request or stapling hello.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     pub handshake_timeout: u64,

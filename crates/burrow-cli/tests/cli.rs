@@ -959,3 +959,37 @@ fn one_byte_frames_toward_a_side_that_never_reads_keep_memory_bounded() {
     drop((up, down));
     drop(proxy);
 }
+
+/// Issue 14, 8: the table's size is a flag; a full table refuses a new
+/// sender with a reason it shows, and the waiting sender is unaffected.
+#[test]
+fn a_full_channel_table_refuses_new_senders_plainly() {
+    let home = tempfile::tempdir().unwrap();
+    let mut c = burrow(home.path());
+    c.args(["relay", "--listen", "127.0.0.1:0", "--max-channels", "1"]);
+    let relay = spawn(c);
+    let addr = relay.line("burrow relay listening on");
+    let f = home.path().join("a.txt");
+    std::fs::write(&f, b"first").unwrap();
+    let mut s = burrow(home.path());
+    s.args(["send", "--relay", &addr]).arg(&f);
+    let first = spawn(s);
+    let code = first.line("code:");
+    let out = burrow(home.path())
+        .args(["send", "--relay", &addr])
+        .arg(&f)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("capacity"), "{err}");
+    // The first channel still works.
+    let dst = tempfile::tempdir().unwrap();
+    let out = receive_into(home.path(), &addr, dst.path(), &code)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(dst.path().join("a.txt")).unwrap(), b"first");
+    assert_eq!(first.finish().0, 0);
+    drop(relay);
+}

@@ -25,6 +25,7 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
     cfg.table.idle_ttl = Duration::from_secs(args.idle_timeout.max(1));
     cfg.lobby.lobby_timeout = Duration::from_secs(args.lobby_timeout.max(1));
     cfg.table.max_channels_per_ip = args.max_channels_per_ip.max(1);
+    cfg.table.max_channels = args.max_channels.max(1);
     let key_path = match &args.key {
         Some(p) => p.clone(),
         None => burrow_node::identity::default_path()
