@@ -196,14 +196,15 @@ impl Channel {
         }
     }
 
-    fn admit_ip(&mut self, name: &str, ip: IpAddr) -> Result<(), ApiError> {
+    /// Admits `ip` as a member; `Ok(true)` if it is new to the channel.
+    fn admit_ip(&mut self, name: &str, ip: IpAddr) -> Result<bool, ApiError> {
         if self.ips.contains(&ip) {
-            Ok(())
+            Ok(false)
         } else if self.ips.len() >= MAX_IPS_PER_CHANNEL {
             Err(ApiError::Full(name.to_owned()))
         } else {
             self.ips.push(ip);
-            Ok(())
+            Ok(true)
         }
     }
 
@@ -230,6 +231,26 @@ pub struct StapleTicket {
 pub struct ChannelTable {
     cfg: TableConfig,
     channels: HashMap<String, Channel>,
+    /// How many channels each IP is a member of (kept with every change,
+    /// so a join costs the same at 100,000 channels as at none).
+    ip_channels: HashMap<IpAddr, usize>,
+}
+
+/// One more channel for `ip`.
+fn count_in(counts: &mut HashMap<IpAddr, usize>, ip: IpAddr) {
+    *counts.entry(ip).or_insert(0) += 1;
+}
+
+/// One channel fewer for each of `ips`.
+fn count_out(counts: &mut HashMap<IpAddr, usize>, ips: &[IpAddr]) {
+    for ip in ips {
+        if let Some(n) = counts.get_mut(ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(ip);
+            }
+        }
+    }
 }
 
 fn parse_uuid(s: &str) -> Option<[u8; 16]> {
@@ -281,6 +302,7 @@ impl ChannelTable {
         Self {
             cfg,
             channels: HashMap::new(),
+            ip_channels: HashMap::new(),
         }
     }
 
@@ -295,7 +317,7 @@ impl ChannelTable {
     }
 
     fn channels_of(&self, ip: IpAddr) -> usize {
-        self.channels.values().filter(|c| c.ips.contains(&ip)).count()
+        self.ip_channels.get(&ip).copied().unwrap_or(0)
     }
 
     fn pick_channel(&self, fill: &mut dyn FnMut(&mut [u8])) -> Option<String> {
@@ -367,12 +389,14 @@ impl ChannelTable {
             if ch.curve != curve {
                 return Err(ApiError::UnknownCurve(curve.to_owned()));
             }
-            if !ch.ips.contains(&ip) && self.channels_of_excluding(ip, &name) >= self.cfg.max_channels_per_ip
-            {
+            // (A new member is in none of this channel's counts yet.)
+            if !ch.ips.contains(&ip) && self.channels_of(ip) >= self.cfg.max_channels_per_ip {
                 return Err(ApiError::TooManyChannels(self.cfg.max_channels_per_ip));
             }
             let ch = self.channels.get_mut(&name).ok_or(ApiError::Capacity)?;
-            ch.admit_ip(&name, ip)?;
+            if ch.admit_ip(&name, ip)? {
+                count_in(&mut self.ip_channels, ip);
+            }
             match req.role {
                 Role::Sender => ch.sender = Some(uuid),
                 Role::Recipient => ch.recipient = Some(uuid),
@@ -389,6 +413,7 @@ impl ChannelTable {
             if self.channels_of(ip) >= self.cfg.max_channels_per_ip {
                 return Err(ApiError::TooManyChannels(self.cfg.max_channels_per_ip));
             }
+            count_in(&mut self.ip_channels, ip);
             self.channels.insert(
                 name.clone(),
                 Channel {
@@ -413,20 +438,15 @@ impl ChannelTable {
         })
     }
 
-    fn channels_of_excluding(&self, ip: IpAddr, name: &str) -> usize {
-        self.channels
-            .iter()
-            .filter(|(n, c)| n.as_str() != name && c.ips.contains(&ip))
-            .count()
-    }
-
     /// Finds the channel and checks IP and UUID; returns the caller's role.
     fn member(&mut self, ip: IpAddr, channel: &str, uuid: &str) -> Result<(&mut Channel, Role), ApiError> {
         let ch = self
             .channels
             .get_mut(channel)
             .ok_or_else(|| ApiError::UnknownChannel(channel.chars().take(40).collect()))?;
-        ch.admit_ip(channel, ip)?;
+        if ch.admit_ip(channel, ip)? {
+            count_in(&mut self.ip_channels, ip);
+        }
         let role = parse_uuid(uuid)
             .and_then(|u| ch.role_of(&u))
             .ok_or_else(|| ApiError::BadUuid(channel.to_owned()))?;
@@ -579,6 +599,7 @@ impl ChannelTable {
             let keep = !(idle || closed_done);
             if !keep {
                 gone.push(name.clone());
+                count_out(&mut self.ip_channels, &ch.ips);
             }
             keep
         });
@@ -793,5 +814,34 @@ mod tests {
         let later = Instant::now() + Duration::from_secs(11);
         assert_eq!(t.expire(later).len(), 2);
         assert!(t.is_empty());
+    }
+
+    /// The per-IP counts follow joins, new members and expiry exactly (a
+    /// join no longer scans the table to count an IP's channels).
+    #[test]
+    fn per_ip_counts_follow_every_change() {
+        let mut t = ChannelTable::new(TableConfig {
+            max_channels_per_ip: 1000,
+            ..TableConfig::default()
+        });
+        let brute =
+            |t: &ChannelTable, ip: IpAddr| t.channels.values().filter(|c| c.ips.contains(&ip)).count();
+        let mut names = Vec::new();
+        for i in 0..300u32 {
+            let r = join(&mut t, ip((i % 3) as u8 + 1), None, Role::Sender).unwrap();
+            if i % 2 == 0 {
+                // A recipient from another IP joins every other channel.
+                join(&mut t, ip(9), Some(&r.channel), Role::Recipient).unwrap();
+            }
+            names.push(r.channel);
+        }
+        for n in 1..=9 {
+            assert_eq!(t.channels_of(ip(n)), brute(&t, ip(n)), "ip {n}");
+        }
+        assert_eq!(t.channels_of(ip(9)), 150);
+        // Everything idles out: every count returns to zero.
+        let gone = t.expire(Instant::now() + Duration::from_secs(3600));
+        assert_eq!(gone.len(), 300);
+        assert!(t.ip_channels.is_empty(), "{:?}", t.ip_channels);
     }
 }
