@@ -25,6 +25,14 @@ use crate::relay_client::RelayClient;
 
 /// Senders a receiver tries at once (each costs one Argon2 run).
 const MAX_TRIES: usize = 64;
+/// How long a sender being tried may take to answer before the next one
+/// gets its place.
+const TRY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Senders waiting to be tried, at most (the oldest make room).
+const MAX_PENDING: usize = 4096;
+/// Tries started per second at most: each sends a packet, and the relay
+/// closes a peer that sends more than 64 a second.
+const STARTS_PER_SEC: usize = 24;
 
 /// A lobby pairing that agreed: the second connection and its key.
 pub struct Matched {
@@ -215,23 +223,91 @@ pub async fn join(
     let mut tries: HashMap<u16, ClientTry> = HashMap::new();
     let mut keys: HashMap<u16, (SessionKey, Identity)> = HashMap::new();
     let mut servers: HashMap<u16, Identity> = HashMap::new();
-    // Senders tried whose PAKE showed another password, and how many of
-    // them `no_match` was told about.
+    // Senders not tried yet (newest last), and when each try began: a
+    // sender that does not answer within TRY_TIMEOUT gives its place to the
+    // next, so senders that never answer (a flood of fakes) cannot hide
+    // the real one however many there are.
+    let mut pending: Vec<(u16, [u8; PUBLIC_LEN], Identity)> = Vec::new();
+    let mut began: HashMap<u16, tokio::time::Instant> = HashMap::new();
+    let mut sweep = tokio::time::interval(Duration::from_secs(1));
+    let mut this_second = (tokio::time::Instant::now(), 0usize);
+    // Senders tried whose PAKE showed another password (or that never
+    // answered), and how many of them `no_match` was told about.
     let (mut failed, mut told) = (0usize, 0usize);
     let mut quiet = Some(Box::pin(tokio::time::sleep(FIRST_LIST)));
     loop {
-        let p = match quiet.as_mut() {
-            Some(t) => tokio::select! {
-                p = c.next() => p?,
-                _ = t => {
-                    quiet = None;
-                    if tries.is_empty() && keys.is_empty() && failed == 0 {
-                        no_match(0);
-                    }
-                    continue;
+        // Free places go to the newest senders waiting.
+        while quiet.is_none() && tries.len() + keys.len() < MAX_TRIES {
+            let now = tokio::time::Instant::now();
+            if now.duration_since(this_second.0) >= Duration::from_secs(1) {
+                this_second = (now, 0);
+            }
+            if this_second.1 >= STARTS_PER_SEC {
+                // The rest after the next sweep tick.
+                break;
+            }
+            let Some((uid, public, identity)) = pending.pop() else {
+                break;
+            };
+            this_second.1 += 1;
+            let w = match Params::decode(&public) {
+                Ok(params) => stretch(params, password.to_owned()).await,
+                Err(e) => Err(e),
+            };
+            match w {
+                Ok(w) => {
+                    let (t, x) = ClientTry::start(&w, public, identity.clone(), me.clone(), &mut OsRandom);
+                    tries.insert(uid, t);
+                    servers.insert(uid, identity);
+                    began.insert(uid, tokio::time::Instant::now());
+                    c.send(
+                        uid,
+                        Body::XAndClientIdentity {
+                            x,
+                            identity: me.clone(),
+                        },
+                    )
+                    .await?;
                 }
-            },
-            None => c.next().await?,
+                Err(e) => {
+                    failed += 1;
+                    c.send(uid, Body::SpokeFailure(e)).await?
+                }
+            }
+        }
+        let p = tokio::select! {
+            p = c.next() => p?,
+            _ = async {
+                match quiet.as_mut() {
+                    Some(t) => t.await,
+                    None => std::future::pending().await,
+                }
+            }, if quiet.is_some() => {
+                quiet = None;
+                if pending.is_empty() && failed == 0 {
+                    no_match(0);
+                }
+                continue;
+            }
+            now = sweep.tick() => {
+                let stale: Vec<u16> = began
+                    .iter()
+                    .filter(|(_, t)| now.duration_since(**t) >= TRY_TIMEOUT)
+                    .map(|(u, _)| *u)
+                    .collect();
+                for uid in stale {
+                    began.remove(&uid);
+                    if tries.remove(&uid).is_some() | keys.remove(&uid).is_some() {
+                        tracing::debug!("lobby: sender {uid:04x} did not answer; trying the next");
+                        failed += 1;
+                    }
+                }
+                if tries.is_empty() && keys.is_empty() && pending.is_empty() && failed > told {
+                    told = failed;
+                    no_match(failed);
+                }
+                continue;
+            }
         };
         match p.body {
             Body::NewServer {
@@ -239,33 +315,12 @@ pub async fn join(
                 public,
                 identity,
             } => {
-                if tries.len() >= MAX_TRIES {
-                    continue;
+                if pending.len() >= MAX_PENDING {
+                    // The oldest untried sender makes room.
+                    pending.remove(0);
                 }
-                let w = match Params::decode(&public) {
-                    Ok(params) => stretch(params, password.to_owned()).await,
-                    Err(e) => Err(e),
-                };
-                match w {
-                    Ok(w) => {
-                        let (t, x) =
-                            ClientTry::start(&w, public, identity.clone(), me.clone(), &mut OsRandom);
-                        tries.insert(uid, t);
-                        servers.insert(uid, identity);
-                        c.send(
-                            uid,
-                            Body::XAndClientIdentity {
-                                x,
-                                identity: me.clone(),
-                            },
-                        )
-                        .await?;
-                    }
-                    Err(e) => {
-                        failed += 1;
-                        c.send(uid, Body::SpokeFailure(e)).await?
-                    }
-                }
+                pending.push((uid, public, identity));
+                continue;
             }
             Body::YAndServerValidator { y, validator } => {
                 if let Some(t) = tries.remove(&p.uid) {
@@ -323,6 +378,8 @@ pub async fn join(
                 tries.remove(&uid);
                 keys.remove(&uid);
                 servers.remove(&uid);
+                began.remove(&uid);
+                pending.retain(|(u, _, _)| *u != uid);
             }
             Body::Timeout => return Err(timed_out()),
             Body::RelayFailure { reason, uid } => {
@@ -338,7 +395,7 @@ pub async fn join(
                 )));
             }
         }
-        if tries.is_empty() && keys.is_empty() && failed > told {
+        if tries.is_empty() && keys.is_empty() && pending.is_empty() && failed > told {
             told = failed;
             no_match(failed);
         }

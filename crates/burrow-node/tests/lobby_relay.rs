@@ -214,3 +214,63 @@ async fn the_lobby_times_out_with_timeout_and_closed() {
         "{seen:?}"
     );
 }
+
+/// Issue 14, 4: senders that announce themselves and then never answer
+/// (100 of them, more than a receiver tries at once) do not hide the real
+/// sender: the receiver tries the newest first and gives a silent sender's
+/// place to the next after a while.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_silent_lobby_senders_does_not_hide_the_real_one() {
+    let r = relay_with(|_| {}).await;
+    let addr = r.addr();
+    // Valid-looking announcements with the cheapest stretching allowed.
+    let mut fakes = Vec::new();
+    for i in 0..100u8 {
+        let mut params = burrow_proto::lobby::pake::Params::new([i; 16]);
+        params.memory_kib = 8;
+        params.iterations = 1;
+        let mut p = Peer::connect(addr).await;
+        p.send(
+            0,
+            Body::HelloAsServer {
+                public: params.encode(),
+            },
+        )
+        .await;
+        assert!(matches!(p.next().await.unwrap().body, Body::ServerIdentity(_)));
+        fakes.push(p);
+    }
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("real.txt"), b"from the real sender").unwrap();
+    let password = "apple-brave-cactus-dune";
+    let t = common::transfer(&addr.to_string());
+    let file = src.path().join("real.txt");
+    let sender = tokio::spawn(async move {
+        t.send_lobby(
+            password,
+            burrow_node::Source::Paths(vec![file]),
+            common::Auto { code_tx: None },
+        )
+        .await
+    });
+    // The real sender is in the lobby (after all the fakes) before the receiver comes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = tokio::time::timeout(
+        Duration::from_secs(30),
+        common::transfer(&addr.to_string()).receive_lobby(
+            password,
+            burrow_node::Sink::Dir(dst.path().into()),
+            common::Auto { code_tx: None },
+        ),
+    )
+    .await
+    .expect("paired despite the flood");
+    got.unwrap();
+    sender.await.unwrap().unwrap();
+    assert_eq!(
+        std::fs::read(dst.path().join("real.txt")).unwrap(),
+        b"from the real sender"
+    );
+    drop(fakes);
+}
