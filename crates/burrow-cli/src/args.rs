@@ -289,6 +289,11 @@ pub struct ExitArgs {
     /// Refuse this destination range, CIDR[:PORTS]; beats --allow. Repeatable.
     #[arg(long, value_name = "CIDR[:PORTS]")]
     pub deny: Vec<String>,
+
+    /// Seconds of silence after which a tunnel counts as lost (keepalives
+    /// go every third of it); the proxy then opens a new one.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub idle_timeout: u64,
 }
 
 /// `burrow proxy`.
@@ -308,6 +313,11 @@ pub struct ProxyArgs {
     /// Also forward LOCAL to HOST:PORT through the exit (e.g. 127.0.0.1:2222=10.0.0.5:22). Repeatable.
     #[arg(long, value_name = "LOCAL=HOST:PORT")]
     pub forward: Vec<String>,
+
+    /// Seconds of silence after which the tunnel counts as lost (keepalives
+    /// go every third of it); the next request opens a new one.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub idle_timeout: u64,
 }
 
 /// `burrow relay`.

@@ -993,3 +993,82 @@ fn a_full_channel_table_refuses_new_senders_plainly() {
     assert_eq!(first.finish().0, 0);
     drop(relay);
 }
+
+/// Issue 14, 5: the proxy's link to the relay dies silently (no FIN, no
+/// RST: a forwarder in between stops moving bytes). Keepalives notice
+/// within the idle timeout and the next request gets a new tunnel, instead
+/// of every request failing until the proxy is restarted.
+#[test]
+fn a_tunnel_that_dies_silently_is_replaced() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let f = Fixture::new();
+    // A forwarder to the relay; connections older than `frozen` stop moving.
+    let fwd = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let faddr = fwd.local_addr().unwrap().to_string();
+    let relay_addr = format!("127.0.0.1:{}", f.port);
+    let frozen = Arc::new(AtomicU64::new(0));
+    let generation = Arc::new(AtomicU64::new(1));
+    {
+        let (frozen, generation) = (frozen.clone(), generation.clone());
+        std::thread::spawn(move || {
+            for c in fwd.incoming() {
+                let Ok(c) = c else { return };
+                let Ok(r) = std::net::TcpStream::connect(&relay_addr) else {
+                    return;
+                };
+                let born = generation.load(Ordering::SeqCst);
+                for (mut from, mut to) in [(c.try_clone().unwrap(), r.try_clone().unwrap()), (r, c)] {
+                    let frozen = frozen.clone();
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16384];
+                        loop {
+                            let n = match std::io::Read::read(&mut from, &mut buf) {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            // Frozen: swallow everything, say nothing, keep the socket.
+                            if frozen.load(Ordering::SeqCst) >= born {
+                                continue;
+                            }
+                            if to.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+    }
+    let socks_port = free_port();
+    let mut p = burrow(f.hb.path());
+    p.args([
+        "proxy",
+        "home",
+        "--relay",
+        &faddr,
+        "--listen",
+        &format!("127.0.0.1:{socks_port}"),
+        "--idle-timeout",
+        "2",
+    ]);
+    let proxy = spawn(p);
+    proxy.line("proxy listening on");
+    let socks = format!("127.0.0.1:{socks_port}");
+    let get = || curl(&["--socks5-hostname", &socks, &f.url("small.txt")]);
+    assert_eq!(get().stdout, b"hello through the exit\n");
+    proxy.line("tunnel to the exit");
+    // The link goes silent; connections made from now on are fine.
+    frozen.store(generation.fetch_add(1, Ordering::SeqCst), Ordering::SeqCst);
+    // Past the idle timeout, the proxy has given the dead tunnel up.
+    std::thread::sleep(Duration::from_secs(3));
+    let out = get();
+    assert_eq!(
+        out.stdout,
+        b"hello through the exit\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    proxy.line("tunnel to the exit");
+    drop(proxy);
+}

@@ -240,6 +240,11 @@ struct Tunnel {
     pool: Mutex<Vec<Vec<u8>>>,
     /// The reader's buffers.
     recv_bufs: Arc<RecvBufs>,
+    /// When the session started, and the last read and write since then
+    /// (milliseconds): the keepalive timer's inputs.
+    born: std::time::Instant,
+    last_rx: std::sync::atomic::AtomicU64,
+    last_tx: std::sync::atomic::AtomicU64,
 }
 
 /// Bytes per read on the tunnel's connection: small enough that a buffer
@@ -523,6 +528,7 @@ impl Tunnel {
         mut opener: Opener,
         end: End,
         on_open: Option<OnOpen>,
+        idle: Duration,
     ) -> Arc<Self> {
         let (mut rd, mut wr) = s.into_split();
         let (out, mut out_rx) = mpsc::channel::<Vec<u8>>(OUT_QUEUE);
@@ -533,6 +539,9 @@ impl Tunnel {
             dead: watch::channel(false).0,
             pool: Mutex::new(Vec::new()),
             recv_bufs: Arc::default(),
+            born: std::time::Instant::now(),
+            last_rx: Default::default(),
+            last_tx: Default::default(),
         });
         let t1 = t.clone();
         tokio::spawn(async move {
@@ -563,6 +572,7 @@ impl Tunnel {
                 if write_all_frames(&mut wr, &batch).await.is_err() {
                     break;
                 }
+                t1.stamp(&t1.last_tx);
                 for f in batch.drain(..) {
                     t1.put(f);
                 }
@@ -619,12 +629,50 @@ impl Tunnel {
                 }
                 match rd.read(inbox.space()).await {
                     Ok(0) | Err(_) => break,
-                    Ok(n) => inbox.filled(n),
+                    Ok(n) => {
+                        t2.stamp(&t2.last_rx);
+                        inbox.filled(n);
+                    }
                 }
             }
             t2.kill();
         });
+        // Liveness: a Ping when nothing went out for a third of `idle`; the
+        // session is over when nothing came in for `idle` (a link that died
+        // silently: no FIN, no RST), so the proxy opens a new tunnel.
+        let t3 = t.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval((idle / 6).max(Duration::from_millis(50)));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = t3.ended() => return,
+                }
+                let now = t3.born.elapsed().as_millis() as u64;
+                let since = |a: &std::sync::atomic::AtomicU64| {
+                    Duration::from_millis(now.saturating_sub(a.load(std::sync::atomic::Ordering::Relaxed)))
+                };
+                if since(&t3.last_rx) >= idle {
+                    tracing::warn!(
+                        "tunnel: nothing from the other side for {}s; closing it",
+                        idle.as_secs()
+                    );
+                    t3.kill();
+                    return;
+                }
+                if since(&t3.last_tx) >= idle / 3 {
+                    let ping = lock(&t3.mux).ping();
+                    let _ = t3.out.try_send(as_record(&ping));
+                }
+            }
+        });
         t
+    }
+
+    /// Notes that bytes moved now.
+    fn stamp(&self, at: &std::sync::atomic::AtomicU64) {
+        let ms = self.born.elapsed().as_millis() as u64;
+        at.store(ms, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A spare buffer with room for a whole record. Its contents (and
@@ -863,6 +911,8 @@ pub struct ExitConfig {
     pub policy: Arc<Policy>,
     /// Called with a line for the user (connected, reconnecting, sessions).
     pub log: Log,
+    /// Silence after which a tunnel counts as lost (keepalives every third).
+    pub idle: Duration,
 }
 
 /// Serves as an exit forever: keeps the mailbox up (reconnecting with
@@ -954,7 +1004,7 @@ async fn exit_session(cfg: &Arc<ExitConfig>, session: [u8; 16], peer: [u8; 32]) 
     let on_open: OnOpen = Arc::new(move |t, id, host, port| {
         tokio::spawn(exit_stream(t, id, host, port, policy.clone(), log.clone()));
     });
-    let t = Tunnel::start(s, sealer, opener, End::Server, Some(on_open));
+    let t = Tunnel::start(s, sealer, opener, End::Server, Some(on_open), cfg.idle);
     t.ended().await;
     Ok(())
 }
@@ -1047,6 +1097,8 @@ pub struct ProxyConfig {
     pub exit: PublicIdentity,
     /// Called with a line for the user.
     pub log: Log,
+    /// Silence after which a tunnel counts as lost (keepalives every third).
+    pub idle: Duration,
 }
 
 /// A stream the exit has connected, with its plumbing.
@@ -1108,7 +1160,7 @@ impl Proxy {
             "tunnel to the exit {} is up",
             self.cfg.exit.fingerprint()
         ));
-        let t = Tunnel::start(s, sealer, opener, End::Client, None);
+        let t = Tunnel::start(s, sealer, opener, End::Client, None, self.cfg.idle);
         *g = Some(t.clone());
         Ok(t)
     }

@@ -49,6 +49,7 @@ pub async fn exit(args: ExitArgs, cfg: &Config) -> Result<(), Error> {
         peers: Arc::new(peers),
         policy: Arc::new(policy),
         log: log(),
+        idle: std::time::Duration::from_secs(args.idle_timeout.max(1)),
     })
     .await
 }
@@ -80,6 +81,7 @@ pub async fn proxy(args: ProxyArgs, cfg: &Config) -> Result<(), Error> {
         me: Arc::new(super::my_identity()?),
         exit,
         log: log(),
+        idle: std::time::Duration::from_secs(args.idle_timeout.max(1)),
     });
     let bind = |a: &str| {
         let a = a.to_owned();

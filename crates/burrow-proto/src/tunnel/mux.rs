@@ -12,6 +12,7 @@
 //! | 0x04 | Window | stream:u32, credit:u32 (more bytes the sender of this frame will take) |
 //! | 0x05 | Fin | stream:u32 (no more data from this side; the other may go on) |
 //! | 0x06 | Reset | stream:u32, reason:u8, message: len:u16 + UTF-8 (≤ 256 bytes) |
+//! | 0x07 | Ping | stream:u32 = 0 (a keepalive: the link is alive; nothing to answer) |
 //!
 //! Stream ids are chosen by the opener: odd from the client (proxy), even
 //! from the server (exit), never reused within a session. A stream ends
@@ -191,6 +192,8 @@ pub enum Frame<'a> {
         /// Details for the user.
         message: String,
     },
+    /// A keepalive of the whole session (stream 0).
+    Ping,
 }
 
 impl Frame<'_> {
@@ -237,6 +240,10 @@ impl Frame<'_> {
             Frame::Fin { stream } => {
                 out.push(0x05);
                 out.extend_from_slice(&stream.to_be_bytes());
+            }
+            Frame::Ping => {
+                out.push(0x07);
+                out.extend_from_slice(&0u32.to_be_bytes());
             }
             Frame::Reset {
                 stream,
@@ -307,6 +314,7 @@ impl<'a> Frame<'a> {
                 credit: r.u32()?,
             },
             0x05 => Frame::Fin { stream },
+            0x07 if stream == 0 => Frame::Ping,
             0x06 => {
                 let code = r.u8()?;
                 let reason = ResetReason::from_code(code).ok_or(DecodeError::Unknown {
@@ -650,6 +658,11 @@ impl Mux {
         .to_vec()
     }
 
+    /// A keepalive frame (the driver sends it when it sent nothing for a while).
+    pub fn ping(&self) -> Vec<u8> {
+        Frame::Ping.to_vec()
+    }
+
     /// The exit accepted an `Open`.
     pub fn opened(&self, stream: u32) -> Vec<u8> {
         Frame::Opened { stream }.to_vec()
@@ -725,6 +738,7 @@ impl Mux {
                 }
                 Ok(Event::Fin { stream })
             }
+            Frame::Ping => Ok(Event::Nothing),
             Frame::Reset {
                 stream,
                 reason,
@@ -772,6 +786,13 @@ mod tests {
         };
         assert_eq!(hex::encode(v4.to_vec()), "01000000030050047f000001");
         assert_eq!(hex::encode(Frame::Opened { stream: 1 }.to_vec()), "0200000001");
+        assert_eq!(hex::encode(Frame::Ping.to_vec()), "0700000000");
+        assert_eq!(
+            Frame::decode(&hex::decode("0700000000").unwrap()).unwrap(),
+            Frame::Ping
+        );
+        // A ping names no stream.
+        assert!(Frame::decode(&hex::decode("0700000001").unwrap()).is_err());
         assert_eq!(
             hex::encode(
                 Frame::Data {
