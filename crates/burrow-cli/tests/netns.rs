@@ -237,3 +237,94 @@ fn with_no_relay_and_no_sender_the_receiver_says_so() {
     );
     assert!(started.elapsed() < Duration::from_secs(20));
 }
+
+/// Issue 14, 11: an address the host gains after the exit started is the
+/// exit's own too, and refused. In a namespace of the test's own: the
+/// relay, exit, proxy, a web server on the new address, and curl.
+#[test]
+fn an_address_added_after_the_exit_started_is_refused() {
+    let (ha, hb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // Paired on the host's loopback first (the keys do not care where).
+    {
+        let (_relay, addr) = relay(ha.path());
+        let mut a = burrow(ha.path());
+        a.args(["pair", "--relay", &addr, "--name", "laptop"]);
+        let a = spawn(a);
+        let code = a.line("code:");
+        let out = burrow(hb.path())
+            .args(["pair", "--relay", &addr, &code, "--name", "home"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(a.finish().0, 0);
+    }
+    let ns = Netns::new("ea");
+    let mut c = ns.burrow(ha.path());
+    c.args(["relay", "--listen", "127.0.0.1:9009", "--key"])
+        .arg(ha.path().join("relay.key"));
+    let relay = spawn(c);
+    relay.line("burrow relay listening on");
+    let mut e = ns.burrow(ha.path());
+    e.args(["exit", "--relay", "127.0.0.1:9009"]);
+    let exit = spawn(e);
+    exit.line("exit ready");
+    let mut p = ns.burrow(hb.path());
+    p.args([
+        "proxy",
+        "home",
+        "--relay",
+        "127.0.0.1:9009",
+        "--listen",
+        "127.0.0.1:1080",
+    ]);
+    let proxy = spawn(p);
+    proxy.line("proxy listening on");
+    // Now the host gains a public-looking address, and a server on it.
+    ns.ip(&["addr", "add", "1.2.3.4/32", "dev", "lo"]);
+    let www = tempfile::tempdir().unwrap();
+    std::fs::write(www.path().join("x.txt"), b"inside").unwrap();
+    let mut s = std::process::Command::new("ip");
+    s.args([
+        "netns",
+        "exec",
+        &ns.name,
+        "python3",
+        "-m",
+        "http.server",
+        "--bind",
+        "1.2.3.4",
+        "8080",
+        "--directory",
+    ])
+    .arg(www.path())
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    let _server = Proc {
+        child: s.spawn().unwrap(),
+        stderr: std::sync::mpsc::channel::<String>().1,
+        stdout: None,
+    };
+    // The server is up (straight from the namespace, not through the exit).
+    let direct = |args: &[&str]| {
+        let mut a = vec!["netns", "exec", &ns.name, "curl", "-sS", "--max-time", "10"];
+        a.extend_from_slice(args);
+        std::process::Command::new("ip").args(&a).output().unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !direct(&["http://1.2.3.4:8080/x.txt"]).status.success() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the test's web server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = direct(&["--socks5-hostname", "127.0.0.1:1080", "http://1.2.3.4:8080/x.txt"]);
+    assert!(
+        !out.status.success(),
+        "reached: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let said = exit.line("refused a stream to 1.2.3.4:8080");
+    assert!(said.contains("own address"), "{said}");
+    drop((proxy, exit, relay));
+}
