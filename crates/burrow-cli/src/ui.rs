@@ -116,6 +116,9 @@ impl Observer for Ui {
                 Event::LocalRelay { port } => emit(json!({"event": "local_relay", "port": port})),
                 Event::InLobby { identity } => emit(json!({"event": "lobby", "identity": identity})),
                 Event::Paired { peer } => emit(json!({"event": "paired", "peer": peer})),
+                Event::LobbyMiss { receiver, declined } => emit(json!({
+                    "event": "lobby_miss", "receiver": receiver, "declined": declined
+                })),
                 Event::LobbyNoMatch { tried, wait } => emit(json!({
                     "event": "lobby_no_match", "tried": tried, "wait_seconds": wait.map(|w| w.as_secs())
                 })),
@@ -172,6 +175,14 @@ impl Observer for Ui {
                     )
                 }
                 Event::Paired { peer } => eprintln!("the password matched: paired with {peer}"),
+                Event::LobbyMiss { receiver, declined } => {
+                    let what = if declined {
+                        "had the password and declined"
+                    } else {
+                        "tried another password"
+                    };
+                    eprintln!("a receiver ({receiver}) {what}; still waiting in the lobby...");
+                }
                 Event::LobbyNoMatch { tried, wait } => {
                     let tried = match tried {
                         0 => "no sender is waiting in the relay's lobby yet".to_owned(),

@@ -432,6 +432,9 @@ fn lobby_with_a_wrong_password_times_out_plainly() {
         said.contains("still waiting") && said.contains("--wait"),
         "{said}"
     );
+    // The sender hears of the attempt too (issue 14, 12).
+    let said = sender.line("a receiver (");
+    assert!(said.contains("tried another password"), "{said}");
     let (rc, err) = recv.finish();
     assert_ne!(rc, 0);
     assert!(err.contains("lobby timed out"), "{err}");

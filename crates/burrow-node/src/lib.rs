@@ -152,6 +152,14 @@ pub enum Event {
         /// How much longer this side waits, if bounded.
         wait: Option<Duration>,
     },
+    /// Lobby mode, sender: a receiver tried this sender and did not pair
+    /// (another password, or it declined); the sender keeps waiting.
+    LobbyMiss {
+        /// The receiver's relay-given identity (escaped for display).
+        receiver: String,
+        /// The passwords matched and the receiver declined.
+        declined: bool,
+    },
     /// Lobby mode: the PAKE agreed with this peer (its relay-given identity).
     Paired {
         /// The other side's identity.
@@ -716,11 +724,28 @@ impl Transfer {
         let payload = self.payload(source, &mut obs).await?;
         let mut salt = [0u8; 16];
         random(&mut salt);
-        let paired = lobby::serve(&relay, password, salt, |me| {
-            obs.event(Event::InLobby {
-                identity: me.to_owned(),
-            })
-        })
+        let shared = std::sync::Mutex::new(&mut obs);
+        let say = |e: Event| {
+            if let Ok(mut o) = shared.lock() {
+                o.event(e);
+            }
+        };
+        let paired = lobby::serve(
+            &relay,
+            password,
+            salt,
+            |me| {
+                say(Event::InLobby {
+                    identity: me.to_owned(),
+                })
+            },
+            |receiver, miss| {
+                say(Event::LobbyMiss {
+                    receiver: burrow_proto::transfer::escape_display(receiver),
+                    declined: miss == lobby::Miss::Declined,
+                })
+            },
+        )
         .await?;
         obs.event(Event::Paired {
             peer: paired.peer.clone(),

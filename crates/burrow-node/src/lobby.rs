@@ -112,14 +112,25 @@ fn context(server: &str, client: &str) -> String {
     format!("lobby {server} {client}")
 }
 
+/// How a receiver's attempt on this sender ended without a pairing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Miss {
+    /// Its password was another one (or its PAKE messages were bad).
+    OtherPassword,
+    /// The passwords matched, and it declined.
+    Declined,
+}
+
 /// The sender ("server"): waits in the lobby until a receiver with the same
 /// password agrees and accepts. `on_ready` gets the sender's identity once
-/// it is in the lobby.
+/// it is in the lobby; `on_miss` hears of every receiver that tried and
+/// did not pair (its relay-given identity, as the peer sent it).
 pub async fn serve(
     relay: &RelayClient,
     password: &str,
     salt: [u8; 16],
     on_ready: impl FnOnce(&str),
+    mut on_miss: impl FnMut(&str, Miss),
 ) -> Result<Matched, Error> {
     let params = Params::new(salt);
     let public: [u8; PUBLIC_LEN] = params.encode();
@@ -144,7 +155,10 @@ pub async fn serve(
                         tries.insert(p.uid, (t, identity));
                         c.send(p.uid, Body::YAndServerValidator { y, validator }).await?;
                     }
-                    Err(e) => c.send(p.uid, Body::SpokeFailure(e)).await?,
+                    Err(e) => {
+                        on_miss(identity.as_str(), Miss::OtherPassword);
+                        c.send(p.uid, Body::SpokeFailure(e)).await?
+                    }
                 }
             }
             Body::ClientValidator(v) => {
@@ -154,7 +168,10 @@ pub async fn serve(
                             agreed.insert(p.uid, (key, identity));
                             c.send(p.uid, Body::Agreement).await?;
                         }
-                        Err(e) => c.send(p.uid, Body::SpokeFailure(e)).await?,
+                        Err(e) => {
+                            on_miss(identity.as_str(), Miss::OtherPassword);
+                            c.send(p.uid, Body::SpokeFailure(e)).await?
+                        }
                     }
                 }
             }
@@ -170,8 +187,12 @@ pub async fn serve(
                 }
             }
             Body::Refused | Body::SpokeFailure(_) => {
-                tries.remove(&p.uid);
-                agreed.remove(&p.uid);
+                if let Some((_, identity)) = tries.remove(&p.uid) {
+                    on_miss(identity.as_str(), Miss::OtherPassword);
+                }
+                if let Some((_, identity)) = agreed.remove(&p.uid) {
+                    on_miss(identity.as_str(), Miss::Declined);
+                }
             }
             Body::Closed { uid } if uid == RELAY_UID => return Err(relay_closed_us()),
             Body::Closed { uid } => {
