@@ -13,6 +13,10 @@ use burrow_proto::staple::{StapleHello, StapleReply, TokenHello};
 
 use crate::error::Error;
 
+/// A relay at capacity is asked again this many times, after this pause,
+/// doubled each time (0.5 + 1 + 2 s in all).
+const CAPACITY_RETRIES: u32 = 3;
+const CAPACITY_RETRY: Duration = Duration::from_millis(500);
 /// The relay's default port.
 pub const DEFAULT_PORT: u16 = 9009;
 use burrow_proto::channel::http::MAX_RESPONSE;
@@ -102,7 +106,35 @@ impl RelayClient {
     }
 
     /// One API call: POST `path` with a JSON body, parse the JSON answer.
+    /// A relay at capacity (HTTP 503, `capacity`: full, or this address holds
+    /// its share of connections) is asked again a few times, waiting a
+    /// little longer each time, before its answer becomes the error.
     async fn post<Q: Serialize, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Q,
+        wait: Duration,
+    ) -> Result<R, Error> {
+        let mut pause = CAPACITY_RETRY;
+        for _ in 0..CAPACITY_RETRIES {
+            match self.post_once(path, body, wait).await {
+                Err(Error::Relay { kind, message }) if kind == "capacity" => {
+                    tracing::warn!(
+                        "the relay at {} is at capacity ({}); asking again in {:.1}s",
+                        self.addr,
+                        burrow_proto::transfer::escape_display(&message),
+                        pause.as_secs_f32()
+                    );
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                other => return other,
+            }
+        }
+        self.post_once(path, body, wait).await
+    }
+
+    async fn post_once<Q: Serialize, R: DeserializeOwned>(
         &self,
         path: &str,
         body: &Q,

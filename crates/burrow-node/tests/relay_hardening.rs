@@ -327,3 +327,34 @@ async fn one_address_cannot_take_every_connection_slot() {
     );
     drop(flood);
 }
+
+/// Issue 14, 13: a relay at capacity answers why, and the client asks
+/// again a little later instead of failing at once: an address that holds
+/// its whole share for a moment still gets its transfer through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_waits_out_a_moment_at_capacity() {
+    let r = relay_with(|c| {
+        c.max_per_ip = 4;
+    })
+    .await;
+    let a = r.addr();
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(tokio::net::TcpStream::connect(a).await.unwrap());
+    }
+    // Let go of the slots a second from now.
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        drop(held);
+    });
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("ok.txt"), b"after the crowd").unwrap();
+    let (s, r2) = round_trip(&a.to_string(), &src.path().join("ok.txt"), dst.path()).await;
+    s.unwrap();
+    r2.unwrap();
+    assert_eq!(
+        std::fs::read(dst.path().join("ok.txt")).unwrap(),
+        b"after the crowd"
+    );
+}
