@@ -24,14 +24,12 @@ if [ -z "${BURROW_BENCH_IN_NS:-}" ]; then
     exec unshare --net env BURROW_BENCH_IN_NS=1 bash "$0" "$@"
 fi
 ip link set lo up
-ip link add bench0 type veth peer name bench1
-ip addr add 10.99.0.1/24 dev bench0
-ip link set bench0 up
-ip link set bench1 up
-W=$(mktemp -d "$DIR/burrow-ab.XXXX")
-PIDS=()
-trap 'kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$W"' EXIT
-cd "$W"
+BENCH_DIR=$DIR
+WORK_NAME=burrow-ab
+# shellcheck source=scripts/bench-common.sh
+. "$ROOT/scripts/bench-common.sh"
+lan_address
+cd "$WORK"
 echo "== A/B, $(nproc) cores, data in $DIR: old $OLD, new $NEW"
 head -c $((1024 * 1024 * 1024)) /dev/urandom > data.bin
 python3 - <<'PY'
@@ -43,18 +41,16 @@ for i in range(20000):
         f.write(os.urandom(4096))
 PY
 "$NEW" relay --listen 127.0.0.1:7300 2> relay.err & PIDS+=($!)
-until grep -q "listening on" relay.err 2>/dev/null; do sleep 0.05; done
-now() { date +%s.%N; }
+wait_for relay.err "listening on"
 cpu() { grep -E 'User time|System time' "$1" | awk '{s+=$NF} END {printf "%.2f", s}'; }
 n=0
-one() { # label bin what [flag]: one transfer of `what`; prints seconds
-    local bin=$2 what=$3 flag=${4:-}
-    n=$((n + 1))
+one() { # n bin what [flag]: one transfer of `what` under code n; prints seconds
+    local n=$1 bin=$2 what=$3 flag=${4:-}
     rm -rf out; mkdir out
     # shellcheck disable=SC2086
     /usr/bin/time -v timeout 300 "$bin" send $flag --relay 127.0.0.1:7300 --code "$n-absorb-zebra-captain" "$what" 2> send.err &
     local sp=$!
-    until grep -q '^code:' send.err 2>/dev/null; do sleep 0.05; done
+    wait_for send.err '^code:'
     local t0; t0=$(now)
     # shellcheck disable=SC2086
     /usr/bin/time -v timeout 300 "$bin" receive $flag --relay 127.0.0.1:7300 --yes --out out "$n-absorb-zebra-captain" 2> recv.err
@@ -67,14 +63,16 @@ for r in $(seq 1 "$ROUNDS"); do
         flag=; [ "$mode" = relay ] && flag=--relay-only
         for which in old new; do
             bin=$OLD; [ "$which" = new ] && bin=$NEW
-            s=$(one "$which" "$bin" data.bin "$flag")
+            n=$((n + 1))
+            s=$(one "$n" "$bin" data.bin "$flag")
             cmp -s data.bin out/data.bin || { echo "MISMATCH" >&2; exit 1; }
             echo "round $r, 1 GiB $mode, $which: $(python3 -c "print(f'{1073741824 / $s / 1e6:.0f}')") MB/s  (CPU-s sender $(cpu send.err), receiver $(cpu recv.err))"
         done
     done
     for which in old new; do
         bin=$OLD; [ "$which" = new ] && bin=$NEW
-        s=$(one "$which" "$bin" many --relay-only)
+        n=$((n + 1))
+        s=$(one "$n" "$bin" many --relay-only)
         diff -r many out/many > /dev/null || { echo "MISMATCH in many files" >&2; exit 1; }
         echo "round $r, 20,000 x 4 KiB, $which: $(python3 -c "print(f'{20000 / $s:.0f}')") files/s  (CPU-s sender $(cpu send.err), receiver $(cpu recv.err))"
     done

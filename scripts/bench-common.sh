@@ -14,6 +14,12 @@ cleanup() {
 }
 trap cleanup EXIT
 now() { date +%s.%N; }
+lan_address() { # a veth address (10.99.0.1), so that direct paths have one to advertise
+    ip link add bench0 type veth peer name bench1
+    ip addr add 10.99.0.1/24 dev bench0
+    ip link set bench0 up
+    ip link set bench1 up
+}
 wait_for() { # file pattern
     for _ in $(seq 1 300); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done
     echo "timed out waiting for '$2' in $1" >&2; cat "$1" >&2; exit 1

@@ -38,14 +38,11 @@ if [ -z "${BURROW_BENCH_IN_NS:-}" ]; then
     exec unshare --net env BURROW_BENCH_IN_NS=1 bash "$0" "$@"
 fi
 ip link set lo up
-ip link add bench0 type veth peer name bench1
-ip addr add 10.99.0.1/24 dev bench0
-ip link set bench0 up
-ip link set bench1 up
 
 WORK_NAME=burrow-bench
 # shellcheck source=scripts/bench-common.sh
 . "$ROOT/scripts/bench-common.sh"
+lan_address
 trap 'echo "bench failed at line $LINENO" >&2; for f in r1-recv.err r2-recv.err r2-send.err r1-send.err; do [ -f "$f" ] && tail -3 "$f" >&2; done' ERR
 cd "$WORK"
 

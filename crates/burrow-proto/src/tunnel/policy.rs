@@ -254,7 +254,8 @@ impl Policy {
     pub fn check_with(&self, dest: SocketAddr, own_now: &[IpAddr]) -> Result<(), Refusal> {
         self.check(dest)?;
         let ip = canonical(dest.ip());
-        if !self.allow.iter().any(|r| r.matches(dest)) && own_now.iter().any(|&o| canonical(o) == ip) {
+        // (`check` passed: only an own address still needs an allow rule.)
+        if own_now.iter().any(|&o| canonical(o) == ip) && !self.allow.iter().any(|r| r.matches(dest)) {
             return Err(Refusal::Own);
         }
         Ok(())
