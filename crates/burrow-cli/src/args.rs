@@ -332,8 +332,10 @@ pub struct RelayArgs {
     #[arg(long, default_value = "0.0.0.0:9009", value_name = "HOST:PORT")]
     pub listen: String,
 
-    /// Remove channels nobody touched for this many seconds.
-    #[arg(long, default_value_t = 600, value_name = "SECS")]
+    /// Remove channels nobody touched for this many seconds (clients
+    /// waiting for their peer ask at least every 30 s; a stapled channel,
+    /// a running transfer, stays until its pipe ends).
+    #[arg(long, default_value_t = 65, value_name = "SECS")]
     pub idle_timeout: u64,
 
     /// Most channels one IP address may hold at once.

@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::*;
@@ -357,4 +359,93 @@ async fn a_client_waits_out_a_moment_at_capacity() {
         std::fs::read(dst.path().join("ok.txt")).unwrap(),
         b"after the crowd"
     );
+}
+
+/// One attacking connection, again and again until `stop`: a slowloris
+/// (an HTTP request trickled a header line a second, never finished) or an
+/// idle one (connects, says nothing, reconnects when closed).
+async fn attacker(relay: std::net::SocketAddr, from: [u8; 4], slow: bool, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(std::net::SocketAddr::from((from, 0))).unwrap();
+        let Ok(mut s) = sock.connect(relay).await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        if slow {
+            let mut line: &[u8] = b"POST /join HTTP/1.1\r\n";
+            while !stop.load(Ordering::Relaxed) && s.write_all(line).await.is_ok() {
+                line = b"X-Slow: yes\r\n";
+                let mut b = [0u8; 256];
+                // Closed (or answered) while trickling: reconnect.
+                if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), s.read(&mut b)).await {
+                    break;
+                }
+            }
+        } else {
+            let mut b = [0u8; 256];
+            let _ = tokio::time::timeout(Duration::from_secs(30), s.read(&mut b)).await;
+        }
+        // Reconnect at once, as an attacker would (a little later, so the
+        // test does not spin two cores).
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Issue 14, 9: slowloris and idle reconnecting connections from forty
+/// addresses want two and a half times the relay's slots (each address
+/// within its share). Before, every newcomer was refused at capacity (so
+/// `/health` answered 503 and transfers failed); now a full relay makes
+/// room from the biggest holder's greeting connections, so everyone else
+/// is served at once while the flood goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_idle_floods_leave_room_for_everyone_else() {
+    let r = relay_with(|c| {
+        c.max_connections = 256;
+    })
+    .await;
+    let a = r.addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut flood = Vec::new();
+    for host in 1..=40u8 {
+        for k in 0..16 {
+            flood.push(tokio::spawn(attacker(a, [127, 0, 9, host], k < 8, stop.clone())));
+        }
+    }
+    // Let the flood fill the relay, and its connections grow old.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_, metrics) = raw_http(a, [127, 0, 0, 2], b"GET /metrics HTTP/1.1\r\n\r\n").await;
+    assert!(
+        metrics.contains("burrow_relay_errors_total{kind=\"capacity\"}"),
+        "the flood filled the relay: {metrics}"
+    );
+    for i in 0..20 {
+        let (st, body) = raw_http(a, [127, 0, 0, 2], b"GET /health HTTP/1.1\r\n\r\n").await;
+        assert_eq!(st, 200, "probe {i} beside the flood: {body}");
+    }
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("ok.txt"), b"served beside slowloris").unwrap();
+    let from = Some("127.0.0.3".parse().unwrap());
+    let (s, r2) = tokio::time::timeout(
+        Duration::from_secs(30),
+        round_trip_from(&a.to_string(), from, &src.path().join("ok.txt"), dst.path()),
+    )
+    .await
+    .expect("the transfer finished beside the flood");
+    s.unwrap();
+    r2.unwrap();
+    assert_eq!(
+        std::fs::read(dst.path().join("ok.txt")).unwrap(),
+        b"served beside slowloris"
+    );
+    let (_, metrics) = raw_http(a, [127, 0, 0, 2], b"GET /metrics HTTP/1.1\r\n\r\n").await;
+    assert!(
+        metrics.contains("burrow_relay_errors_total{kind=\"evicted_biggest\"}"),
+        "{metrics}"
+    );
+    stop.store(true, Ordering::Relaxed);
+    for f in flood {
+        f.abort();
+    }
 }

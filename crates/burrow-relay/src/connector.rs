@@ -15,6 +15,8 @@ use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
 
 use burrow_proto::connector::{Msg, RELAY_CONTEXT, VERSION};
+
+use crate::admission::{Phase, Ticket};
 use burrow_proto::session::aead::Backend;
 use burrow_proto::session::{Handshake, LEN_PREFIX, Opener, Sealer, Side};
 
@@ -131,9 +133,20 @@ impl Connector {
 
     /// Serves one connector connection (after the magic). Returns a pair of
     /// connections to pipe together, when it becomes one half of a session.
-    pub(crate) async fn serve(&self, s: TcpStream, limit: Duration) -> Option<(TcpStream, TcpStream)> {
+    pub(crate) async fn serve(
+        &self,
+        s: TcpStream,
+        limit: Duration,
+        slot: &Ticket,
+    ) -> Option<(TcpStream, TcpStream)> {
         // Without a key (a library relay configured without one) there is no connector.
-        let (mut link, peer) = self.authenticate(s, limit).await?;
+        let (mut link, peer) = tokio::select! {
+            a = self.authenticate(s, limit) => a?,
+            // The handshake is a greeting: a slow one may make room.
+            () = slot.evicted() => return None,
+        };
+        // An authenticated key's link is working, never evicted.
+        slot.set(Phase::Working);
         let first = tokio::time::timeout(limit, link.recv()).await.ok()?.ok()?;
         match first {
             Msg::Listen => {

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use burrow_proto::lobby::relay::{Lobby, LobbyConfig, Out};
 use burrow_proto::lobby::{Body, MAX_PACKET, Packet, RELAY_UID};
 
+use crate::admission::Ticket;
 use crate::metrics::Metrics;
 
 /// Packets queued for one peer before it counts as too slow and is closed.
@@ -103,7 +104,17 @@ fn dispatch(st: &mut State, out: Vec<Out>) {
 }
 
 /// Serves one lobby connection whose first four bytes were `head`.
-pub(crate) async fn serve(hub: &Hub, metrics: &Metrics, stream: TcpStream, addr: SocketAddr, head: [u8; 4]) {
+///
+/// Nobody vouches for a lobby peer: it may be chosen to make room for a
+/// newcomer when the relay is full (`slot`), and is then disconnected.
+pub(crate) async fn serve(
+    hub: &Hub,
+    metrics: &Metrics,
+    stream: TcpStream,
+    addr: SocketAddr,
+    head: [u8; 4],
+    slot: &Ticket,
+) {
     let (tx, mut rx) = mpsc::channel::<Cmd>(QUEUE);
     let uid = hub.with(|st, _| {
         let uid = st.lobby.connect(Instant::now(), addr).ok()?;
@@ -160,6 +171,7 @@ pub(crate) async fn serve(hub: &Hub, metrics: &Metrics, stream: TcpStream, addr:
                 Ok(n) => n,
             },
             _ = &mut done_rx => break 'conn,
+            () = slot.evicted() => break 'conn,
         };
         if n == 0 {
             break;

@@ -21,6 +21,7 @@ use burrow_proto::staple::{
 };
 use burrow_proto::wire::registry::{self, Protocol};
 
+use crate::admission::{Admission, Evicted, Phase, Refused, Ticket};
 use crate::http;
 use crate::metrics::Metrics;
 
@@ -50,7 +51,36 @@ pub struct RelayConfig {
     pub key: Option<Arc<crate::connector::RelayKey>>,
 }
 
+/// Descriptors kept back for everything but connections (listener,
+/// key file, logging, the runtime).
+const SPARE_FDS: u64 = 256;
+
 impl RelayConfig {
+    /// Raises this process's open-file limit as far as the hard limit
+    /// allows, and lowers `max_connections` if even that cannot hold every
+    /// connection with its stapled partner (two descriptors a slot; the
+    /// splice pipes fall back to copying when none are left). Returns the
+    /// limit and whether `max_connections` was lowered.
+    pub fn fit_fd_limit(&mut self) -> (u64, bool) {
+        use rustix::process::{Resource, getrlimit, setrlimit};
+        let mut lim = getrlimit(Resource::Nofile);
+        if lim.current < lim.maximum {
+            lim.current = lim.maximum;
+            if setrlimit(Resource::Nofile, lim).is_err() {
+                lim = getrlimit(Resource::Nofile);
+            }
+        }
+        let have = lim.current.unwrap_or(u64::MAX);
+        let fits = usize::try_from(have.saturating_sub(SPARE_FDS) / 2)
+            .unwrap_or(usize::MAX)
+            .max(1);
+        let lowered = self.max_connections > fits;
+        if lowered {
+            self.max_connections = fits;
+        }
+        (have, lowered)
+    }
+
     /// The per-address share in effect.
     pub fn per_ip(&self) -> usize {
         match self.max_per_ip {
@@ -256,8 +286,7 @@ impl Relay {
     /// Serves forever.
     pub async fn serve(self) {
         let shared = self.shared;
-        let permits = Arc::new(Semaphore::new(shared.cfg.max_connections));
-        let shares = crate::shares::Shares::new(shared.cfg.per_ip());
+        let admission = Admission::new(shared.cfg.max_connections, shared.cfg.per_ip());
         let refusers = Arc::new(Semaphore::new(REFUSERS));
         let sweeper = {
             let shared = shared.clone();
@@ -287,26 +316,28 @@ impl Relay {
                 }
             };
             shared.metrics.connections.fetch_add(1, Ordering::Relaxed);
-            // The address's share first, then a slot of the whole relay.
-            let Some(share) = shares.take(peer.ip()) else {
-                shared.metrics.error("per_ip");
-                refuse_early(
-                    &refusers,
-                    stream,
-                    "too many connections from your address; try again later",
-                );
-                continue;
+            let (ticket, made_room) = match admission.admit(peer.ip(), Instant::now()) {
+                Ok(t) => t,
+                Err(Refused::PerAddress) => {
+                    shared.metrics.error("per_ip");
+                    let why = "too many connections from your address; try again later";
+                    refuse_early(&refusers, stream, why);
+                    continue;
+                }
+                Err(Refused::Capacity) => {
+                    shared.metrics.error("capacity");
+                    refuse_early(&refusers, stream, "the relay is at capacity; try again later");
+                    continue;
+                }
             };
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
-                shared.metrics.error("capacity");
-                drop(share);
-                refuse_early(&refusers, stream, "the relay is at capacity; try again later");
-                continue;
-            };
+            match made_room {
+                Some(Evicted::Biggest) => shared.metrics.error("evicted_biggest"),
+                Some(Evicted::Oldest) => shared.metrics.error("evicted_oldest"),
+                None => {}
+            }
             let shared = shared.clone();
             tokio::spawn(async move {
-                let _slot = (permit, share);
-                handle_connection(shared, stream, peer).await;
+                handle_connection(shared, stream, peer, &ticket).await;
             });
         }
     }
@@ -355,30 +386,48 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn handle_connection(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
+/// Why a connection's greeting (its first request or hello) did not finish.
+enum Cut {
+    /// Not complete within the handshake timeout, counted from the accept.
+    Timeout,
+    /// It had to make room for a newcomer (see [`crate::admission`]).
+    Evicted,
+}
+
+/// Runs `read`, a part of the greeting of the connection holding `ticket`:
+/// one deadline for the whole greeting (a slow sender cannot stretch it by
+/// trickling bytes), and the greeting ends early if the relay needs its slot.
+async fn greet<T>(shared: &Shared, ticket: &Ticket, read: impl Future<Output = T>) -> Result<T, Cut> {
+    let deadline = tokio::time::Instant::from_std(ticket.accepted() + shared.cfg.handshake_timeout);
+    tokio::select! {
+        r = tokio::time::timeout_at(deadline, read) => r.map_err(|_| {
+            shared.metrics.error("timeout");
+            Cut::Timeout
+        }),
+        () = ticket.evicted() => Err(Cut::Evicted),
+    }
+}
+
+async fn handle_connection(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr, ticket: &Ticket) {
     let ip = peer.ip().to_canonical();
     let _ = stream.set_nodelay(true);
-    let deadline = shared.cfg.handshake_timeout;
     let mut head = [0u8; 4];
-    match tokio::time::timeout(deadline, stream.read_exact(&mut head)).await {
+    match greet(&shared, ticket, stream.read_exact(&mut head)).await {
         Ok(Ok(_)) => {}
         Ok(Err(_)) => {
             shared.metrics.error("eof");
             return;
         }
-        Err(_) => {
-            shared.metrics.error("timeout");
-            return;
-        }
+        Err(_) => return,
     }
     match registry::classify(&head) {
-        Some(Protocol::Http) => handle_http(&shared, stream, ip, head.to_vec()).await,
-        Some(Protocol::Staple) => handle_staple(shared, stream, ip).await,
-        Some(Protocol::Token) => handle_token(shared, stream).await,
-        Some(Protocol::Identity) => handle_identity(shared, stream, ip).await,
+        Some(Protocol::Http) => handle_http(&shared, stream, ip, head.to_vec(), ticket).await,
+        Some(Protocol::Staple) => handle_staple(shared, stream, ip, ticket).await,
+        Some(Protocol::Token) => handle_token(shared, stream, ticket).await,
+        Some(Protocol::Identity) => handle_identity(shared, stream, ip, ticket).await,
         Some(Protocol::Connector) => {
             let limit = shared.cfg.handshake_timeout;
-            if let Some((a, b)) = shared.connector.serve(stream, limit).await {
+            if let Some((a, b)) = shared.connector.serve(stream, limit, ticket).await {
                 shared.metrics.staples_total.fetch_add(1, Ordering::Relaxed);
                 shared.metrics.staples_active.fetch_add(1, Ordering::Relaxed);
                 pipe(&shared, a, b).await;
@@ -388,7 +437,8 @@ async fn handle_connection(shared: Arc<Shared>, mut stream: TcpStream, peer: Soc
         Some(Protocol::Lobby) => {
             shared.metrics.lobby_total.fetch_add(1, Ordering::Relaxed);
             let addr = SocketAddr::new(ip, peer.port());
-            crate::lobby::serve(&shared.lobby, &shared.metrics, stream, addr, head).await;
+            ticket.set(Phase::Waiting);
+            crate::lobby::serve(&shared.lobby, &shared.metrics, stream, addr, head, ticket).await;
         }
         None => unknown_protocol(&shared, stream).await,
     }
@@ -407,13 +457,8 @@ async fn unknown_protocol(shared: &Shared, mut stream: TcpStream) {
     linger(&mut stream).await;
 }
 
-async fn handle_http(shared: &Shared, mut stream: TcpStream, ip: IpAddr, prefix: Vec<u8>) {
-    let req = match tokio::time::timeout(
-        shared.cfg.handshake_timeout,
-        http::read_request(&mut stream, prefix),
-    )
-    .await
-    {
+async fn handle_http(shared: &Shared, mut stream: TcpStream, ip: IpAddr, prefix: Vec<u8>, ticket: &Ticket) {
+    let req = match greet(shared, ticket, http::read_request(&mut stream, prefix)).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             shared.metrics.error(e.kind());
@@ -423,13 +468,23 @@ async fn handle_http(shared: &Shared, mut stream: TcpStream, ip: IpAddr, prefix:
             }
             return;
         }
-        Err(_) => {
-            shared.metrics.error("timeout");
+        Err(Cut::Timeout) => {
             let _ = http::write_error(&mut stream, 408, "timeout", "request not received in time").await;
             linger(&mut stream).await;
             return;
         }
+        Err(Cut::Evicted) => {
+            let _ = http::write_error(
+                &mut stream,
+                503,
+                "capacity",
+                "request not received in time; the relay is at capacity",
+            )
+            .await;
+            return;
+        }
     };
+    ticket.set(Phase::Working);
     shared.metrics.http_requests.fetch_add(1, Ordering::Relaxed);
     let (status, ctype, body) = route(shared, ip, &req).await;
     let _ = http::write_response(&mut stream, status, ctype, &body).await;
@@ -564,6 +619,19 @@ async fn refuse(shared: &Shared, stream: &mut TcpStream, kind: &'static str, rea
     linger(stream).await;
 }
 
+/// Refuses a stapling connection whose greeting was cut short. An evicted
+/// one does not linger: its slot is wanted now.
+async fn refuse_cut(shared: &Shared, stream: &mut TcpStream, cut: Cut) {
+    match cut {
+        Cut::Timeout => refuse(shared, stream, "timeout", "hello not received in time").await,
+        Cut::Evicted => {
+            let why = "the relay is at capacity and needed this waiting connection's slot; try again later";
+            let _ = stream.write_all(&StapleReply::Refused(why.into()).encode()).await;
+            let _ = stream.shutdown().await;
+        }
+    }
+}
+
 /// Closes after an error answer without losing it: shut down our side, then
 /// discard what the peer still sends for a moment, so that closing with
 /// unread bytes does not reset the connection before the peer read the reason.
@@ -604,30 +672,40 @@ async fn read_hello(stream: &mut TcpStream) -> Result<StapleHello, String> {
     }
 }
 
-async fn handle_staple(shared: Arc<Shared>, mut stream: TcpStream, ip: IpAddr) {
-    let hello = match tokio::time::timeout(shared.cfg.handshake_timeout, read_hello(&mut stream)).await {
+async fn handle_staple(shared: Arc<Shared>, mut stream: TcpStream, ip: IpAddr, slot: &Ticket) {
+    let hello = match greet(&shared, slot, read_hello(&mut stream)).await {
         Ok(Ok(h)) => h,
         Ok(Err(reason)) => return refuse(&shared, &mut stream, "bad_hello", &reason).await,
-        Err(_) => return refuse(&shared, &mut stream, "timeout", "hello not received in time").await,
+        Err(cut) => return refuse_cut(&shared, &mut stream, cut).await,
     };
     let ch = hello.channel.clone();
     let checked = lock(&shared.table).staple_check(Instant::now(), ip, &ch, &hex_bytes(&hello.uuid));
-    let ticket = match checked {
+    let checked = match checked {
         Ok(t) => t,
         Err(e) => return refuse(&shared, &mut stream, e.kind(), &e.to_string()).await,
     };
+    // The table vouched for it: a channel's peer is never evicted.
+    slot.set(Phase::Working);
     staple(
         shared,
         stream,
         MeetKey::Channel(ch),
-        ticket.role,
+        checked.role,
         SameRole::Refuse,
+        slot,
     )
     .await;
 }
 
 /// Pairs `stream` with its partner under `key`, or waits for it, then pipes.
-async fn staple(shared: Arc<Shared>, mut stream: TcpStream, key: MeetKey, role: Role, same: SameRole) {
+async fn staple(
+    shared: Arc<Shared>,
+    mut stream: TcpStream,
+    key: MeetKey,
+    role: Role,
+    same: SameRole,
+    slot: &Ticket,
+) {
     match shared.meet(&key, role, same) {
         Meet::Pair(tx) => {
             if let MeetKey::Lobby(pair) = &key {
@@ -638,7 +716,7 @@ async fn staple(shared: Arc<Shared>, mut stream: TcpStream, key: MeetKey, role: 
                 refuse(&shared, &mut back, "staple_timeout", "the other peer is gone").await;
             }
         }
-        Meet::Wait(id, rx) => wait_for_partner(shared, stream, key, (id, rx)).await,
+        Meet::Wait(id, rx) => wait_for_partner(shared, stream, key, (id, rx), slot).await,
         Meet::Duplicate => {
             refuse(
                 &shared,
@@ -652,9 +730,9 @@ async fn staple(shared: Arc<Shared>, mut stream: TcpStream, key: MeetKey, role: 
 }
 
 /// A lobby pair's second connection: it names its relay-given identity.
-async fn handle_identity(shared: Arc<Shared>, mut stream: TcpStream, ip: IpAddr) {
+async fn handle_identity(shared: Arc<Shared>, mut stream: TcpStream, ip: IpAddr, slot: &Ticket) {
     let mut buf = IDENTITY_MAGIC.to_vec();
-    let read = tokio::time::timeout(shared.cfg.handshake_timeout, async {
+    let read = greet(&shared, slot, async {
         loop {
             match IdentityHello::decode(&buf) {
                 Ok(Some((h, n))) if n == buf.len() => return Ok(h),
@@ -673,7 +751,7 @@ async fn handle_identity(shared: Arc<Shared>, mut stream: TcpStream, ip: IpAddr)
     let hello = match read {
         Ok(Ok(h)) => h,
         Ok(Err(reason)) => return refuse(&shared, &mut stream, "bad_hello", reason).await,
-        Err(_) => return refuse(&shared, &mut stream, "timeout", "hello not received in time").await,
+        Err(cut) => return refuse_cut(&shared, &mut stream, cut).await,
     };
     let Some((pair, side)) = shared.lobby.second_connection(hello.identity.as_str(), ip) else {
         return refuse(
@@ -688,32 +766,45 @@ async fn handle_identity(shared: Arc<Shared>, mut stream: TcpStream, ip: IpAddr)
         Side::Server => Role::Sender,
         Side::Client => Role::Recipient,
     };
-    staple(shared, stream, MeetKey::Lobby(pair), role, SameRole::Replace).await;
+    // The lobby vouched for it (an accepted pair, from this address).
+    slot.set(Phase::Working);
+    staple(
+        shared,
+        stream,
+        MeetKey::Lobby(pair),
+        role,
+        SameRole::Replace,
+        slot,
+    )
+    .await;
 }
 
 /// A reconnecting pair: no channel, just a token both peers derived from
 /// their session key. The newest connection per token and role waits; the
 /// first of the other role staples to it.
-async fn handle_token(shared: Arc<Shared>, mut stream: TcpStream) {
+async fn handle_token(shared: Arc<Shared>, mut stream: TcpStream, slot: &Ticket) {
     let mut buf = [0u8; TOKEN_HELLO_LEN];
     buf[..4].copy_from_slice(TOKEN_MAGIC);
-    let read = tokio::time::timeout(shared.cfg.handshake_timeout, stream.read_exact(&mut buf[4..])).await;
+    let read = greet(&shared, slot, stream.read_exact(&mut buf[4..])).await;
     let hello = match read {
         Ok(Ok(_)) => match TokenHello::decode(&buf) {
             Ok(Some((h, _))) => h,
             _ => return refuse(&shared, &mut stream, "bad_hello", "malformed token hello").await,
         },
         Ok(Err(_)) => return refuse(&shared, &mut stream, "bad_hello", "closed during hello").await,
-        Err(_) => return refuse(&shared, &mut stream, "timeout", "hello not received in time").await,
+        Err(cut) => return refuse_cut(&shared, &mut stream, cut).await,
     };
     // A newer connection of the same side replaces the waiting one (whose
-    // wait then ends as expired).
+    // wait then ends as expired). Anyone can make up a token: it waits
+    // unvouched for, and may make room for a newcomer.
+    slot.set(Phase::Waiting);
     staple(
         shared,
         stream,
         MeetKey::Token(hello.token),
         hello.role,
         SameRole::Replace,
+        slot,
     )
     .await;
 }
@@ -729,6 +820,7 @@ async fn wait_for_partner(
     mut stream: TcpStream,
     ch: MeetKey,
     (id, rx): (u64, oneshot::Receiver<TcpStream>),
+    slot: &Ticket,
 ) {
     if stream.write_all(&StapleReply::Waiting.encode()).await.is_err() {
         shared.forget(&ch, id);
@@ -742,6 +834,7 @@ async fn wait_for_partner(
         Gone,
         Chatter,
         Expired,
+        Evicted,
     }
     let waited = tokio::time::timeout(shared.cfg.staple_timeout, async {
         let mut probe = [0u8; 1];
@@ -754,6 +847,7 @@ async fn wait_for_partner(
                 Ok(0) | Err(_) => Waited::Gone,
                 Ok(_) => Waited::Chatter,
             },
+            () = slot.evicted() => Waited::Evicted,
         }
     })
     .await;
@@ -768,6 +862,10 @@ async fn wait_for_partner(
             shared.forget(&ch, id);
             return refuse(&shared, &mut stream, "bad_hello", "bytes sent before stapling").await;
         }
+        Ok(Waited::Evicted) => {
+            shared.forget(&ch, id);
+            return refuse_cut(&shared, &mut stream, Cut::Evicted).await;
+        }
         Ok(Waited::Expired) | Err(_) => {
             shared.forget(&ch, id);
             return refuse(
@@ -779,6 +877,7 @@ async fn wait_for_partner(
             .await;
         }
     };
+    slot.set(Phase::Working);
     if let Some(c) = ch.channel() {
         lock(&shared.table).set_stapled(Instant::now(), c);
         shared.wake(c);

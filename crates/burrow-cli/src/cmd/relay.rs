@@ -37,6 +37,14 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
         x25519: zeroize::Zeroizing::new(*id.x25519_secret()),
         ed25519_public: id.public().ed25519,
     }));
+    let asked = cfg.max_connections;
+    let (fds, lowered) = cfg.fit_fd_limit();
+    if lowered {
+        eprintln!(
+            "warning: the open-file limit ({fds}) cannot hold --max-connections {asked}: serving at most {} (raise `ulimit -n`)",
+            cfg.max_connections
+        );
+    }
     let fingerprint = id.public().fingerprint();
     let relay = Relay::bind(cfg)
         .await

@@ -33,12 +33,29 @@ pub const CLOSED_GRACE: Duration = Duration::from_secs(60);
 /// Longest close reason stored.
 pub const MAX_REASON: usize = 200;
 
+/// The default idle expiry: a live client long-polls for at most
+/// [`MAX_WAIT_MS`](super::api::MAX_WAIT_MS) and asks again at once, so a
+/// channel nobody asked about for two of those (and five seconds) has
+/// nobody waiting on it.
+pub const UNATTENDED: Duration = Duration::from_millis(2 * super::api::MAX_WAIT_MS + 5_000);
+
+/// What one address counts as for the per-address channel limit: an IPv4
+/// address (an IPv4-mapped IPv6 one too), or the /64 an IPv6 address is in
+/// (a host usually has the whole /64 to pick from).
+pub fn share_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(a) => IpAddr::V6((u128::from(a) & !((1u128 << 64) - 1)).into()),
+        v4 => v4,
+    }
+}
+
 /// Limits of a [`ChannelTable`].
 #[derive(Debug, Clone)]
 pub struct TableConfig {
-    /// A channel nobody touched for this long is removed.
+    /// A channel nobody touched for this long is removed (a stapled one,
+    /// a live transfer, only once its pipe ends).
     pub idle_ttl: Duration,
-    /// Most channels one IP may be a member of at once.
+    /// Most channels one address (see [`share_key`]) may be a member of at once.
     pub max_channels_per_ip: usize,
     /// Most channels in the table.
     pub max_channels: usize,
@@ -47,7 +64,7 @@ pub struct TableConfig {
 impl Default for TableConfig {
     fn default() -> Self {
         Self {
-            idle_ttl: Duration::from_secs(600),
+            idle_ttl: UNATTENDED,
             max_channels_per_ip: 64,
             max_channels: 100_000,
         }
@@ -196,16 +213,31 @@ impl Channel {
         }
     }
 
-    /// Admits `ip` as a member; `Ok(true)` if it is new to the channel.
+    /// Admits `ip` as a member; `Ok(true)` if its address (see
+    /// [`share_key`]) is new to the channel and so counts one more channel.
     fn admit_ip(&mut self, name: &str, ip: IpAddr) -> Result<bool, ApiError> {
         if self.ips.contains(&ip) {
             Ok(false)
         } else if self.ips.len() >= MAX_IPS_PER_CHANNEL {
             Err(ApiError::Full(name.to_owned()))
         } else {
+            let new_key = !self.has_key(share_key(ip));
             self.ips.push(ip);
-            Ok(true)
+            Ok(new_key)
         }
+    }
+
+    /// Whether a member's address counts as `key`.
+    fn has_key(&self, key: IpAddr) -> bool {
+        self.ips.iter().any(|i| share_key(*i) == key)
+    }
+
+    /// The addresses this channel counts against, each once.
+    fn keys(&self) -> Vec<IpAddr> {
+        let mut keys: Vec<IpAddr> = self.ips.iter().map(|i| share_key(*i)).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys
     }
 
     fn role_of(&self, uuid: &[u8; 16]) -> Option<Role> {
@@ -231,23 +263,24 @@ pub struct StapleTicket {
 pub struct ChannelTable {
     cfg: TableConfig,
     channels: HashMap<String, Channel>,
-    /// How many channels each IP is a member of (kept with every change,
-    /// so a join costs the same at 100,000 channels as at none).
+    /// How many channels each address (see [`share_key`]) is a member of,
+    /// kept with every change, so a join costs the same at 100,000
+    /// channels as at none.
     ip_channels: HashMap<IpAddr, usize>,
 }
 
-/// One more channel for `ip`.
+/// One more channel for `ip`'s address.
 fn count_in(counts: &mut HashMap<IpAddr, usize>, ip: IpAddr) {
-    *counts.entry(ip).or_insert(0) += 1;
+    *counts.entry(share_key(ip)).or_insert(0) += 1;
 }
 
-/// One channel fewer for each of `ips`.
-fn count_out(counts: &mut HashMap<IpAddr, usize>, ips: &[IpAddr]) {
-    for ip in ips {
-        if let Some(n) = counts.get_mut(ip) {
+/// One channel fewer for each of `keys` (addresses, each once).
+fn count_out(counts: &mut HashMap<IpAddr, usize>, keys: &[IpAddr]) {
+    for key in keys {
+        if let Some(n) = counts.get_mut(key) {
             *n -= 1;
             if *n == 0 {
-                counts.remove(ip);
+                counts.remove(key);
             }
         }
     }
@@ -317,7 +350,7 @@ impl ChannelTable {
     }
 
     fn channels_of(&self, ip: IpAddr) -> usize {
-        self.ip_channels.get(&ip).copied().unwrap_or(0)
+        self.ip_channels.get(&share_key(ip)).copied().unwrap_or(0)
     }
 
     fn pick_channel(&self, fill: &mut dyn FnMut(&mut [u8])) -> Option<String> {
@@ -389,8 +422,8 @@ impl ChannelTable {
             if ch.curve != curve {
                 return Err(ApiError::UnknownCurve(curve.to_owned()));
             }
-            // (A new member is in none of this channel's counts yet.)
-            if !ch.ips.contains(&ip) && self.channels_of(ip) >= self.cfg.max_channels_per_ip {
+            // (A new member's address may not be in this channel's counts yet.)
+            if !ch.has_key(share_key(ip)) && self.channels_of(ip) >= self.cfg.max_channels_per_ip {
                 return Err(ApiError::TooManyChannels(self.cfg.max_channels_per_ip));
             }
             let ch = self.channels.get_mut(&name).ok_or(ApiError::Capacity)?;
@@ -599,7 +632,7 @@ impl ChannelTable {
             let keep = !(idle || closed_done);
             if !keep {
                 gone.push(name.clone());
-                count_out(&mut self.ip_channels, &ch.ips);
+                count_out(&mut self.ip_channels, &ch.keys());
             }
             keep
         });
@@ -843,5 +876,62 @@ mod tests {
         let gone = t.expire(Instant::now() + Duration::from_secs(3600));
         assert_eq!(gone.len(), 300);
         assert!(t.ip_channels.is_empty(), "{:?}", t.ip_channels);
+    }
+
+    /// Issue 14, 8: two addresses of one IPv6 /64 share one per-address
+    /// limit (before, each had its own 64 channels), and a sender and
+    /// recipient from the same /64 count one channel, not two.
+    #[test]
+    fn ipv6_addresses_count_per_64() {
+        let mut t = ChannelTable::new(TableConfig {
+            max_channels_per_ip: 2,
+            ..TableConfig::default()
+        });
+        let a: IpAddr = "2001:db8:5:6::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:5:6:abcd::2".parse().unwrap();
+        let other: IpAddr = "2001:db8:5:7::1".parse().unwrap();
+        let first = join(&mut t, a, None, Role::Sender).unwrap();
+        join(&mut t, b, Some(&first.channel), Role::Recipient).unwrap();
+        assert_eq!(t.channels_of(a), 1, "one channel for the /64, whoever joined it");
+        join(&mut t, b, None, Role::Sender).unwrap();
+        assert_eq!(
+            join(&mut t, a, None, Role::Sender).unwrap_err().kind(),
+            "too_many_channels"
+        );
+        assert!(
+            join(&mut t, other, None, Role::Sender).is_ok(),
+            "another /64 has its own"
+        );
+        // Mapped IPv4 is the IPv4 address.
+        let v4: IpAddr = "192.0.2.9".parse().unwrap();
+        join(&mut t, v4, None, Role::Sender).unwrap();
+        assert_eq!(t.channels_of("::ffff:192.0.2.9".parse().unwrap()), 1);
+        let gone = t.expire(Instant::now() + Duration::from_secs(3600));
+        assert_eq!(gone.len(), 4);
+        assert!(t.ip_channels.is_empty(), "{:?}", t.ip_channels);
+    }
+
+    /// Issue 14, 8: a channel nobody asks about goes after [`UNATTENDED`]
+    /// (65 s; before, 10 minutes), while one whose sender keeps polling
+    /// stays.
+    #[test]
+    fn unattended_channels_go_after_a_minute() {
+        let mut t = ChannelTable::new(TableConfig::default());
+        let t0 = Instant::now();
+        let left = join(&mut t, ip(1), None, Role::Sender).unwrap();
+        let polled = join(&mut t, ip(2), None, Role::Sender).unwrap();
+        for k in 1..=3u64 {
+            let at = t0 + Duration::from_secs(30 * k);
+            let r = ChannelRequest {
+                channel: polled.channel.clone(),
+                uuid: polled.uuid.clone(),
+                ..Default::default()
+            };
+            t.post(at, ip(2), &r).unwrap();
+            t.expire(at);
+        }
+        assert!(t.state(&left.channel).is_none(), "unattended for 90 s");
+        assert!(t.state(&polled.channel).is_some(), "polled every 30 s");
+        assert!(UNATTENDED < Duration::from_secs(600));
     }
 }
