@@ -739,7 +739,7 @@ fn exit_and_proxy_carry_curl_refuse_by_policy_and_survive_a_relay_restart() {
         "http://169.254.169.254/".to_owned(),
         format!("http://localhost:{}/", free_port()),
     ];
-    if let Some(own) = burrow_node::paths::local_addresses()
+    if let Some(own) = burrow_node::meet::paths::local_addresses()
         .into_iter()
         .find(|a| a.is_ipv4())
     {

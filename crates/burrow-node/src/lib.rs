@@ -26,19 +26,16 @@
 //! # Ok(()) }
 //! ```
 //!
+//! One folder per system, as in `burrow-proto`:
+//!
 //! | module | owns |
 //! |---|---|
-//! | [`relay_client`] | HTTP API calls and the stapling connection |
-//! | [`rendezvous`] | seed 001 steps 1–17 for each side |
-//! | [`identity`] | this installation's long-term keys (key file 0600) and fingerprint |
-//! | [`lan`] | no relay configured: serve one and announce it, or find one |
-//! | [`lobby`] | lobby mode (seed 003): wait as a sender, try every sender as a receiver |
-//! | [`pairing`] | `burrow pair`: public identities exchanged under a code |
-//! | [`peers`] | the paired peers file (names → keys) |
-//! | [`paths`] | relay and direct connections, the race between them, reconnects |
-//! | [`tunnel`] | seed 000: exit and proxy through the relay's connector, streams, policy |
-//! | [`files`] | what a sender offers, where a receiver writes |
+//! | [`meet`] | meeting a peer: [`meet::relay_client`] (API calls, stapling), [`meet::rendezvous`] (seed 001 steps 1–17), [`meet::paths`] (relay and direct connections, the race, reconnects), [`meet::lan`] (no relay configured), [`meet::lobby`] (seed 003), the one handshake driver |
+//! | [`keys`] | [`keys::identity`] (this installation's keys, file 0600), [`keys::peers`] (paired peers), [`keys::pairing`] (`burrow pair`) |
 //! | `transfer` | one task per connection driving the transfer machines, a blocking file worker |
+//! | [`tunnel`] | seed 000: exit and proxy through the relay's connector, the mux driver |
+//! | [`files`] | what a sender offers, where a receiver writes |
+//! | [`platform`] | what the sans-IO core takes from the machine: the OS RNG, the AEAD choice |
 //!
 //! A runnable example is `examples/roundtrip.rs` (relay, sender and receiver in one process).
 
@@ -46,16 +43,9 @@
 
 pub mod error;
 pub mod files;
-mod handshake;
-pub mod identity;
-pub mod lan;
-pub mod lobby;
-pub mod pairing;
-pub mod paths;
-pub mod peers;
+pub mod keys;
+pub mod meet;
 pub mod platform;
-pub mod relay_client;
-pub mod rendezvous;
 mod transfer;
 pub mod tunnel;
 
@@ -67,10 +57,11 @@ use std::time::{Duration, Instant};
 pub use burrow_proto::channel::code::Code;
 pub use burrow_proto::transfer::{Entry, EntryKind, OfferKind, Verify, escape_display};
 pub use error::{Error, ErrorKind};
-pub use paths::PathKind;
+pub use meet::paths::PathKind;
+use meet::{lan, lobby, paths, rendezvous};
 
-use relay_client::RelayClient;
-use rendezvous::RendezvousOptions;
+use meet::relay_client::RelayClient;
+use meet::rendezvous::RendezvousOptions;
 
 /// Default for [`TransferBuilder::idle_timeout`].
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(15);

@@ -27,12 +27,13 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod admission;
+pub mod channel;
 pub mod connector;
-pub mod http;
 mod lobby;
 pub mod metrics;
 mod server;
 pub mod shares;
+mod staple;
 
 pub use connector::RelayKey;
 pub use server::{Relay, RelayConfig, RelayHandle};

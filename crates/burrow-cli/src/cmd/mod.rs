@@ -6,8 +6,8 @@ pub mod send;
 pub mod tunnel;
 
 use burrow_node::Error;
-use burrow_node::identity::{self, Identity};
-use burrow_node::peers::PeerBook;
+use burrow_node::keys::identity::{self, Identity};
+use burrow_node::keys::peers::PeerBook;
 
 use crate::args::{PairArgs, RelayOpt};
 
@@ -45,7 +45,7 @@ pub async fn pair(args: PairArgs, cfg: &Config) -> Result<(), Error> {
     let me = my_identity()?;
     let mut book = book()?;
     if let Some(n) = &args.name
-        && !burrow_node::peers::valid_name(n)
+        && !burrow_node::keys::peers::valid_name(n)
     {
         return Err(Error::Usage(format!(
             "{n:?} cannot name a peer: use 1-64 of A-Z a-z 0-9 . _ -"
@@ -57,9 +57,9 @@ pub async fn pair(args: PairArgs, cfg: &Config) -> Result<(), Error> {
         }
         None => None,
     };
-    let client = burrow_node::relay_client::RelayClient::new(&relay);
-    let opts = burrow_node::rendezvous::RendezvousOptions::default();
-    let peer = burrow_node::pairing::pair(&client, &me, &host_name(), code, &opts, |c| {
+    let client = burrow_node::meet::relay_client::RelayClient::new(&relay);
+    let opts = burrow_node::meet::rendezvous::RendezvousOptions::default();
+    let peer = burrow_node::keys::pairing::pair(&client, &me, &host_name(), code, &opts, |c| {
         eprintln!("code: {}", c.reveal());
         eprintln!(
             "On the other machine, run:\n\n    burrow pair --relay {relay} {} --name NAME\n",

@@ -28,11 +28,11 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
     cfg.table.max_channels = args.max_channels.max(1);
     let key_path = match &args.key {
         Some(p) => p.clone(),
-        None => burrow_node::identity::default_path()
+        None => burrow_node::keys::identity::default_path()
             .map(|p| p.with_file_name("relay.key"))
             .context("neither XDG_DATA_HOME nor HOME is set: pass --key FILE")?,
     };
-    let id = burrow_node::identity::load_or_create(&key_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let id = burrow_node::keys::identity::load_or_create(&key_path).map_err(|e| anyhow::anyhow!("{e}"))?;
     cfg.key = Some(std::sync::Arc::new(burrow_relay::RelayKey {
         x25519: zeroize::Zeroizing::new(*id.x25519_secret()),
         ed25519_public: id.public().ed25519,

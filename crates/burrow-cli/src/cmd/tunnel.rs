@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use burrow_node::Error;
-use burrow_node::relay_client::RelayClient;
+use burrow_node::meet::relay_client::RelayClient;
 use burrow_node::tunnel::{ExitConfig, Proxy, ProxyConfig, RelayTrust, run_exit};
 use burrow_proto::tunnel::mux::Host;
 use burrow_proto::tunnel::policy::{Policy, Rule};
@@ -36,7 +36,7 @@ pub async fn exit(args: ExitArgs, cfg: &Config) -> Result<(), Error> {
     let policy = Policy::new(
         parse(&args.allow)?,
         parse(&args.deny)?,
-        burrow_node::paths::local_addresses(),
+        burrow_node::meet::paths::local_addresses(),
     );
     let peers = super::book()?;
     if peers.peers().is_empty() {

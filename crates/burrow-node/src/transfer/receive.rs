@@ -40,7 +40,7 @@ use super::link::Link;
 use super::{MAX_TEXT, Obs, Progress, Timer, file_bytes, obs_lock};
 use crate::error::{Error, shown};
 use crate::files;
-use crate::paths::READ_BUF;
+use crate::meet::paths::READ_BUF;
 use crate::{Decision, Event, OfferInfo, ReceiveReport, Sink};
 
 /// Read buffers at most (the one being read into included).

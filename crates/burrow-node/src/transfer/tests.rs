@@ -55,8 +55,8 @@ fn links(pipe: usize, seed: u8) -> (Link<DuplexStream>, Link<DuplexStream>) {
     let (sb, ob) = b.split();
     let (x, y) = tokio::io::duplex(pipe);
     (
-        Link::new(x, sa, oa, Inbox::new(crate::paths::READ_BUF)),
-        Link::new(y, sb, ob, Inbox::new(crate::paths::READ_BUF)),
+        Link::new(x, sa, oa, Inbox::new(crate::meet::paths::READ_BUF)),
+        Link::new(y, sb, ob, Inbox::new(crate::meet::paths::READ_BUF)),
     )
 }
 

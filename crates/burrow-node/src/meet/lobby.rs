@@ -20,8 +20,8 @@ use burrow_proto::staple::IdentityHello;
 use burrow_proto::transfer::escape_display;
 
 use crate::error::Error;
+use crate::meet::relay_client::RelayClient;
 use crate::platform::OsRandom;
-use crate::relay_client::RelayClient;
 
 /// Senders a receiver tries at once (each costs one Argon2 run).
 const MAX_TRIES: usize = 64;

@@ -11,10 +11,10 @@ use burrow_proto::transfer::escape_display;
 use burrow_proto::channel::api::Role;
 
 use crate::error::Error;
-use crate::identity::{Identity, PublicIdentity};
-use crate::paths::{handshake, read_record, send_record};
-use crate::relay_client::RelayClient;
-use crate::rendezvous::{self, RendezvousOptions};
+use crate::keys::identity::{Identity, PublicIdentity};
+use crate::meet::paths::{handshake, read_record, send_record};
+use crate::meet::relay_client::RelayClient;
+use crate::meet::rendezvous::{self, RendezvousOptions};
 
 /// The other side, as it introduced itself (signature checked).
 #[derive(Debug, Clone)]

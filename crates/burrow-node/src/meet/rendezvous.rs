@@ -25,8 +25,8 @@ use burrow_proto::channel::pake::{PakeError, RecipientStart, SenderStart, Sessio
 use burrow_proto::staple::StapleHello;
 
 use crate::error::Error;
+use crate::meet::relay_client::RelayClient;
 use crate::platform::OsRandom;
-use crate::relay_client::RelayClient;
 
 /// Reason text a peer posts when key confirmation fails.
 const WRONG_CODE: &str = "wrong code";

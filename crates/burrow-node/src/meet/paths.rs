@@ -42,9 +42,9 @@ use burrow_proto::staple::TokenHello;
 use burrow_proto::transfer::{MAX_HINTS, Message};
 
 use crate::error::Error;
-pub(crate) use crate::handshake::read_frame;
+pub(crate) use crate::meet::handshake::read_frame;
+use crate::meet::relay_client::RelayClient;
 use crate::platform::{self, OsRandom};
-use crate::relay_client::RelayClient;
 
 pub use burrow_proto::channel::race::RELAY_DELAY;
 /// One direct TCP connect, handshake included.
@@ -200,7 +200,7 @@ pub(crate) async fn handshake(
         Role::Recipient => Side::Responder,
     };
     let hs = Handshake::nn_psk0(side, key, context, platform::aead(), &mut OsRandom)?;
-    crate::handshake::transport(s, hs, limit, "the handshake").await
+    crate::meet::handshake::transport(s, hs, limit, "the handshake").await
 }
 
 /// Sends one record.

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 pub use burrow_proto::keys::pair::valid_name;
 
 use crate::error::Error;
-use crate::identity::PublicIdentity;
+use crate::keys::identity::PublicIdentity;
 
 const HEADER: &str = "# burrow paired peers: NAME FINGERPRINT X25519 ED25519";
 
@@ -46,7 +46,7 @@ fn key_hex(s: &str) -> Option<[u8; 32]> {
 impl PeerBook {
     /// The default file, beside the identity key.
     pub fn default_path() -> Option<PathBuf> {
-        crate::identity::default_path().map(|p| p.with_file_name("peers"))
+        crate::keys::identity::default_path().map(|p| p.with_file_name("peers"))
     }
 
     /// Loads the book (an absent file is an empty book).
@@ -173,8 +173,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("peers");
         let (a, b) = (
-            crate::identity::generate().public(),
-            crate::identity::generate().public(),
+            crate::keys::identity::generate().public(),
+            crate::keys::identity::generate().public(),
         );
         let mut book = PeerBook::load(&path).unwrap();
         book.add("laptop", a).unwrap();

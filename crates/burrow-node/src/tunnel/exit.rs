@@ -1,0 +1,206 @@
+//! `burrow exit`: the mailbox under this key, one tunnel per session the
+//! relay announces, destinations connected under the policy.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+
+use burrow_proto::connector::Msg;
+use burrow_proto::session::Side;
+use burrow_proto::tunnel::mux::{End, Host, ResetReason};
+use burrow_proto::tunnel::policy::Policy;
+
+use crate::error::Error;
+use crate::keys::identity::Identity;
+use crate::keys::peers::PeerBook;
+use crate::meet::relay_client::RelayClient;
+
+use super::*;
+
+/// What an exit needs.
+pub struct ExitConfig {
+    /// The relay.
+    pub relay: RelayClient,
+    /// How to trust it.
+    pub trust: RelayTrust,
+    /// This installation.
+    pub me: Arc<Identity>,
+    /// Paired peers allowed to use the exit.
+    pub peers: Arc<PeerBook>,
+    /// Egress policy.
+    pub policy: Arc<Policy>,
+    /// Called with a line for the user (connected, reconnecting, sessions).
+    pub log: Log,
+    /// Silence after which a tunnel counts as lost (keepalives every third).
+    pub idle: Duration,
+}
+
+/// Serves as an exit forever: keeps the mailbox up (reconnecting with
+/// backoff), and serves each session the relay announces.
+pub async fn run_exit(cfg: ExitConfig) -> Result<(), Error> {
+    let cfg = Arc::new(cfg);
+    let mut wait = Duration::from_millis(500);
+    loop {
+        let mut ready = false;
+        match mailbox(&cfg, &mut ready).await {
+            Err(e @ Error::Integrity(_)) => return Err(e),
+            Err(e) => {
+                // A mailbox that was up counts as a fresh outage: the wait
+                // starts short again instead of where the last one ended.
+                if ready {
+                    wait = Duration::from_millis(500);
+                }
+                (cfg.log)(format!(
+                    "relay connection lost ({e}); reconnecting in {:.1}s",
+                    wait.as_secs_f32()
+                ));
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            Ok(()) => wait = Duration::from_millis(500),
+        }
+    }
+}
+
+async fn mailbox(cfg: &Arc<ExitConfig>, ready: &mut bool) -> Result<(), Error> {
+    let mut link = relay_link(&cfg.relay, &cfg.trust, &cfg.me).await?;
+    link.send(&Msg::Listen).await?;
+    *ready = true;
+    (cfg.log)(format!(
+        "exit ready at relay {} as {}",
+        cfg.relay.addr(),
+        cfg.me.public().fingerprint()
+    ));
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            _ = ping.tick() => link.send(&Msg::Ping).await?,
+            m = link.recv() => match m? {
+                Msg::Init { session, peer } if cfg.peers.by_x25519(&peer).is_none() => {
+                    (cfg.log)(format!(
+                        "refused a session from an unpaired key ({})",
+                        hex::encode(&peer[..8])
+                    ));
+                    link.send(&Msg::Refuse { session }).await?;
+                }
+                Msg::Init { session, peer } => {
+                    let cfg = cfg.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = exit_session(&cfg, session, peer).await {
+                            (cfg.log)(format!("session refused or failed: {e}"));
+                        }
+                    });
+                }
+                Msg::Pong => {}
+                _ => return Err(Error::RelayProtocol("unexpected message on the mailbox".into())),
+            },
+        }
+    }
+}
+
+async fn exit_session(cfg: &Arc<ExitConfig>, session: [u8; 16], peer: [u8; 32]) -> Result<(), Error> {
+    let Some(p) = cfg.peers.by_x25519(&peer) else {
+        return Err(Error::Usage(
+            "a key that is not paired asked for a session".into(),
+        ));
+    };
+    let name = p.name.clone();
+    let mut link = relay_link(&cfg.relay, &cfg.trust, &cfg.me).await?;
+    link.send(&Msg::Accept { session }).await?;
+    match link.recv().await? {
+        Msg::Init { peer: p2, .. } if p2 == peer => {}
+        _ => return Err(Error::RelayProtocol("the relay did not start the session".into())),
+    }
+    let mut s = link.s;
+    let (sealer, opener, seen) = end_to_end(&mut s, &cfg.me, Side::Initiator).await?;
+    if seen != peer {
+        return Err(Error::Integrity(
+            "the proxy's key is not the one the relay announced".into(),
+        ));
+    }
+    (cfg.log)(format!("session from {name}"));
+    let (policy, log) = (cfg.policy.clone(), cfg.log.clone());
+    let on_open: OnOpen = Arc::new(move |t, id, host, port| {
+        tokio::spawn(exit_stream(t, id, host, port, policy.clone(), log.clone()));
+    });
+    let t = Tunnel::start(s, sealer, opener, End::Server, Some(on_open), cfg.idle);
+    t.ended().await;
+    Ok(())
+}
+
+fn reset_for(e: &std::io::Error) -> ResetReason {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::ConnectionRefused => ResetReason::ConnectionRefused,
+        K::NetworkUnreachable => ResetReason::NetworkUnreachable,
+        K::HostUnreachable => ResetReason::HostUnreachable,
+        K::TimedOut => ResetReason::TimedOut,
+        _ => ResetReason::Failure,
+    }
+}
+
+/// How a destination is shown in a log line (names come from the peer).
+pub(super) fn shown_host(host: &Host, port: u16) -> String {
+    match host {
+        Host::Ip(std::net::IpAddr::V6(a)) => format!("[{a}]:{port}"),
+        Host::Ip(a) => format!("{a}:{port}"),
+        Host::Name(n) => format!("{}:{port}", burrow_proto::transfer::escape_display(n)),
+    }
+}
+
+async fn exit_stream(t: Arc<Tunnel>, id: u32, host: Host, port: u16, policy: Arc<Policy>, log: Log) {
+    let (inflow, writable) = t.register(id, None);
+    let addrs: Vec<SocketAddr> = match &host {
+        Host::Ip(ip) => vec![SocketAddr::new(*ip, port)],
+        // A resolver that never answers must not hold the stream past the
+        // proxy's patience.
+        Host::Name(n) => {
+            match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::lookup_host((n.as_str(), port))).await {
+                Ok(Ok(a)) => a.collect(),
+                _ => Vec::new(),
+            }
+        }
+    };
+    let mut last = (
+        ResetReason::HostUnreachable,
+        "the name did not resolve".to_owned(),
+    );
+    let mut conn = None;
+    // The host's addresses now, not only at start: one added since is ours too.
+    let own = crate::meet::paths::local_addresses();
+    for a in addrs {
+        // Every address, after resolution: a name may point anywhere.
+        if let Err(why) = policy.check_with(a, &own) {
+            last = (ResetReason::NotAllowed, format!("{a}: {why}"));
+            continue;
+        }
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(a)).await {
+            Ok(Ok(s)) => {
+                conn = Some(s);
+                break;
+            }
+            Ok(Err(e)) => last = (reset_for(&e), format!("{a}: {e}")),
+            Err(_) => last = (ResetReason::TimedOut, format!("{a}: timed out")),
+        }
+    }
+    let Some(s) = conn else {
+        if last.0 == ResetReason::NotAllowed {
+            log(format!(
+                "refused a stream to {}: {}",
+                shown_host(&host, port),
+                last.1
+            ));
+        }
+        lock(&t.streams).remove(&id);
+        let r = lock(&t.mux).reset(id, last.0, &last.1);
+        t.send(r).await;
+        return;
+    };
+    let _ = s.set_nodelay(true);
+    let opened = lock(&t.mux).opened(id);
+    t.send(opened).await;
+    t.pump(id, s, inflow, writable).await;
+}
