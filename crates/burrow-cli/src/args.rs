@@ -318,6 +318,12 @@ pub struct ProxyArgs {
     /// go every third of it); the next request opens a new one.
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     pub idle_timeout: u64,
+
+    /// Seconds a request waits for the exit to reach its destination (the
+    /// exit itself gives a connect 10 s); then the client gets a failure
+    /// reply and the stream is freed at both ends.
+    #[arg(long, default_value_t = 15, value_name = "SECS")]
+    pub open_timeout: u64,
 }
 
 /// `burrow relay`.

@@ -586,6 +586,8 @@ struct Fixture {
     sink_port: u16,
     /// Sends one byte per write, forever.
     hose_port: u16,
+    /// Its accept queue is full and it never accepts: connects to it hang.
+    stall_port: u16,
     body: Vec<u8>,
     _www: tempfile::TempDir,
 }
@@ -620,6 +622,7 @@ impl Fixture {
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_io()
+                .enable_time()
                 .build()
                 .unwrap();
             rt.block_on(async move {
@@ -628,6 +631,24 @@ impl Fixture {
                 s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
                 let l = s.listen(16).unwrap();
                 port_tx.send(l.local_addr().unwrap().port()).unwrap();
+                // A backlog of one, filled (two queued connections) and never
+                // accepted: the kernel drops further SYNs, so connects hang.
+                let st = tokio::net::TcpSocket::new_v4().unwrap();
+                st.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+                let stall = st.listen(1).unwrap();
+                let stall_addr = stall.local_addr().unwrap();
+                let mut fill = Vec::new();
+                for _ in 0..3 {
+                    if let Ok(Ok(c)) = tokio::time::timeout(
+                        Duration::from_millis(300),
+                        tokio::net::TcpStream::connect(stall_addr),
+                    )
+                    .await
+                    {
+                        fill.push(c);
+                    }
+                }
+                port_tx.send(stall_addr.port()).unwrap();
                 let mut held = Vec::new();
                 while let Ok((c, _)) = l.accept().await {
                     held.push(c);
@@ -635,6 +656,7 @@ impl Fixture {
             });
         });
         let sink_port = port_rx.recv().unwrap();
+        let stall_port = port_rx.recv().unwrap();
         let hose = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let hose_port = hose.local_addr().unwrap().port();
         std::thread::spawn(move || {
@@ -655,7 +677,7 @@ impl Fixture {
             "--relay",
             &addr,
             "--allow",
-            &format!("127.0.0.1/32:{http_port},{banner_port},{sink_port},{hose_port}"),
+            &format!("127.0.0.1/32:{http_port},{banner_port},{sink_port},{hose_port},{stall_port}"),
         ]);
         let exit = spawn(e);
         exit.line("exit ready");
@@ -670,6 +692,7 @@ impl Fixture {
             banner_port,
             sink_port,
             hose_port,
+            stall_port,
             body,
             _www: www,
         }
@@ -1073,5 +1096,102 @@ fn a_tunnel_that_dies_silently_is_replaced() {
         String::from_utf8_lossy(&out.stderr)
     );
     proxy.line("tunnel to the exit");
+    drop(proxy);
+}
+
+/// Issue 14, 6: requests the exit cannot connect in time fail after the
+/// proxy's `--open-timeout` with a reply that says so, and their streams are
+/// freed at both ends. Before, each such stream stayed in the tunnel until
+/// it ended: past the mux's stream limit (1,024) every request failed at
+/// once. Here two waves of 520 time out one after the other (1,040 in
+/// all, each wave within the limit), then a request still goes through,
+/// and still does once the exit's own connects have timed out and their
+/// late resets have crossed the tunnel.
+#[test]
+fn streams_the_proxy_gave_up_on_are_freed_at_both_ends() {
+    let f = Fixture::new();
+    let socks_port = free_port();
+    let relay = format!("127.0.0.1:{}", f.port);
+    let mut p = burrow(f.hb.path());
+    p.args([
+        "proxy",
+        "home",
+        "--relay",
+        &relay,
+        "--listen",
+        &format!("127.0.0.1:{socks_port}"),
+        "--open-timeout",
+        "1",
+    ]);
+    let proxy = spawn(p);
+    proxy.line("proxy listening on");
+    let socks = format!("127.0.0.1:{socks_port}");
+    let get = || curl(&["--socks5-hostname", &socks, &f.url("small.txt")]);
+    assert_eq!(get().stdout, b"hello through the exit\n");
+    let started = std::time::Instant::now();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let wave = || {
+        rt.block_on(async {
+            let asks = (0..520).map(|_| {
+                let socks = socks.clone();
+                let port = f.stall_port;
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut s = tokio::net::TcpStream::connect(&socks).await.unwrap();
+                    s.write_all(&[5, 1, 0]).await.unwrap();
+                    let mut m = [0u8; 2];
+                    s.read_exact(&mut m).await.unwrap();
+                    let mut req = vec![5, 1, 0, 1, 127, 0, 0, 1];
+                    req.extend_from_slice(&port.to_be_bytes());
+                    s.write_all(&req).await.unwrap();
+                    let mut reply = [0u8; 10];
+                    tokio::time::timeout(Duration::from_secs(20), s.read_exact(&mut reply))
+                        .await
+                        .expect("a reply in time")
+                        .unwrap();
+                    reply[1]
+                })
+            });
+            let mut out = Vec::new();
+            for a in asks.collect::<Vec<_>>() {
+                out.push(a.await.unwrap());
+            }
+            out
+        })
+    };
+    for w in 1..=2 {
+        let replies: Vec<u8> = wave();
+        let timed_out = replies.iter().filter(|r| **r == 6).count();
+        assert_eq!(
+            timed_out,
+            replies.len(),
+            "wave {w}: SOCKS 6 (TTL expired: timed out) for each: {replies:?}"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "each waited about a second"
+    );
+    proxy.line("127.0.0.1:");
+    let out = get();
+    assert_eq!(
+        out.stdout,
+        b"hello through the exit\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The exit gives each hanging connect 10 s; its resets for streams the
+    // proxy already freed must not end the tunnel.
+    std::thread::sleep(Duration::from_secs(11).saturating_sub(started.elapsed()));
+    let out = get();
+    assert_eq!(
+        out.stdout,
+        b"hello through the exit\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     drop(proxy);
 }

@@ -82,6 +82,7 @@ pub async fn proxy(args: ProxyArgs, cfg: &Config) -> Result<(), Error> {
         exit,
         log: log(),
         idle: std::time::Duration::from_secs(args.idle_timeout.max(1)),
+        open_wait: std::time::Duration::from_secs(args.open_timeout.max(1)),
     });
     let bind = |a: &str| {
         let a = a.to_owned();

@@ -41,26 +41,52 @@ pub struct ExitConfig {
 /// backoff), and serves each session the relay announces.
 pub async fn run_exit(cfg: ExitConfig) -> Result<(), Error> {
     let cfg = Arc::new(cfg);
-    let mut wait = Duration::from_millis(500);
+    let mut backoff = Backoff::default();
     loop {
         let mut ready = false;
         match mailbox(&cfg, &mut ready).await {
             Err(e @ Error::Integrity(_)) => return Err(e),
             Err(e) => {
-                // A mailbox that was up counts as a fresh outage: the wait
-                // starts short again instead of where the last one ended.
-                if ready {
-                    wait = Duration::from_millis(500);
-                }
+                let wait = backoff.after_loss(ready);
                 (cfg.log)(format!(
                     "relay connection lost ({e}); reconnecting in {:.1}s",
                     wait.as_secs_f32()
                 ));
                 tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(5));
             }
-            Ok(()) => wait = Duration::from_millis(500),
+            Ok(()) => backoff = Backoff::default(),
         }
+    }
+}
+
+/// The exit's wait before it reconnects its mailbox: doubling from
+/// [`Backoff::FIRST`] to [`Backoff::MOST`] while the relay stays out of
+/// reach, and short again after a mailbox that was up (each outage is a
+/// fresh one, instead of starting where the last one ended).
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { next: Self::FIRST }
+    }
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(500);
+    const MOST: Duration = Duration::from_secs(5);
+
+    /// How long to wait after losing the relay; `was_up`: the mailbox had
+    /// been ready on this attempt.
+    fn after_loss(&mut self, was_up: bool) -> Duration {
+        if was_up {
+            self.next = Self::FIRST;
+        }
+        let wait = self.next;
+        self.next = (wait * 2).min(Self::MOST);
+        wait
     }
 }
 
@@ -203,4 +229,29 @@ async fn exit_stream(t: Arc<Tunnel>, id: u32, host: Host, port: u16, policy: Arc
     let opened = lock(&t.mux).opened(id);
     t.send(opened).await;
     t.pump(id, s, inflow, writable).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 14, 14: a second outage starts from the short wait again
+    /// (before, it went on from where the first one ended: 5 s).
+    #[test]
+    fn the_reconnect_wait_doubles_and_starts_over_after_a_good_connection() {
+        let mut b = Backoff::default();
+        let first: Vec<f32> = (0..6).map(|_| b.after_loss(false).as_secs_f32()).collect();
+        assert_eq!(first, [0.5, 1.0, 2.0, 4.0, 5.0, 5.0]);
+        // The relay came back, the mailbox was up, then lost again.
+        assert_eq!(b.after_loss(true), Duration::from_millis(500));
+        assert_eq!(b.after_loss(false), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn destinations_from_the_peer_are_shown_escaped() {
+        let h = Host::Name("evil\x1b]0;x\x07.example".into());
+        let shown = shown_host(&h, 80);
+        assert!(!shown.contains('\x1b') && !shown.contains('\x07'), "{shown}");
+        assert!(shown.ends_with(":80"));
+    }
 }

@@ -33,6 +33,9 @@ pub struct ProxyConfig {
     pub log: Log,
     /// Silence after which a tunnel counts as lost (keepalives every third).
     pub idle: Duration,
+    /// How long a request waits for the exit to connect before it fails;
+    /// the stream is then freed at both ends.
+    pub open_wait: Duration,
 }
 
 /// A stream the exit has connected, with its plumbing.
@@ -127,7 +130,7 @@ impl Proxy {
             permit.send(as_record(&frame));
             (id, inflow, writable)
         };
-        match tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_secs(5), opened).await {
+        match tokio::time::timeout(self.cfg.open_wait, opened).await {
             Ok(Ok(Ok(()))) => Ok(Opened {
                 t,
                 id,
