@@ -704,6 +704,11 @@ impl Fixture {
 
     /// `burrow proxy home` from `home` through `relay`; returns it and its SOCKS address.
     fn proxy(&self, home: &Path, relay: &str) -> (Proc, String) {
+        self.proxy_with(home, relay, &[])
+    }
+
+    /// The same, with more flags.
+    fn proxy_with(&self, home: &Path, relay: &str, extra: &[&str]) -> (Proc, String) {
         let socks_port = free_port();
         let mut p = burrow(home);
         p.args([
@@ -714,6 +719,7 @@ impl Fixture {
             "--listen",
             &format!("127.0.0.1:{socks_port}"),
         ]);
+        p.args(extra);
         let proxy = spawn(p);
         proxy.line("proxy listening on");
         (proxy, format!("127.0.0.1:{socks_port}"))
@@ -1066,21 +1072,7 @@ fn a_tunnel_that_dies_silently_is_replaced() {
             }
         });
     }
-    let socks_port = free_port();
-    let mut p = burrow(f.hb.path());
-    p.args([
-        "proxy",
-        "home",
-        "--relay",
-        &faddr,
-        "--listen",
-        &format!("127.0.0.1:{socks_port}"),
-        "--idle-timeout",
-        "2",
-    ]);
-    let proxy = spawn(p);
-    proxy.line("proxy listening on");
-    let socks = format!("127.0.0.1:{socks_port}");
+    let (proxy, socks) = f.proxy_with(f.hb.path(), &faddr, &["--idle-timeout", "2"]);
     let get = || curl(&["--socks5-hostname", &socks, &f.url("small.txt")]);
     assert_eq!(get().stdout, b"hello through the exit\n");
     proxy.line("tunnel to the exit");
@@ -1110,22 +1102,8 @@ fn a_tunnel_that_dies_silently_is_replaced() {
 #[test]
 fn streams_the_proxy_gave_up_on_are_freed_at_both_ends() {
     let f = Fixture::new();
-    let socks_port = free_port();
     let relay = format!("127.0.0.1:{}", f.port);
-    let mut p = burrow(f.hb.path());
-    p.args([
-        "proxy",
-        "home",
-        "--relay",
-        &relay,
-        "--listen",
-        &format!("127.0.0.1:{socks_port}"),
-        "--open-timeout",
-        "1",
-    ]);
-    let proxy = spawn(p);
-    proxy.line("proxy listening on");
-    let socks = format!("127.0.0.1:{socks_port}");
+    let (proxy, socks) = f.proxy_with(f.hb.path(), &relay, &["--open-timeout", "1"]);
     let get = || curl(&["--socks5-hostname", &socks, &f.url("small.txt")]);
     assert_eq!(get().stdout, b"hello through the exit\n");
     let started = std::time::Instant::now();

@@ -3,7 +3,7 @@
 //!
 //! Every accepted connection holds a [`Ticket`] until it closes. A ticket
 //! counts against its address (an IPv4 address or an IPv6 /64, see
-//! [`crate::shares::addr_key`]), which holds at most its share; and it is
+//! [`share_key`], the channel table's rule too), which holds at most its share; and it is
 //! in one of three phases:
 //!
 //! ```text
@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use crate::shares::addr_key;
+use burrow_proto::channel::table::share_key;
 
 /// A connection greeting for less than this is not evicted by age.
 pub const MIN_GREETING_AGE: Duration = Duration::from_secs(1);
@@ -234,7 +234,7 @@ impl Admission {
         ip: IpAddr,
         now: Instant,
     ) -> Result<(Ticket, Option<Evicted>), Refused> {
-        let key = addr_key(ip);
+        let key = share_key(ip);
         let mut g = self.lock();
         if g.holders.get(&key).is_some_and(|h| h.held >= self.per_address) {
             return Err(Refused::PerAddress);

@@ -19,7 +19,7 @@
 //! layer around them: it parses HTTP, wakes long-polls, holds the first
 //! stapling connection until its partner arrives, and pipes bytes between
 //! the two. Every connection is bounded: each address holds at most its
-//! share of the slots ([`shares`]), a full relay makes room from slow
+//! share of the slots (an IPv4 address or an IPv6 /64), a full relay makes room from slow
 //! greeters and unvouched-for waiters before it refuses anyone
 //! (`admission.rs`), the whole greeting has one deadline, bodies and heads
 //! have maximum sizes, and a bad connection only ever closes itself.
@@ -32,7 +32,6 @@ pub mod connector;
 mod lobby;
 pub mod metrics;
 mod server;
-pub mod shares;
 mod staple;
 
 pub use connector::RelayKey;

@@ -39,7 +39,7 @@ pub struct RelayConfig {
     /// Most connections open at once; more are refused with a reason.
     pub max_connections: usize,
     /// Most connections open at once from one address (an IPv4 address or
-    /// an IPv6 /64; see [`crate::shares`]); 0 = a sixteenth of
+    /// an IPv6 /64; see [`share_key`](burrow_proto::channel::table::share_key)); 0 = a sixteenth of
     /// `max_connections` (at least 8).
     pub max_per_ip: usize,
     /// Copy buffer per direction of a stapled pair.
