@@ -19,7 +19,7 @@
 //! them (a slow disk) the task stops reading, and TCP slows the sender.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{IoSlice, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -158,12 +158,7 @@ impl Out {
         match a {
             Action::Open(job) => self.open(job),
             Action::Reopen(job, offset) => self.reopen(job, offset),
-            Action::Write(r) => {
-                let bytes = buf
-                    .and_then(|b| b.get(r))
-                    .ok_or_else(|| Error::Protocol("internal: a piece outside its buffer".into()))?;
-                self.write(bytes)
-            }
+            Action::Write(r) => self.write_pieces(buf, &[r]),
             Action::Owned(v) => self.write(&v),
             Action::Finish => self.finish(w),
             Action::Sync => self.sync_all(),
@@ -212,6 +207,43 @@ impl Out {
         f.set_len(offset).map_err(|e| Error::io(part, e))?;
         f.seek(SeekFrom::Start(offset)).map_err(|e| Error::io(part, e))?;
         *current = Some((job, f));
+        Ok(())
+    }
+
+    /// Writes pieces of the current file that lie in `buf`, in order, with
+    /// as few system calls as the kernel allows.
+    fn write_pieces(&mut self, buf: Option<&[u8]>, pieces: &[Range<usize>]) -> Result<(), Error> {
+        let outside = || Error::Protocol("internal: a piece outside its buffer".into());
+        let buf = buf.ok_or_else(outside)?;
+        let mut slices = Vec::with_capacity(pieces.len());
+        for r in pieces {
+            slices.push(IoSlice::new(buf.get(r.clone()).ok_or_else(outside)?));
+        }
+        let Out::Dir {
+            root,
+            current,
+            budget,
+            ..
+        } = self
+        else {
+            return slices.iter().try_for_each(|s| self.write(s));
+        };
+        let Some((job, f)) = current else {
+            return Err(Error::Protocol("internal: data before its file".into()));
+        };
+        if job.size == UNKNOWN_SIZE {
+            let n: usize = slices.iter().map(|s| s.len()).sum();
+            stream_room(root, budget, n as u64)?;
+        }
+        let mut left = &mut slices[..];
+        while !left.is_empty() {
+            match f.write_vectored(left) {
+                Ok(0) => return Err(Error::io(&job.part, std::io::ErrorKind::WriteZero.into())),
+                Ok(n) => IoSlice::advance_slices(&mut left, n),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io(&job.part, e)),
+            }
+        }
         Ok(())
     }
 
@@ -338,10 +370,24 @@ fn write_worker(
     let mut w = Written::default();
     while let Some(batch) = ops.blocking_recv() {
         let buf = batch.buf;
-        for a in batch.actions {
+        let mut actions = batch.actions.into_iter().peekable();
+        while let Some(a) = actions.next() {
             let sync = matches!(a, Action::Sync);
             let stop = matches!(a, Action::Abort { .. });
-            if let Err(e) = out.apply(a, buf.as_deref(), &mut w) {
+            let done = match a {
+                // A run of pieces of one file goes out in one system call.
+                Action::Write(first) => {
+                    let mut run = vec![first];
+                    while let Some(Action::Write(_)) = actions.peek() {
+                        if let Some(Action::Write(r)) = actions.next() {
+                            run.push(r);
+                        }
+                    }
+                    out.write_pieces(buf.as_deref(), &run)
+                }
+                a => out.apply(a, buf.as_deref(), &mut w),
+            };
+            if let Err(e) = done {
                 out.abort(false);
                 let _ = back.send(Back::Failed(e));
                 return w;
