@@ -663,10 +663,13 @@ impl Fixture {
             for mut c in hose.incoming().flatten() {
                 std::thread::spawn(move || {
                     let _ = c.set_nodelay(true);
-                    // One byte per packet: the exit reads them one by one.
-                    while c.write_all(b"x").is_ok() {
-                        std::thread::sleep(Duration::from_micros(50));
+                    // First enough to fill the kernel's buffers on the way
+                    // (so that what follows is held by the proxy), then one
+                    // byte per packet: the exit reads them a few at a time.
+                    if c.write_all(&[b'b'; BULK]).is_err() {
+                        return;
                     }
+                    while c.write_all(b"x").is_ok() {}
                 });
             }
         });
@@ -946,12 +949,21 @@ fn rss_mib(pid: u32) -> u64 {
     kb / 1024
 }
 
+/// What the trickling tests write in bulk first: more than the kernel's
+/// socket buffers between the tunnel and the side that never reads take
+/// (about 1 MiB on loopback), less than a stream's window (4 MiB).
+const BULK: usize = 2 << 20;
+
 /// Issue 14, 2 and 3, with real processes: one-byte writes toward a side
-/// that never reads, in both directions; the exit's and the proxy's memory
-/// stays within a few tens of MiB. (The issue saw 3 GB at the exit in 20 s
-/// and 520 MB per stream at the proxy; on this test's host the same steps
-/// did not make the old build grow either, so the per-frame bound itself is
-/// shown by `tunnel::tests::one_byte_frames_are_held_in_gathered_copies`.)
+/// that never reads, in both directions, once the kernel's buffers on the
+/// way are full (a bulk write first), so that the exit and the proxy hold
+/// what arrives as thousands of tiny frames. Before the fix the exit held
+/// each small frame in a buffer of its own: the build before the core
+/// reshape (`4a2909d`) went from 6 to 1,010 MiB in 10 s at the exit, and
+/// the build before the fix (`64620ae`) to 702 MiB at the exit and 267 MiB
+/// at the proxy in 8 s (`BURROW_TEST_BIN=old/burrow cargo test -p
+/// burrow-cli --test cli one_byte_frames` fails). Now both stay within a
+/// few MiB of where they started.
 #[test]
 fn one_byte_frames_toward_a_side_that_never_reads_keep_memory_bounded() {
     let f = Fixture::new();
@@ -959,22 +971,29 @@ fn one_byte_frames_toward_a_side_that_never_reads_keep_memory_bounded() {
     let (proxy, socks) = f.proxy(f.hb.path(), &addr);
     let (exit_pid, proxy_pid) = (f.exit.child.id(), proxy.child.id());
     let (exit_before, proxy_before) = (rss_mib(exit_pid), rss_mib(proxy_pid));
-    // Up: a client trickles one byte per write into a destination that never reads.
+    // Up: a client writes a bulk, then one byte per write, into a
+    // destination that never reads.
     let mut up = socks_connect(&socks, f.sink_port, None);
     up.set_nodelay(true).unwrap();
     up.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
-    // Down: the destination trickles, the client never reads.
+    let bulk_until = std::time::Instant::now() + Duration::from_secs(10);
+    let mut bulk = 0;
+    while bulk < BULK && std::time::Instant::now() < bulk_until {
+        let n = (BULK - bulk).min(64 * 1024);
+        bulk += up.write(&vec![b'b'; n]).unwrap_or(0);
+    }
+    assert_eq!(bulk, BULK, "the bulk did not go up");
+    // Down: the destination does the same, the client never reads.
     let down: Vec<_> = (0..3)
         .map(|_| socks_connect(&socks, f.hose_port, Some(4096)))
         .collect();
-    // One byte per packet, so that the proxy reads (and sends) one byte per
-    // frame; stop early once either process is past its bound.
+    // Stop early once either process is past its bound.
     let (exit_max, proxy_max) = (exit_before + 48, proxy_before + 64);
-    let until = std::time::Instant::now() + Duration::from_secs(3);
+    let until = std::time::Instant::now() + Duration::from_secs(10);
     let mut frames = 0u64;
     let mut peak = (0, 0);
     while std::time::Instant::now() < until && peak.0 < exit_max && peak.1 < proxy_max {
-        for _ in 0..2000 {
+        for _ in 0..5000 {
             if up.write(b"y").is_err() {
                 break;
             }
@@ -982,7 +1001,7 @@ fn one_byte_frames_toward_a_side_that_never_reads_keep_memory_bounded() {
         }
         peak = (peak.0.max(rss_mib(exit_pid)), peak.1.max(rss_mib(proxy_pid)));
     }
-    assert!(frames > 10_000, "only {frames} one-byte writes went up");
+    assert!(frames > 100_000, "only {frames} one-byte writes went up");
     assert!(peak.0 < exit_max, "exit: {exit_before} -> {} MiB", peak.0);
     assert!(peak.1 < proxy_max, "proxy: {proxy_before} -> {} MiB", peak.1);
     // Still serving.

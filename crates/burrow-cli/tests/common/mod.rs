@@ -8,7 +8,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_burrow");
+/// The binary under test: this build's, or another one named by
+/// `BURROW_TEST_BIN` (to show that a test fails against an older build).
+pub fn bin() -> std::ffi::OsString {
+    std::env::var_os("BURROW_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_burrow").into())
+}
 pub const WAIT: Duration = Duration::from_secs(60);
 
 /// Kills the process when dropped.
@@ -67,7 +71,7 @@ impl Proc {
 
 /// A `burrow` command with a clean environment: its own HOME, no relay set.
 pub fn burrow(home: &Path) -> Command {
-    let mut c = Command::new(BIN);
+    let mut c = Command::new(bin());
     // This machine has a real interface: only namespace tests may use direct paths.
     c.env_remove("BURROW_RELAY")
         .env_remove("BURROW_CONFIG")
@@ -221,7 +225,8 @@ impl Netns {
     /// `burrow` inside the namespace, with a clean environment and its own HOME.
     pub fn burrow(&self, home: &Path) -> Command {
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name, BIN])
+        c.args(["netns", "exec", &self.name])
+            .arg(bin())
             .env_remove("BURROW_RELAY")
             .env_remove("BURROW_CONFIG")
             .env_remove("BURROW_RELAY_ONLY")
