@@ -33,7 +33,7 @@ pub use relay::RelayTrust;
 
 use exit::shown_host;
 use relay::{end_to_end, relay_link};
-use session::{Inflow, OnOpen, Tunnel, as_record};
+use session::{Inflow, OnOpen, Opening, Tunnel};
 
 /// How long a connect to a destination may take at the exit.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

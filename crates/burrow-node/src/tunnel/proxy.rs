@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::Notify;
 
 use burrow_proto::connector::Msg;
 use burrow_proto::session::Side;
@@ -111,26 +111,13 @@ impl Proxy {
                 return Err((ResetReason::Failure, e.to_string()));
             }
         };
-        let (tx, opened) = oneshot::channel();
-        // Room in the writer's queue first; then the id, the stream's entry
-        // and the queued Open under one lock, so that Opens leave in the
-        // order of their ids whatever the number of clients opening at once
-        // (the exit refuses an id below one it has seen).
-        let Ok(permit) = t.out.reserve().await else {
-            return Err((ResetReason::Failure, "the tunnel closed".into()));
-        };
-        let (id, inflow, writable) = {
-            let mut streams = lock(&t.streams);
-            let (id, frame) = lock(&t.mux)
-                .open(host, port)
-                .map_err(|e| (ResetReason::Failure, e.to_string()))?;
-            // Registered before Open goes out: bytes the destination sends
-            // right after connecting (an SSH banner) wait in the stream's queue.
-            let (inflow, writable) = Tunnel::register_in(&mut streams, id, Some(tx));
-            permit.send(as_record(&frame));
-            (id, inflow, writable)
-        };
-        match tokio::time::timeout(self.cfg.open_wait, opened).await {
+        let Opening {
+            id,
+            inflow,
+            writable,
+            answer,
+        } = t.open_stream(host, port).await?;
+        match tokio::time::timeout(self.cfg.open_wait, answer).await {
             Ok(Ok(Ok(()))) => Ok(Opened {
                 t,
                 id,

@@ -24,6 +24,15 @@ pub(super) struct StreamIo {
     pub(super) opened: Option<oneshot::Sender<Result<(), (ResetReason, String)>>>,
 }
 
+/// A stream the proxy's end has asked the exit for ([`Tunnel::open_stream`]).
+pub(super) struct Opening {
+    pub(super) id: u32,
+    pub(super) inflow: Arc<Inflow>,
+    pub(super) writable: Arc<Notify>,
+    /// The exit's answer: `Opened`, or the reset that refused it.
+    pub(super) answer: oneshot::Receiver<Result<(), (ResetReason, String)>>,
+}
+
 /// A running tunnel: the mux, the frame writer, the streams.
 pub(super) struct Tunnel {
     pub(super) mux: Mutex<Mux>,
@@ -585,6 +594,34 @@ impl Tunnel {
         (inflow, writable)
     }
 
+    /// Opens a stream to `host:port` from the proxy's end: queues its
+    /// `Open` and registers the stream (so that bytes the destination sends
+    /// at once, an SSH banner, wait in its queue). Returns the id, the
+    /// stream's plumbing, and what the exit answers.
+    ///
+    /// Room in the writer's queue comes first; then the id, the stream's
+    /// entry and the queued `Open` under one lock, so that `Open`s leave in
+    /// the order of their ids whatever the number of clients opening at
+    /// once, on any runtime (the exit refuses an id below one it has seen).
+    pub(super) async fn open_stream(&self, host: Host, port: u16) -> Result<Opening, (ResetReason, String)> {
+        let (tx, answer) = oneshot::channel();
+        let Ok(permit) = self.out.reserve().await else {
+            return Err((ResetReason::Failure, "the tunnel closed".into()));
+        };
+        let mut streams = lock(&self.streams);
+        let (id, frame) = lock(&self.mux)
+            .open(host, port)
+            .map_err(|e| (ResetReason::Failure, e.to_string()))?;
+        let (inflow, writable) = Tunnel::register_in(&mut streams, id, Some(tx));
+        permit.send(as_record(&frame));
+        Ok(Opening {
+            id,
+            inflow,
+            writable,
+            answer,
+        })
+    }
+
     /// Queues a frame (plaintext); it is copied into record layout.
     pub(super) async fn send(&self, frame: Vec<u8>) -> bool {
         self.out.send(as_record(&frame)).await.is_ok()
@@ -779,6 +816,72 @@ mod tests {
         let mut w = Trickle(Vec::new());
         write_all_frames(&mut w, &frames).await.unwrap();
         assert_eq!(w.0, frames.concat());
+    }
+
+    /// Issue 14, 7: hundreds of clients open streams at once on a
+    /// multi-threaded runtime while the writer's queue is full (the
+    /// connection's buffers are tiny and the peer does not read yet): the
+    /// `Open`s still reach the peer in the order of their ids. (With the id
+    /// taken before waiting for room, as before the fix, two opens racing
+    /// on two threads left out of order and the exit ended the tunnel.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn opens_leave_in_id_order_when_many_wait_for_room() {
+        use burrow_proto::channel::pake::SessionKey;
+        use burrow_proto::session::handshake_in_memory;
+        use burrow_proto::tunnel::mux::Frame;
+        const OPENS: usize = 600;
+        let (a, b) = handshake_in_memory(
+            &SessionKey::from_bytes([7; 32]),
+            "open order test",
+            crate::platform::aead(),
+            &mut burrow_proto::random::seeded(7),
+        )
+        .unwrap();
+        let (sa, oa) = a.split();
+        let (_, mut ob) = b.split();
+        let l = tokio::net::TcpSocket::new_v4().unwrap();
+        l.set_recv_buffer_size(4096).unwrap();
+        l.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let l = l.listen(1).unwrap();
+        let c = tokio::net::TcpSocket::new_v4().unwrap();
+        c.set_send_buffer_size(4096).unwrap();
+        let client = c.connect(l.local_addr().unwrap()).await.unwrap();
+        let (mut peer, _) = l.accept().await.unwrap();
+        let t = Tunnel::start(client, sa, oa, End::Client, None, Duration::from_secs(60));
+        let opens: Vec<_> = (0..OPENS)
+            .map(|i| {
+                let t = t.clone();
+                tokio::spawn(async move {
+                    let host = Host::Name(format!("host{i}.example"));
+                    t.open_stream(host, 80).await.map(|o| o.id)
+                })
+            })
+            .collect();
+        // Let the queue fill and the opens pile up behind it.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut inbox = Inbox::new(256 * 1024);
+        let mut ids = Vec::new();
+        loop {
+            while let Some(r) = inbox.open_next(&mut ob).unwrap() {
+                if let Frame::Open { stream, .. } = Frame::decode(&inbox.buffer()[r]).unwrap() {
+                    ids.push(stream);
+                }
+            }
+            if ids.len() == OPENS {
+                break;
+            }
+            let n = tokio::time::timeout(Duration::from_secs(10), peer.read(inbox.space()))
+                .await
+                .unwrap_or_else(|_| panic!("the Opens stopped coming after {}", ids.len()))
+                .unwrap();
+            assert!(n > 0, "the tunnel closed after {} Opens", ids.len());
+            inbox.filled(n);
+        }
+        for o in opens {
+            o.await.unwrap().unwrap();
+        }
+        let late: Vec<_> = ids.windows(2).filter(|w| w[1] <= w[0]).map(|w| w[1]).collect();
+        assert!(late.is_empty(), "{} Opens out of id order: {late:?}", late.len());
     }
 
     #[test]
