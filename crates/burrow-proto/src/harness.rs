@@ -86,6 +86,10 @@ impl<A: Endpoint, B: Endpoint> TwoEnds<A, B> {
         &self.b.e
     }
 
+    pub(crate) fn a_mut(&mut self) -> &mut A {
+        &mut self.a.e
+    }
+
     pub(crate) fn b_mut(&mut self) -> &mut B {
         &mut self.b.e
     }

@@ -19,6 +19,7 @@
 //! | [`connector`] | seed 000: the relay as a mailbox joining a proxy to an exit |
 //! | [`transfer`] | files, folders, text and streams inside a session: both sides' machines |
 //! | [`tunnel`] | streams over one session (mux), egress policy, SOCKS5 / HTTP CONNECT |
+//! | [`mesh`] | seed 002: node links (handshake, keepalives, rekeying), packets, signed node records |
 //! | `fuzzing` | entry points of the fuzz targets and their corpus replay (feature `fuzzing`, and tests) |
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
@@ -31,6 +32,7 @@ pub mod fuzzing;
 pub(crate) mod harness;
 pub mod keys;
 pub mod lobby;
+pub mod mesh;
 pub mod random;
 pub mod session;
 pub mod staple;

@@ -65,19 +65,76 @@ fn base32(bytes: &[u8]) -> String {
     out
 }
 
+/// What a fingerprint spells: the first 15 bytes of BLAKE3("burrow
+/// identity v1" ‖ x25519 ‖ ed25519). The mesh names nodes by it (node id),
+/// so "my machines" have one name everywhere: `burrow id`, the peer book,
+/// node lists, `burrow node ping`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(pub [u8; 15]);
+
+impl NodeId {
+    /// Reads a fingerprint as printed (`k3vq-7zpa-…`, dashes and case
+    /// optional); `None` if it is not 24 base32 letters.
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut out = [0u8; 15];
+        let (mut acc, mut bits, mut n, mut letters) = (0u32, 0u32, 0usize, 0usize);
+        for c in s.bytes().filter(|&c| c != b'-') {
+            let v = match c.to_ascii_lowercase() {
+                c @ b'a'..=b'z' => c - b'a',
+                c @ b'2'..=b'7' => c - b'2' + 26,
+                _ => return None,
+            };
+            letters += 1;
+            if letters > 24 {
+                return None;
+            }
+            acc = (acc << 5) | u32::from(v);
+            bits += 5;
+            if bits >= 8 {
+                bits -= 8;
+                out[n] = (acc >> bits) as u8;
+                n += 1;
+            }
+        }
+        (letters == 24).then_some(NodeId(out))
+    }
+}
+
+impl std::fmt::Display for NodeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let b32 = base32(&self.0);
+        for (i, c) in b32.as_bytes().chunks(4).enumerate() {
+            if i > 0 {
+                f.write_str("-")?;
+            }
+            f.write_str(std::str::from_utf8(c).unwrap_or_default())?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NodeId({self})")
+    }
+}
+
 impl PublicIdentity {
-    /// The fingerprint, e.g. `k3vq-7zpa-...` (six groups of four).
-    pub fn fingerprint(&self) -> String {
+    /// The node id these keys make (see [`NodeId`]).
+    pub fn id(&self) -> NodeId {
         let mut h = blake3::Hasher::new();
         h.update(b"burrow identity v1");
         h.update(&self.x25519);
         h.update(&self.ed25519);
-        let b32 = base32(&h.finalize().as_bytes()[..15]);
-        b32.as_bytes()
-            .chunks(4)
-            .map(|c| std::str::from_utf8(c).unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("-")
+        let mut id = [0u8; 15];
+        id.copy_from_slice(&h.finalize().as_bytes()[..15]);
+        NodeId(id)
+    }
+
+    /// The fingerprint, e.g. `k3vq-7zpa-...` (six groups of four): the
+    /// node id as printed.
+    pub fn fingerprint(&self) -> String {
+        self.id().to_string()
     }
 
     /// Checks a signature made with [`Identity::sign`].
@@ -156,6 +213,20 @@ mod tests {
         assert!(a.public().verify(b"hello", &sig));
         assert!(!a.public().verify(b"hellO", &sig));
         assert!(!b.public().verify(b"hello", &sig));
+    }
+
+    #[test]
+    fn node_ids_read_back_from_their_fingerprints() {
+        for seed in 0..20 {
+            let id = Identity::generate(&mut seeded(seed)).public().id();
+            let fp = id.to_string();
+            assert_eq!(NodeId::parse(&fp), Some(id));
+            assert_eq!(NodeId::parse(&fp.replace('-', "").to_uppercase()), Some(id));
+            assert_eq!(NodeId::parse(&fp[..fp.len() - 1]), None);
+            assert_eq!(NodeId::parse(&format!("{fp}a")), None);
+        }
+        assert_eq!(NodeId::parse("1111-2222-3333-4444-5555-6666"), None);
+        assert_eq!(NodeId::parse(""), None);
     }
 
     #[test]

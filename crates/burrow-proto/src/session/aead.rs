@@ -139,6 +139,21 @@ impl Key {
         }))
     }
 
+    /// Noise's `REKEY(k)`: the first 32 bytes of `ENCRYPT(k, 2^64 - 1, "",
+    /// 32 zero bytes)` (Noise spec §11.3, AESGCM nonce encoding), as a key
+    /// on the same backend.
+    pub fn rekey(&self) -> Result<Self, AeadError> {
+        let mut next = zeroize::Zeroizing::new([0u8; 32]);
+        let mut nonce = [0u8; 12];
+        nonce[4..].copy_from_slice(&u64::MAX.to_be_bytes());
+        self.seal_in_place(nonce, &mut next[..])?;
+        let backend = match self.0 {
+            Inner::Ring(_) => Backend::Ring,
+            Inner::AwsLc(_) => Backend::AwsLc,
+        };
+        Key::new(backend, &next)
+    }
+
     /// Encrypts `body` in place (no associated data); returns the tag.
     pub fn seal_in_place(&self, nonce: Nonce, body: &mut [u8]) -> Result<[u8; TAG_LEN], AeadError> {
         let mut out = [0u8; TAG_LEN];

@@ -53,6 +53,9 @@ pub const NOISE_NNPSK0: &str = "Noise_NNpsk0_25519_AESGCM_SHA256";
 /// and proxy): mutual authentication by static keys, forward secrecy by
 /// ephemeral ones.
 pub const NOISE_XX: &str = "Noise_XX_25519_AESGCM_SHA256";
+/// The Noise protocol between two mesh nodes when the initiator already
+/// knows the responder's static key (from a node record or the peer book).
+pub const NOISE_IK: &str = "Noise_IK_25519_AESGCM_SHA256";
 /// Largest Noise message (ciphertext).
 pub const MAX_RECORD: usize = 65535;
 /// AEAD tag length.
@@ -187,6 +190,38 @@ impl Handshake {
         Self::build(NOISE_XX, side, context, backend, rng, |b| {
             b.local_private_key(local_static)
         })
+    }
+
+    /// An `IK` handshake: the initiator names the responder's static key
+    /// (`remote_static`, required on that side, ignored on the other), so
+    /// its first message already carries its own static key encrypted to
+    /// the responder, and a responder with another key fails at once.
+    pub fn ik(
+        side: Side,
+        local_static: &[u8; 32],
+        remote_static: Option<&[u8; 32]>,
+        context: &str,
+        backend: aead::Backend,
+        rng: &mut dyn Random,
+    ) -> Result<Self, SessionError> {
+        Self::build(NOISE_IK, side, context, backend, rng, |b| {
+            let b = b.local_private_key(local_static)?;
+            match (side, remote_static) {
+                (Side::Initiator, Some(k)) => b.remote_public_key(k),
+                (Side::Initiator, None) => Err(snow::Error::Input),
+                (Side::Responder, _) => Ok(b),
+            }
+        })
+    }
+
+    /// The handshake hash so far (after the last message: the channel
+    /// binding a PAKE run inside the session mixes in).
+    pub fn hash(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        let h = self.hs.get_handshake_hash();
+        let n = h.len().min(32);
+        out[..n].copy_from_slice(&h[..n]);
+        out
     }
 
     /// The peer's static key, once a message carrying it was read.
@@ -350,6 +385,16 @@ impl Sealer {
     }
 }
 
+impl Sealer {
+    /// Noise's `Rekey()` for this direction: the key becomes the first 32
+    /// bytes of `ENCRYPT(k, 2^64 - 1, "", zeros)`; the nonce counter goes on.
+    /// Both ends must rekey at the same record (the protocol says when).
+    pub fn rekey(&mut self) -> Result<(), SessionError> {
+        self.key = self.key.rekey().map_err(|_| SessionError::Exhausted)?;
+        Ok(())
+    }
+}
+
 fn check_plaintext(len: usize) -> Result<(), SessionError> {
     if len > MAX_PLAINTEXT {
         return Err(SessionError::Malformed(DecodeError::TooLong {
@@ -417,6 +462,14 @@ impl Opener {
             .map_err(|_| SessionError::Integrity)?;
         self.nonce += 1;
         Ok(plain)
+    }
+}
+
+impl Opener {
+    /// Noise's `Rekey()` for this direction (see [`Sealer::rekey`]).
+    pub fn rekey(&mut self) -> Result<(), SessionError> {
+        self.key = self.key.rekey().map_err(|_| SessionError::Exhausted)?;
+        Ok(())
     }
 }
 
@@ -596,6 +649,86 @@ mod tests {
             snow_side.write_message(n as u64, &msg, &mut back).unwrap();
             assert_eq!(rx.open_in_place(&mut back).unwrap(), &msg[..]);
         }
+    }
+
+    /// `Rekey()` is Noise's: after snow rekeys its side, the two still
+    /// read each other, and records sealed before and after differ in key.
+    #[test]
+    fn rekey_matches_snow() {
+        let mut i = nn(&key(5), "r", Side::Initiator);
+        let mut r = nn(&key(5), "r", Side::Responder);
+        r.read_message(&i.write_message().unwrap()[LEN_PREFIX..]).unwrap();
+        i.read_message(&r.write_message().unwrap()[LEN_PREFIX..]).unwrap();
+        let mut snow_side = r.hs.into_stateless_transport_mode().unwrap();
+        let (mut tx, mut rx) = i.into_transport().unwrap().split();
+        let msg = b"after the rekey";
+        let mut before = Vec::new();
+        tx.seal(msg, &mut before).unwrap();
+        tx.rekey().unwrap();
+        snow_side.rekey_incoming();
+        let mut wire = Vec::new();
+        tx.seal(msg, &mut wire).unwrap();
+        let mut plain = [0u8; 64];
+        let n = snow_side
+            .read_message(1, &wire[LEN_PREFIX..], &mut plain)
+            .unwrap();
+        assert_eq!(&plain[..n], msg);
+        snow_side.rekey_outgoing();
+        let mut back = vec![0u8; msg.len() + TAG_LEN];
+        snow_side.write_message(0, msg, &mut back).unwrap();
+        rx.rekey().unwrap();
+        assert_eq!(rx.open_in_place(&mut back).unwrap(), msg);
+    }
+
+    #[test]
+    fn ik_authenticates_the_named_responder_in_one_round_trip() {
+        use crate::keys::Identity;
+        use crate::random::seeded;
+        let (a, b, c) = (
+            Identity::generate(&mut seeded(7)),
+            Identity::generate(&mut seeded(8)),
+            Identity::generate(&mut seeded(9)),
+        );
+        let be = aead::Backend::Ring;
+        let bk = b.public().x25519;
+        let mut i = Handshake::ik(
+            Side::Initiator,
+            a.x25519_secret(),
+            Some(&bk),
+            "m",
+            be,
+            &mut seeded(1),
+        )
+        .unwrap();
+        let mut r = Handshake::ik(Side::Responder, b.x25519_secret(), None, "m", be, &mut seeded(2)).unwrap();
+        let m1 = i.write_message_with(b"hi").unwrap();
+        assert_eq!(r.read_message_payload(&m1[LEN_PREFIX..]).unwrap(), b"hi");
+        assert_eq!(
+            r.remote_static(),
+            Some(a.public().x25519),
+            "the initiator's key came in message 1"
+        );
+        i.read_message(&r.write_message().unwrap()[LEN_PREFIX..]).unwrap();
+        assert!(i.is_finished() && r.is_finished());
+        assert_eq!(i.hash(), r.hash());
+        // A responder with another key cannot read message 1.
+        let mut i = Handshake::ik(
+            Side::Initiator,
+            a.x25519_secret(),
+            Some(&bk),
+            "m",
+            be,
+            &mut seeded(3),
+        )
+        .unwrap();
+        let mut wrong =
+            Handshake::ik(Side::Responder, c.x25519_secret(), None, "m", be, &mut seeded(4)).unwrap();
+        assert!(
+            wrong
+                .read_message(&i.write_message().unwrap()[LEN_PREFIX..])
+                .is_err()
+        );
+        assert!(Handshake::ik(Side::Initiator, a.x25519_secret(), None, "m", be, &mut seeded(5)).is_err());
     }
 
     #[test]

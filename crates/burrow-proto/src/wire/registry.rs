@@ -11,6 +11,7 @@
 //! | `BRWX` | the connector (seed 000) | [`crate::connector`] |
 //! | four hex digits | a lobby packet (seed 003) | [`crate::lobby`] |
 //! | `BRWL` | a LAN announcement (UDP, never on the relay's port) | [`crate::channel::lan`] |
+//! | `BRWM` | a mesh link (seed 002; to a node's port, never the relay's) | [`crate::mesh::packet`] |
 //!
 //! Message type codes inside sessions, per codec (each decoder refuses a
 //! code it does not know with [`DecodeError::Unknown`](super::DecodeError),
@@ -22,6 +23,7 @@
 //! | mux frames ([`crate::tunnel::mux::Frame`]) | 0x01–0x06 |
 //! | connector messages ([`crate::connector::Msg`]) | 0x01–0x08 |
 //! | staple replies ([`crate::staple::StapleReply`]) | 0x00, 0x01, 0xff |
+//! | mesh packets ([`crate::mesh::packet::Packet`]) | 0x00–0x0d (the seed's ids) |
 
 use crate::staple::{IDENTITY_MAGIC, STAPLE_MAGIC, TOKEN_MAGIC};
 
@@ -71,6 +73,7 @@ mod tests {
     fn every_start_is_claimed_once() {
         let mut all: Vec<&[u8; 4]> = MAGICS.iter().map(|(m, _)| *m).collect();
         all.push(crate::channel::lan::MAGIC);
+        all.push(crate::mesh::packet::MAGIC);
         let n = all.len();
         all.sort();
         all.dedup();
@@ -81,6 +84,7 @@ mod tests {
         assert_eq!(classify(b"BRWS"), Some(Protocol::Staple));
         assert_eq!(classify(b"00ff"), Some(Protocol::Lobby));
         assert_eq!(classify(b"BRWL"), None, "LAN datagrams never come to the relay");
+        assert_eq!(classify(b"BRWM"), None, "mesh links go to nodes, not the relay");
         assert_eq!(classify(b"SSH-"), None);
     }
 
@@ -98,6 +102,12 @@ mod tests {
             assert!(
                 unknown(crate::tunnel::mux::Frame::decode(&[code, 0, 0, 0, 1]).map(|_| ())),
                 "mux {code:#x}"
+            );
+        }
+        for code in 0x0e..=0xff_u8 {
+            assert!(
+                unknown(crate::mesh::packet::Packet::decode(&[code]).map(|_| ())),
+                "mesh {code:#x}"
             );
         }
         for code in [0x00, 0x09, 0xff_u8] {
