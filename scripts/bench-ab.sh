@@ -7,7 +7,10 @@
 # Leave the first round out when reading: whichever build runs first after
 # the file is written pays for the page cache.
 #
-# Usage: [DIR=/dev/shm] [ROUNDS=3] scripts/bench-ab.sh OLD_BIN NEW_BIN
+# Usage: [DIR=/dev/shm] [ROUNDS=3] [MODES="relay direct"] [FILES=1]
+#        scripts/bench-ab.sh OLD_BIN NEW_BIN
+# (MODES: which 1 GiB paths to run; FILES=0 leaves the small files out;
+# WARM_MIB: fresh memory touched once before, default 16 GiB.)
 # Runs inside a private network namespace (lo, plus a veth address so that
 # direct paths have one to advertise); data in $DIR (/dev/shm, or /tmp for
 # a disk file system). Needs GNU time (installed if missing).
@@ -16,6 +19,8 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OLD=$(realpath "${1:?the old burrow binary}")
 NEW=$(realpath "${2:?the new burrow binary}")
 ROUNDS=${ROUNDS:-3}
+MODES=${MODES:-relay direct}
+FILES=${FILES:-1}
 DIR=${DIR:-/dev/shm}
 if [ -z "${BURROW_BENCH_IN_NS:-}" ]; then
     # shellcheck source=scripts/bench-install.sh
@@ -31,6 +36,11 @@ WORK_NAME=burrow-ab
 lan_address
 cd "$WORK"
 echo "== A/B, $(nproc) cores, data in $DIR: old $OLD, new $NEW"
+# Fresh guest pages cost this VM a host fault on first touch (see
+# warm_memory): unwarmed, whichever build happened to get fresh pages for
+# its 1 GiB ran at half speed, which looked like a 2x difference between
+# builds and followed the position in the round, not the build.
+warm_memory "${WARM_MIB:-16384}"
 head -c $((1024 * 1024 * 1024)) /dev/urandom > data.bin
 python3 - <<'PY'
 import os
@@ -59,7 +69,7 @@ one() { # n bin what [flag]: one transfer of `what` under code n; prints seconds
     python3 -c "print(f'{$t1 - $t0:.4f}')"
 }
 for r in $(seq 1 "$ROUNDS"); do
-    for mode in relay direct; do
+    for mode in $MODES; do
         flag=; [ "$mode" = relay ] && flag=--relay-only
         for which in old new; do
             bin=$OLD; [ "$which" = new ] && bin=$NEW
@@ -69,6 +79,7 @@ for r in $(seq 1 "$ROUNDS"); do
             echo "round $r, 1 GiB $mode, $which: $(python3 -c "print(f'{1073741824 / $s / 1e6:.0f}')") MB/s  (CPU-s sender $(cpu send.err), receiver $(cpu recv.err))"
         done
     done
+    [ "$FILES" = 1 ] || continue
     for which in old new; do
         bin=$OLD; [ "$which" = new ] && bin=$NEW
         n=$((n + 1))

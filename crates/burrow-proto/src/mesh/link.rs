@@ -927,6 +927,13 @@ impl Link {
         }
     }
 
+    /// Seals any plaintext as a record (fuzzing: a peer that sends what it likes).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn seal_raw(&mut self, plain: &[u8]) -> Result<(), SessionError> {
+        let sealer = self.sealer.as_mut().ok_or(SessionError::Exhausted)?;
+        sealer.seal(plain, &mut self.out)
+    }
+
     /// Marks traffic sent by the owner at `now` that the peer should
     /// answer (tunnel data, pings): unanswered for
     /// [`LinkConfig::probe_after`], it makes a probe.

@@ -7,6 +7,7 @@
 //! |---|---|
 //! | [`packet`] | the seed's packets 0x00–0x0d, the link's preamble and framing |
 //! | [`record`] | signed node records, their checks, the node list digest |
+//! | [`table`] | the node table: checked records, bounded, digest and pages for NLIST |
 //! | [`link`] | one link as a machine: handshake (Noise `XX` / `IK` under HELLO … FIN_ACK), keepalives, rekeying, DISCONNECT |
 //!
 //! Message flow of a link, from dial to close:
@@ -26,3 +27,4 @@
 pub mod link;
 pub mod packet;
 pub mod record;
+pub mod table;
