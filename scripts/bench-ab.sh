@@ -57,6 +57,9 @@ n=0
 one() { # n bin what [flag]: one transfer of `what` under code n; prints seconds
     local n=$1 bin=$2 what=$3 flag=${4:-}
     rm -rf out; mkdir out
+    # Deleting the last run's 20,000 files leaves ext4 work behind (journal,
+    # writeback) that the next transfer would pay for: settle it first.
+    sync
     # shellcheck disable=SC2086
     /usr/bin/time -v timeout 300 "$bin" send $flag --relay 127.0.0.1:7300 --code "$n-absorb-zebra-captain" "$what" 2> send.err &
     local sp=$!

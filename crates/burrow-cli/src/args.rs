@@ -80,6 +80,14 @@ pub enum Command {
         after_help = "Examples:\n  burrow proxy home --relay relay.example\n  curl --socks5-hostname 127.0.0.1:1080 https://example.com/\n  burrow proxy home --forward 127.0.0.1:2222=10.0.0.5:22"
     )]
     Proxy(ProxyArgs),
+    /// Run a mesh node (seed 002) in the foreground, or ask the running one
+    /// (`status`, `nodes`, `ping`). Nodes link to each other, keep the links
+    /// alive and tell each other about the nodes they know.
+    #[command(
+        after_help = "Examples:\n  burrow node --listen 0.0.0.0:9010\n  burrow node --bootstrap home.example:9010\n  burrow node status\n  burrow node nodes --json\n  burrow node ping k3vq-7zpa-...",
+        args_conflicts_with_subcommands = true
+    )]
+    Node(NodeArgs),
     /// Print this installation's identity fingerprint (creating the identity on first use).
     Id {
         /// Print JSON: fingerprint and key file.
@@ -373,4 +381,66 @@ pub struct RelayArgs {
     /// before it gets Timeout.
     #[arg(long, default_value_t = 600, value_name = "SECS")]
     pub lobby_timeout: u64,
+}
+
+/// `burrow node`.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// Ask the running node instead of starting one.
+    #[command(subcommand)]
+    pub ask: Option<NodeAsk>,
+
+    /// Where to listen for links from other nodes.
+    #[arg(long, default_value = "0.0.0.0:9010", value_name = "HOST:PORT")]
+    pub listen: String,
+
+    /// A node to link to first (repeatable); the rest are learned from it.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub bootstrap: Vec<String>,
+
+    /// Seconds of silence after which a link is probed (the seed's
+    /// KEEPALIVE_INTERVAL); no answer within as long again closes it.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    pub keepalive: u64,
+
+    /// What this node calls itself in its record (default: the host name).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// An address to advertise in this node's record instead of the
+    /// listening one (repeatable; e.g. a public address behind port forwarding).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertise: Vec<String>,
+
+    /// Links kept up to learned nodes.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub links: usize,
+}
+
+/// What to ask a running node.
+#[derive(Debug, Subcommand)]
+pub enum NodeAsk {
+    /// This node: id, addresses, links (direction, state, RTT), why peers went offline, counters.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The node list: every node this node knows, with its addresses and whether it is online.
+    Nodes {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Round-trip time to a node over the mesh.
+    Ping {
+        /// Its id (as `burrow id` prints it, or a unique prefix) or its name.
+        node: String,
+        /// Pings to send, one a second.
+        #[arg(long, short = 'c', default_value_t = 3, value_name = "N")]
+        count: u32,
+        /// Print JSON (one object per ping).
+        #[arg(long)]
+        json: bool,
+    },
 }

@@ -93,6 +93,7 @@ async fn run(cli: Cli) -> Result<(), (String, i32)> {
         Command::Proxy(a) => cmd::tunnel::proxy(a, &cfg).await.map_err(node),
         Command::Peers { json } => cmd::peers(json).map_err(node),
         Command::Unpair { name } => cmd::unpair(&name).map_err(node),
+        Command::Node(a) => cmd::node::run(a).await.map_err(node),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "burrow", &mut std::io::stdout());

@@ -34,6 +34,7 @@
 //! | [`keys`] | [`keys::identity`] (this installation's keys, file 0600), [`keys::peers`] (paired peers), [`keys::pairing`] (`burrow pair`) |
 //! | `transfer` | one task per connection driving the transfer machines, a blocking file worker |
 //! | [`tunnel`] | seed 000: exit and proxy through the relay's connector, the mux driver |
+//! | [`mesh`] | seed 002: `burrow node`, its link tasks, gossip and control socket |
 //! | [`files`] | what a sender offers, where a receiver writes |
 //! | [`platform`] | what the sans-IO core takes from the machine: the OS RNG, the AEAD choice |
 //!
@@ -45,6 +46,7 @@ pub mod error;
 pub mod files;
 pub mod keys;
 pub mod meet;
+pub mod mesh;
 pub mod platform;
 mod transfer;
 pub mod tunnel;

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod node;
 pub mod receive;
 pub mod relay;
 pub mod send;
@@ -24,7 +25,7 @@ pub(crate) fn book() -> Result<PeerBook, Error> {
 }
 
 /// This machine's name, as a pairing name hint.
-fn host_name() -> String {
+pub(crate) fn host_name() -> String {
     let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))
         .unwrap_or_default();

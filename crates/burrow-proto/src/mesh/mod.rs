@@ -8,6 +8,7 @@
 //! | [`packet`] | the seed's packets 0x00–0x0d, the link's preamble and framing |
 //! | [`record`] | signed node records, their checks, the node list digest |
 //! | [`table`] | the node table: checked records, bounded, digest and pages for NLIST |
+//! | [`pair`] | pairing inside a link (SPAKE2 bound to the link's handshake hash) |
 //! | [`link`] | one link as a machine: handshake (Noise `XX` / `IK` under HELLO … FIN_ACK), keepalives, rekeying, DISCONNECT |
 //!
 //! Message flow of a link, from dial to close:
@@ -26,5 +27,6 @@
 
 pub mod link;
 pub mod packet;
+pub mod pair;
 pub mod record;
 pub mod table;

@@ -1,0 +1,191 @@
+//! `burrow node`: run a mesh node, or ask the running one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use burrow_node::Error;
+use burrow_node::mesh::{NodeConfig, control, default_control_path, run_node};
+use burrow_proto::transfer::escape_display;
+
+use crate::args::{NodeArgs, NodeAsk};
+
+fn control_path() -> Result<std::path::PathBuf, Error> {
+    default_control_path().ok_or_else(|| Error::Usage("neither XDG_DATA_HOME nor HOME is set".into()))
+}
+
+/// Text from another node, safe for a terminal.
+fn shown(v: &Value) -> String {
+    match v {
+        Value::String(s) => escape_display(s),
+        Value::Null => "-".into(),
+        other => escape_display(&other.to_string()),
+    }
+}
+
+pub async fn run(args: NodeArgs) -> Result<(), Error> {
+    match args.ask {
+        Some(NodeAsk::Status { json }) => show("status", json, print_status).await,
+        Some(NodeAsk::Nodes { json }) => show("nodes", json, print_nodes).await,
+        Some(NodeAsk::Ping { node, count, json }) => ping(&node, count.max(1), json).await,
+        None => serve(args).await,
+    }
+}
+
+/// Asks the running node for `op` and prints the answer (JSON as it came).
+async fn show(op: &str, json: bool, print: fn(&Value)) -> Result<(), Error> {
+    let v = control::request(&control_path()?, &json!({ "op": op })).await?;
+    if json {
+        println!("{v}");
+    } else {
+        print(&v);
+    }
+    Ok(())
+}
+
+async fn serve(args: NodeArgs) -> Result<(), Error> {
+    let listen = tokio::net::lookup_host(&args.listen)
+        .await
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| Error::Usage(format!("--listen {:?} is not HOST:PORT", args.listen)))?;
+    let mut advertise = Vec::new();
+    for a in &args.advertise {
+        let addr = tokio::net::lookup_host(a)
+            .await
+            .ok()
+            .and_then(|mut x| x.next())
+            .ok_or_else(|| Error::Usage(format!("--advertise {a:?} is not HOST:PORT")))?;
+        advertise.push(addr);
+    }
+    let name = args.name.unwrap_or_else(super::host_name);
+    if name.len() > burrow_proto::mesh::record::MAX_NAME {
+        return Err(Error::Usage(format!(
+            "--name is {} bytes; at most {} fit a node record",
+            name.len(),
+            burrow_proto::mesh::record::MAX_NAME
+        )));
+    }
+    run_node(NodeConfig {
+        me: Arc::new(super::my_identity()?),
+        name,
+        listen,
+        advertise,
+        bootstrap: args.bootstrap,
+        keepalive: Duration::from_secs(args.keepalive.max(1)),
+        control: control_path()?,
+        log: Arc::new(|l| eprintln!("{l}")),
+        target_links: args.links.max(1),
+        max_links: 256.max(args.links * 4),
+    })
+    .await
+}
+
+fn print_status(v: &Value) {
+    println!("node {} ({})", shown(&v["id"]), shown(&v["name"]));
+    println!("  listening on {}", shown(&v["listen"]));
+    if let Some(a) = v["addresses"].as_array() {
+        let a: Vec<String> = a.iter().map(shown).collect();
+        println!(
+            "  advertising {}",
+            if a.is_empty() {
+                "nothing".into()
+            } else {
+                a.join(", ")
+            }
+        );
+    }
+    println!("  knows {} node(s), up {} s", v["known_nodes"], v["uptime_s"]);
+    let links = v["links"].as_array().cloned().unwrap_or_default();
+    println!("links ({}):", links.len());
+    for l in &links {
+        let rtt = l["rtt_ms"]
+            .as_f64()
+            .map(|r| format!("{r:.2} ms"))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "  {:<29} {:<12} {:<8} {:<9} {:<21} rtt {}",
+            shown(&l["node"]),
+            shown(&l["name"]),
+            shown(&l["direction"]),
+            shown(&l["state"]),
+            shown(&l["addr"]),
+            rtt
+        );
+    }
+    let offline = v["offline"].as_array().cloned().unwrap_or_default();
+    if !offline.is_empty() {
+        println!("offline:");
+        for o in &offline {
+            println!(
+                "  {} {} ({}), {} s ago",
+                shown(&o["node"]),
+                shown(&o["text"]),
+                shown(&o["reason"]),
+                o["ago_s"]
+            );
+        }
+    }
+    println!("counters: {}", v["counters"]);
+}
+
+fn print_nodes(v: &Value) {
+    let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
+    for n in &nodes {
+        let addrs: Vec<String> = n["addresses"]
+            .as_array()
+            .map(|a| a.iter().map(shown).collect())
+            .unwrap_or_default();
+        let state = if n["self"].as_bool() == Some(true) {
+            "self"
+        } else if n["online"].as_bool() == Some(true) {
+            "online"
+        } else {
+            "offline"
+        };
+        println!(
+            "{:<29} {:<16} {:<7} {}",
+            shown(&n["id"]),
+            shown(&n["name"]),
+            state,
+            addrs.join(", ")
+        );
+    }
+}
+
+async fn ping(node: &str, count: u32, json: bool) -> Result<(), Error> {
+    let path = control_path()?;
+    let mut ok = 0;
+    for i in 0..count {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let v = control::request(&path, &json!({"op": "ping", "node": node})).await?;
+        if json {
+            println!("{v}");
+        }
+        match v.get("rtt_ms").and_then(Value::as_f64) {
+            Some(rtt) => {
+                ok += 1;
+                if !json {
+                    println!("reply from {}: {rtt:.3} ms", shown(&v["node"]));
+                }
+            }
+            None => {
+                let e = shown(&v["error"]);
+                if v.get("node").is_none() {
+                    // Not a node we can ping at all: no point in trying again.
+                    return Err(Error::Usage(e));
+                }
+                if !json {
+                    println!("no reply: {e}");
+                }
+            }
+        }
+    }
+    if ok == 0 {
+        return Err(Error::Timeout(format!("no reply from {}", escape_display(node))));
+    }
+    Ok(())
+}

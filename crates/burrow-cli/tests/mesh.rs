@@ -1,0 +1,226 @@
+//! `burrow node` (seed 002), tested with real processes inside a network
+//! namespace this test creates: every node listens on an address of the
+//! namespace's own loopback (10.92.0.0/24), never on the host's interfaces.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// A namespace whose loopback carries 10.92.0.1..=n.
+fn mesh_ns(tag: &str, n: u8) -> Netns {
+    let ns = Netns::new(tag);
+    for i in 1..=n {
+        ns.ip(&["addr", "add", &format!("10.92.0.{i}/32"), "dev", "lo"]);
+    }
+    ns
+}
+
+fn node(ns: &Netns, home: &Path, i: u8, bootstrap: Option<u8>, keepalive: u64) -> Proc {
+    let mut c = ns.burrow(home);
+    c.args(["node", "--listen", &format!("10.92.0.{i}:9010")]).args([
+        "--keepalive",
+        &keepalive.to_string(),
+        "--name",
+        &format!("n{i}"),
+    ]);
+    if let Some(b) = bootstrap {
+        c.args(["--bootstrap", &format!("10.92.0.{b}:9010")]);
+    }
+    let p = spawn(c);
+    p.line("node ");
+    p
+}
+
+/// `burrow node ARGS --json` against the node whose HOME is `home` (a Unix
+/// socket: no network).
+fn ask(home: &Path, args: &[&str]) -> Value {
+    let out = burrow(home)
+        .arg("node")
+        .args(args)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn id_of(home: &Path) -> String {
+    let out = burrow(home).args(["id", "--json"]).output().unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["fingerprint"].as_str().unwrap().to_owned()
+}
+
+/// Polls `f` every 100 ms until it holds, for at most `limit`.
+fn eventually(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < limit, "not within {limit:?}: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    t0.elapsed()
+}
+
+fn online(home: &Path, id: &str) -> bool {
+    ask(home, &["nodes"])["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n["id"] == id && n["online"] == true)
+}
+
+fn homes(n: usize) -> (tempfile::TempDir, Vec<std::path::PathBuf>) {
+    let dir = tempfile::tempdir().unwrap();
+    let hs = (0..n)
+        .map(|i| {
+            let h = dir.path().join(format!("h{i}"));
+            std::fs::create_dir_all(&h).unwrap();
+            h
+        })
+        .collect();
+    (dir, hs)
+}
+
+#[test]
+fn three_nodes_learn_each_other_through_one_and_ping() {
+    let (_d, h) = homes(3);
+    let ids: Vec<String> = h.iter().map(|p| id_of(p)).collect();
+    let ns = mesh_ns("m1", 3);
+    let _a = node(&ns, &h[0], 1, None, 10);
+    let _b = node(&ns, &h[1], 2, Some(1), 10);
+    let _c = node(&ns, &h[2], 3, Some(1), 10);
+    // B and C only know A; they learn each other from A's node list and link.
+    let took = eventually(
+        Duration::from_secs(15),
+        "every node sees the other two online",
+        || (0..3).all(|i| (0..3).filter(|&j| j != i).all(|j| online(&h[i], &ids[j]))),
+    );
+    eprintln!("all linked after {took:?}");
+    let st = ask(&h[2], &["status"]);
+    assert_eq!(
+        st["id"],
+        ids[2].as_str(),
+        "status names this installation's identity"
+    );
+    let links = st["links"].as_array().unwrap();
+    assert_eq!(links.iter().filter(|l| l["state"] == "up").count(), 2, "{st}");
+    let nodes = ask(&h[1], &["nodes"]);
+    let c = nodes["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == ids[2].as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(c["name"], "n3");
+    assert_eq!(c["addresses"][0], "10.92.0.3:9010");
+    // Ping from C to B, by id and by name.
+    let out = burrow(&h[2])
+        .args(["node", "ping", "-c", "2", &ids[1]])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.matches("reply from").count() == 2,
+        "{text}"
+    );
+    let out = burrow(&h[2])
+        .args(["node", "ping", "-c", "1", "n1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // An unknown node is a clear error, at once.
+    let out = burrow(&h[2]).args(["node", "ping", "nobody"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no known node"));
+}
+
+#[test]
+fn a_stopped_node_goes_offline_within_two_intervals_and_comes_back() {
+    let (_d, h) = homes(2);
+    let ids: Vec<String> = h.iter().map(|p| id_of(p)).collect();
+    let ns = mesh_ns("m2", 2);
+    let _a = node(&ns, &h[0], 1, None, 1);
+    let b = node(&ns, &h[1], 2, Some(1), 1);
+    eventually(Duration::from_secs(10), "A sees B", || online(&h[0], &ids[1]));
+    let pid = b.child.id().to_string();
+    run("kill", &["-STOP", &pid]);
+    // KEEPALIVE_INTERVAL is 1 s: offline within 2 intervals (and the poll).
+    let took = eventually(Duration::from_secs(4), "A marks B offline", || {
+        !online(&h[0], &ids[1])
+    });
+    eprintln!("offline after {took:?}");
+    let st = ask(&h[0], &["status"]);
+    let gone = st["offline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["node"] == ids[1].as_str())
+        .cloned();
+    assert_eq!(gone.expect("B listed offline")["reason"], "timeout", "{st}");
+    run("kill", &["-CONT", &pid]);
+    // B's bootstrap link redials: the link heals by itself.
+    eventually(Duration::from_secs(15), "A sees B again", || {
+        online(&h[0], &ids[1])
+    });
+    assert!(
+        st["counters"]["keepalive_timeouts"].as_u64().unwrap() >= 1,
+        "{st}"
+    );
+}
+
+#[test]
+fn garbage_on_a_node_port_closes_that_connection_only() {
+    let (_d, h) = homes(2);
+    let ids: Vec<String> = h.iter().map(|p| id_of(p)).collect();
+    let ns = mesh_ns("m3", 2);
+    let _a = node(&ns, &h[0], 1, None, 10);
+    let _b = node(&ns, &h[1], 2, Some(1), 10);
+    eventually(Duration::from_secs(10), "B sees A", || online(&h[1], &ids[0]));
+    // A hostile client: an HTTP request, a bad HELLO, a huge frame length.
+    for junk in [
+        "printf 'GET / HTTP/1.1\\r\\n\\r\\n'",
+        "printf 'BRWM\\001\\000\\005\\000\\000\\040\\001\\002'",
+        "printf 'BRWM\\001\\377\\377'; sleep 1",
+    ] {
+        let st = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "timeout", "5", "bash", "-c"])
+            .arg(format!(
+                "exec 3<>/dev/tcp/10.92.0.1/9010; ({junk}) >&3; sleep 0.5"
+            ))
+            .status()
+            .unwrap();
+        let _ = st;
+    }
+    let out = burrow(&h[1])
+        .args(["node", "ping", "-c", "1", &ids[0]])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "A still answers: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st = ask(&h[0], &["status"]);
+    assert!(
+        st["counters"]["handshake_failures"].as_u64().unwrap() >= 2,
+        "{st}"
+    );
+    assert_eq!(
+        st["links"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| l["state"] == "up")
+            .count(),
+        1
+    );
+}

@@ -1,0 +1,508 @@
+//! One task per mesh connection: socket bytes into the link machine, its
+//! output back out, its timers, and the packets it hands over (node lists,
+//! pings) answered against the node's shared state.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use burrow_proto::keys::NodeId;
+use burrow_proto::mesh::link::{Direction, Link, LinkConfig, LinkEvent, LinkState};
+use burrow_proto::mesh::packet::{DataKind, NlistReq, Packet, Reason};
+use burrow_proto::mesh::record::NodeRecord;
+use burrow_proto::mesh::table::Merge;
+use burrow_proto::session::MAX_PLAINTEXT;
+use burrow_proto::transfer::escape_display;
+use burrow_proto::tunnel::mux::{Frame, ResetReason};
+
+use super::{Cmd, Gone, LinkInfo, Shared, unix_now};
+use crate::platform::{OsRandom, aead};
+
+/// Records pushed to this many other links when one changes.
+const FANOUT: usize = 6;
+/// Bytes a node-list page may take (one record, with room for its header).
+const PAGE_BUDGET: usize = MAX_PLAINTEXT - 64;
+/// Output queued on a link beyond which gossip to it is skipped.
+const MAX_QUEUED: usize = 1 << 20;
+
+fn config(shared: &Shared) -> LinkConfig {
+    LinkConfig {
+        keepalive: shared.cfg.keepalive,
+        ..LinkConfig::new(aead())
+    }
+}
+
+/// Refuses a connection when the node is at its link limit: a plain
+/// DISCONNECT(busy) after the peer's HELLO, so it hears why.
+pub(crate) async fn refuse_busy(mut stream: TcpStream) {
+    let mut pkt = Vec::new();
+    let reason = "busy: this node is at its link limit";
+    if (Packet::Disconnect {
+        reason: Reason::Busy,
+        text: reason,
+    })
+    .encode(&mut pkt)
+    .is_ok()
+    {
+        let mut frame = (pkt.len() as u16).to_be_bytes().to_vec();
+        frame.extend_from_slice(&pkt);
+        let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(&frame)).await;
+    }
+}
+
+/// Serves a connection someone made to this node.
+pub(crate) async fn run_inbound(shared: Arc<Shared>, stream: TcpStream, addr: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let (secret, record) = {
+        let st = shared.lock();
+        (*shared.cfg.me.x25519_secret(), st.my_record.clone())
+    };
+    let link = Link::inbound(config(&shared), &secret, record, Instant::now(), &mut OsRandom);
+    drive(shared, stream, addr, link).await;
+}
+
+/// Dials out over `stream`; `peer`: the node's X25519 key when known
+/// (then `IK`). Returns the node it reached, and whether the link came up.
+pub(crate) async fn run_outbound(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    addr: SocketAddr,
+    peer: Option<[u8; 32]>,
+) -> (Option<NodeId>, bool) {
+    let (secret, record) = {
+        let st = shared.lock();
+        (*shared.cfg.me.x25519_secret(), st.my_record.clone())
+    };
+    let link = match Link::outbound(
+        config(&shared),
+        &secret,
+        record,
+        peer.as_ref(),
+        Instant::now(),
+        &mut OsRandom,
+    ) {
+        Ok(l) => l,
+        Err(e) => {
+            (shared.cfg.log)(format!("cannot start a handshake with {addr}: {e}"));
+            return (None, false);
+        }
+    };
+    drive(shared, stream, addr, link).await
+}
+
+/// Owned copies of what the link handed over while reading.
+fn collect(into: &mut Vec<Vec<u8>>) -> impl FnMut(Packet<'_>) + '_ {
+    move |p| {
+        let mut b = Vec::new();
+        if p.encode(&mut b).is_ok() {
+            into.push(b);
+        }
+    }
+}
+
+async fn drive(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    addr: SocketAddr,
+    mut link: Link,
+) -> (Option<NodeId>, bool) {
+    let (tx, mut rx) = mpsc::channel::<Cmd>(256);
+    let id = {
+        let mut st = shared.lock();
+        let id = st.next_link;
+        st.next_link += 1;
+        st.links.insert(
+            id,
+            LinkInfo {
+                dir: link.direction(),
+                addr,
+                peer: None,
+                state: LinkState::Handshake,
+                rtt: None,
+                since: Instant::now(),
+                stats: link.stats(),
+                tx,
+            },
+        );
+        id
+    };
+    let (mut rd, mut wr) = stream.into_split();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut peer: Option<NodeId> = None;
+    let mut was_up = false;
+    let mut closed_by_socket = None;
+    loop {
+        // Everything queued goes out first (control traffic: small).
+        while !link.output().is_empty() {
+            match tokio::time::timeout(Duration::from_secs(10), wr.write(link.output())).await {
+                Ok(Ok(n)) if n > 0 => link.advance(n),
+                _ => {
+                    closed_by_socket.get_or_insert_with(|| "the connection broke while sending".to_owned());
+                    break;
+                }
+            }
+        }
+        while let Some(e) = link.poll_event() {
+            match e {
+                LinkEvent::Up {
+                    peer: keys, record, ..
+                } => {
+                    peer = Some(keys.id());
+                    was_up = true;
+                    on_up(&shared, id, &mut link, keys.id(), &record);
+                }
+                LinkEvent::Rtt(rtt) => {
+                    if let Some(l) = shared.lock().links.get_mut(&id) {
+                        l.rtt = Some(rtt);
+                    }
+                }
+                LinkEvent::Closed {
+                    reason,
+                    text,
+                    by_peer,
+                } => {
+                    on_closed(&shared, id, peer, &link, reason, &text, by_peer);
+                }
+            }
+        }
+        if let Some(l) = shared.lock().links.get_mut(&id) {
+            l.stats = link.stats();
+            l.state = link.state();
+        }
+        if link.state() == LinkState::Closed || closed_by_socket.is_some() {
+            break;
+        }
+        let deadline = link
+            .poll_timeout()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            r = rd.read(&mut buf) => {
+                match r {
+                    Ok(0) | Err(_) => {
+                        closed_by_socket = Some("the connection closed".to_owned());
+                        let _ = r;
+                    }
+                    Ok(n) => {
+                        let mut got = Vec::new();
+                        link.input(Instant::now(), &buf[..n], &mut collect(&mut got));
+                        for p in got {
+                            handle(&shared, id, &mut link, &p);
+                        }
+                    }
+                }
+            }
+            cmd = rx.recv() => match cmd {
+                Some(Cmd::Send(bytes)) => {
+                    if let Ok(p) = Packet::decode(&bytes)
+                        && link.queued() < MAX_QUEUED
+                    {
+                        let _ = link.send(&p);
+                    }
+                }
+                Some(Cmd::Close(reason, text)) => link.close(reason, &text),
+                Some(Cmd::Ping(nonce)) => ping(&mut link, nonce),
+                None => {}
+            },
+            _ = tokio::time::sleep_until(deadline.into()) => link.handle_timeout(Instant::now()),
+        }
+    }
+    if let Some(text) = closed_by_socket
+        && link.state() != LinkState::Closed
+    {
+        let reason = if link.state() == LinkState::Up {
+            Reason::Other
+        } else {
+            Reason::Protocol
+        };
+        on_closed(&shared, id, peer, &link, reason, &text, true);
+    }
+    let _ = wr.shutdown().await;
+    shared.lock().links.remove(&id);
+    (peer, was_up)
+}
+
+/// Sends a ping: a DATA the peer answers, so silence makes the link probe.
+fn ping(link: &mut Link, nonce: u64) {
+    let p = Packet::Data {
+        kind: DataKind::Ping,
+        payload: &nonce.to_be_bytes(),
+    };
+    if link.send(&p).is_ok() {
+        link.expect_answer(Instant::now());
+    }
+}
+
+/// The link is up: settle duplicates, take the peer's record, pull its list.
+fn on_up(shared: &Arc<Shared>, id: u64, link: &mut Link, peer: NodeId, record: &[u8]) {
+    let unix = unix_now();
+    let mut st = shared.lock();
+    st.counters.handshakes += 1;
+    if peer == shared.id {
+        drop(st);
+        link.close(Reason::Duplicate, "a link to itself");
+        return;
+    }
+    // Two links to one node (both dialled at once): both sides keep the
+    // one dialled by the smaller node id.
+    if let Some(&other) = st.by_node.get(&peer)
+        && other != id
+    {
+        let this_wins = {
+            let dialler_of_this = if link.direction() == Direction::Outbound {
+                shared.id
+            } else {
+                peer
+            };
+            dialler_of_this == shared.id.min(peer)
+        };
+        if !this_wins {
+            drop(st);
+            link.close(Reason::Duplicate, "another link to this node is kept");
+            return;
+        }
+        if let Some(o) = st.links.get(&other) {
+            let _ = o.tx.try_send(Cmd::Close(
+                Reason::Duplicate,
+                "another link to this node is kept".into(),
+            ));
+        }
+    }
+    st.by_node.insert(peer, id);
+    st.retry.remove(&peer);
+    st.gone.remove(&peer);
+    if let Some(l) = st.links.get_mut(&id) {
+        l.peer = Some(peer);
+        l.state = LinkState::Up;
+    }
+    st.table.pin(peer);
+    let merged = st.table.insert(record, unix);
+    let name = st
+        .table
+        .get(&peer)
+        .map(|r| escape_display(&r.name))
+        .unwrap_or_default();
+    let req = st.table.request(None);
+    drop(st);
+    (shared.cfg.log)(format!(
+        "link up: {peer} {name} ({}, {})",
+        link_addr(shared, id),
+        match link.direction() {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        }
+    ));
+    let _ = link.send(&Packet::NlistReq(req));
+    if let Some(changed) = merged.changed() {
+        push(shared, changed, Some(id));
+    }
+}
+
+fn link_addr(shared: &Shared, id: u64) -> String {
+    shared
+        .lock()
+        .links
+        .get(&id)
+        .map(|l| l.addr.to_string())
+        .unwrap_or_default()
+}
+
+fn on_closed(
+    shared: &Arc<Shared>,
+    id: u64,
+    peer: Option<NodeId>,
+    link: &Link,
+    reason: Reason,
+    text: &str,
+    by_peer: bool,
+) {
+    let mut st = shared.lock();
+    match (reason, link.state(), peer) {
+        (Reason::Timeout, _, Some(_)) => st.counters.keepalive_timeouts += 1,
+        (Reason::Authentication, _, _) => st.counters.authentication_failures += 1,
+        (_, _, None) => st.counters.handshake_failures += 1,
+        _ => {}
+    }
+    let Some(peer) = peer else {
+        drop(st);
+        if by_peer || reason != Reason::Protocol {
+            (shared.cfg.log)(format!(
+                "link with {} failed during the handshake: {} ({})",
+                link_addr(shared, id),
+                escape_display(text),
+                reason.name()
+            ));
+        }
+        return;
+    };
+    if st.by_node.get(&peer) == Some(&id) {
+        st.by_node.remove(&peer);
+        st.table.unpin(&peer);
+        st.gone.insert(
+            peer,
+            Gone {
+                reason,
+                text: text.to_owned(),
+                by_peer,
+                at: Instant::now(),
+            },
+        );
+        drop(st);
+        (shared.cfg.log)(format!(
+            "link down: {peer}: {} ({}{})",
+            escape_display(text),
+            reason.name(),
+            if by_peer { ", said the peer" } else { "" }
+        ));
+    }
+}
+
+/// Answers one packet the link handed over.
+fn handle(shared: &Arc<Shared>, id: u64, link: &mut Link, bytes: &[u8]) {
+    let Ok(p) = Packet::decode(bytes) else { return };
+    match p {
+        Packet::NlistReq(req) => {
+            let page = {
+                let mut st = shared.lock();
+                let (recs, next) = st.table.page(&req, PAGE_BUDGET);
+                let recs: Vec<Vec<u8>> = recs.into_iter().map(<[u8]>::to_vec).collect();
+                (recs, next)
+            };
+            let records: Vec<&[u8]> = page.0.iter().map(Vec::as_slice).collect();
+            let _ = link.send(&Packet::NlistRes {
+                next: page.1,
+                push: false,
+                records,
+            });
+        }
+        Packet::NlistRes {
+            next,
+            push: _,
+            records,
+        } => {
+            let unix = unix_now();
+            let mut changed = Vec::new();
+            {
+                let mut st = shared.lock();
+                for r in records {
+                    st.counters.records_in += 1;
+                    match st.table.insert(r, unix) {
+                        Merge::New(n) | Merge::Updated(n) => {
+                            st.counters.records_new += 1;
+                            changed.push(n);
+                        }
+                        Merge::Duplicate | Merge::Older => st.counters.records_duplicate += 1,
+                        Merge::Full | Merge::Refused(_) => st.counters.records_refused += 1,
+                    }
+                }
+            }
+            if let Some(cursor) = next {
+                let req: NlistReq = shared.lock().table.request(Some(cursor));
+                let _ = link.send(&Packet::NlistReq(req));
+            }
+            for n in changed {
+                push(shared, n, Some(id));
+            }
+        }
+        Packet::Data {
+            kind: DataKind::Ping,
+            payload,
+        } => {
+            let _ = link.send(&Packet::Data {
+                kind: DataKind::Pong,
+                payload,
+            });
+        }
+        Packet::Data {
+            kind: DataKind::Pong,
+            payload,
+        } => {
+            if let Ok(nonce) = <[u8; 8]>::try_from(payload) {
+                let waiter = shared.lock().pings.remove(&u64::from_be_bytes(nonce));
+                if let Some((sent, tx)) = waiter {
+                    let _ = tx.send(sent.elapsed());
+                }
+            }
+        }
+        Packet::Data {
+            kind: DataKind::Cell, ..
+        } => {}
+        Packet::TunnelReq(Frame::Open { stream, .. }) => {
+            let _ = link.send(&Packet::TunnelClose(Frame::Reset {
+                stream,
+                reason: ResetReason::NotAllowed,
+                message: "tunnels over the mesh are not built yet".into(),
+            }));
+        }
+        Packet::PairReq { step, .. } => {
+            let _ = link.send(&Packet::PairRes {
+                step,
+                status: 255,
+                body: b"pairing over the mesh is not built yet",
+            });
+        }
+        _ => {}
+    }
+}
+
+/// Pushes `node`'s record to up to [`FANOUT`] up links other than `except`.
+pub(crate) fn push(shared: &Arc<Shared>, node: NodeId, except: Option<u64>) {
+    let st = shared.lock();
+    let Some(rec) = st.table.bytes(&node) else { return };
+    if NodeRecord::decode(rec).is_err() {
+        return;
+    }
+    let mut b = Vec::new();
+    if (Packet::NlistRes {
+        next: None,
+        push: true,
+        records: vec![rec],
+    })
+    .encode(&mut b)
+    .is_err()
+    {
+        return;
+    }
+    let targets: Vec<mpsc::Sender<Cmd>> = st
+        .by_node
+        .iter()
+        .filter(|(n, l)| **n != node && Some(**l) != except)
+        .filter_map(|(_, l)| st.links.get(l).map(|i| i.tx.clone()))
+        .take(FANOUT)
+        .collect();
+    drop(st);
+    let mut sent = 0;
+    for t in targets {
+        if t.try_send(Cmd::Send(b.clone())).is_ok() {
+            sent += 1;
+        }
+    }
+    shared.lock().counters.records_pushed += sent;
+}
+
+/// Anti-entropy: one up link (the next in turn) gets an NLIST_REQ.
+pub(crate) fn pull_from_one(shared: &Arc<Shared>) {
+    let mut st = shared.lock();
+    let req = st.table.request(None);
+    let n = st.by_node.len();
+    if n == 0 {
+        return;
+    }
+    let pick = (unix_now() as usize / 30) % n;
+    let tx = st
+        .by_node
+        .values()
+        .nth(pick)
+        .and_then(|l| st.links.get(l))
+        .map(|i| i.tx.clone());
+    drop(st);
+    let mut b = Vec::new();
+    if Packet::NlistReq(req).encode(&mut b).is_ok()
+        && let Some(tx) = tx
+    {
+        let _ = tx.try_send(Cmd::Send(b));
+    }
+}

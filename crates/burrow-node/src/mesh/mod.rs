@@ -1,0 +1,403 @@
+//! `burrow node`: the mesh daemon (seed 002). It listens for links, dials
+//! its bootstrap nodes and then the nodes it learns about, keeps enough
+//! links up, gossips signed node records (push on change, pull for
+//! anti-entropy), answers pings, and serves `burrow node status / nodes /
+//! ping` on a control socket.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`link`] | one task per connection driving the link machine ([`burrow_proto::mesh::link`]) |
+//! | [`control`] | the control socket (0600, in the data folder) and its client |
+//!
+//! State shared by the tasks lives in one `Shared` under a mutex that is
+//! never held across an await: the node table, the links, counters, and
+//! waiting pings.
+
+pub mod control;
+pub mod link;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+
+use burrow_proto::keys::NodeId;
+use burrow_proto::mesh::link::{Direction, LinkState, LinkStats};
+use burrow_proto::mesh::packet::Reason;
+use burrow_proto::mesh::record::{Claims, Flags, MAX_TTL, NodeRecord};
+use burrow_proto::mesh::table::{NodeTable, TableConfig};
+
+use crate::error::Error;
+use crate::keys::identity::Identity;
+use crate::tunnel::Log;
+
+/// What a node runs with.
+pub struct NodeConfig {
+    /// This installation.
+    pub me: Arc<Identity>,
+    /// What it calls itself in its record.
+    pub name: String,
+    /// Where it listens for links.
+    pub listen: SocketAddr,
+    /// What its record advertises (empty: the listen address if it is
+    /// specific, else this machine's interface addresses).
+    pub advertise: Vec<SocketAddr>,
+    /// Nodes to link to first (HOST:PORT).
+    pub bootstrap: Vec<String>,
+    /// The seed's KEEPALIVE_INTERVAL.
+    pub keepalive: Duration,
+    /// The control socket.
+    pub control: PathBuf,
+    /// Lines for the user.
+    pub log: Log,
+    /// Links kept up by dialling learned nodes.
+    pub target_links: usize,
+    /// Links at most (handshakes included); more are refused with "busy".
+    pub max_links: usize,
+}
+
+/// Where the control socket lives by default: beside the identity.
+pub fn default_control_path() -> Option<PathBuf> {
+    crate::keys::identity::default_path().and_then(|p| p.parent().map(|d| d.join("node.sock")))
+}
+
+/// Unix seconds now.
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// What a link task is told to do.
+#[derive(Debug)]
+pub(crate) enum Cmd {
+    /// Send this encoded packet.
+    Send(Vec<u8>),
+    /// Ping with this nonce.
+    Ping(u64),
+    /// Close the link with this reason.
+    Close(Reason, String),
+}
+
+/// One link as the node sees it.
+#[derive(Debug)]
+pub(crate) struct LinkInfo {
+    pub dir: Direction,
+    pub addr: SocketAddr,
+    pub peer: Option<NodeId>,
+    pub state: LinkState,
+    pub rtt: Option<Duration>,
+    pub since: Instant,
+    pub stats: LinkStats,
+    pub tx: mpsc::Sender<Cmd>,
+}
+
+/// Counters for `status`.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub(crate) struct Counters {
+    pub handshakes: u64,
+    pub handshake_failures: u64,
+    pub authentication_failures: u64,
+    pub keepalive_timeouts: u64,
+    pub records_in: u64,
+    pub records_new: u64,
+    pub records_duplicate: u64,
+    pub records_refused: u64,
+    pub records_pushed: u64,
+    pub links_refused_busy: u64,
+}
+
+/// Why a node went offline, for `status`.
+#[derive(Debug, Clone)]
+pub(crate) struct Gone {
+    pub reason: Reason,
+    pub text: String,
+    pub by_peer: bool,
+    pub at: Instant,
+}
+
+pub(crate) struct State {
+    pub table: NodeTable,
+    pub my_record: Vec<u8>,
+    pub my_seq: u64,
+    pub my_signed_at: u64,
+    pub links: HashMap<u64, LinkInfo>,
+    pub by_node: HashMap<NodeId, u64>,
+    pub next_link: u64,
+    pub dialing: HashSet<NodeId>,
+    /// When a learned node may be dialled again.
+    pub retry: HashMap<NodeId, (Instant, Duration)>,
+    pub gone: HashMap<NodeId, Gone>,
+    pub counters: Counters,
+    pub pings: HashMap<u64, (Instant, oneshot::Sender<Duration>)>,
+}
+
+/// What every task of a node shares.
+pub(crate) struct Shared {
+    pub cfg: NodeConfig,
+    pub id: NodeId,
+    pub advertised: Vec<SocketAddr>,
+    pub state: Mutex<State>,
+    pub started: Instant,
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn sign_record(&self, seq: u64, now: u64) -> Result<Vec<u8>, Error> {
+        NodeRecord::sign(
+            &self.cfg.me,
+            &Claims {
+                flags: Flags::default(),
+                seq,
+                issued: now,
+                ttl: MAX_TTL,
+                name: self.cfg.name.clone(),
+                addrs: self.advertised.clone(),
+                relay: None,
+            },
+        )
+        .map_err(|e| Error::Usage(format!("cannot sign this node's record: {e}")))
+    }
+}
+
+/// The addresses a record advertises for `listen`.
+fn advertise_for(listen: SocketAddr, extra: &[SocketAddr]) -> Vec<SocketAddr> {
+    let mut out: Vec<SocketAddr> = extra.to_vec();
+    if out.is_empty() {
+        if listen.ip().is_unspecified() {
+            if let Ok(ifs) = if_addrs::get_if_addrs() {
+                for i in ifs {
+                    let ip = i.ip();
+                    if ip.is_loopback() || (ip.is_ipv6() != listen.is_ipv6() && listen.is_ipv6()) {
+                        continue;
+                    }
+                    if listen.is_ipv4() && !ip.is_ipv4() {
+                        continue;
+                    }
+                    out.push(SocketAddr::new(ip, listen.port()));
+                }
+            }
+        } else {
+            out.push(listen);
+        }
+    }
+    out.truncate(burrow_proto::mesh::record::MAX_ADDRS);
+    out
+}
+
+/// Runs a node until the process ends (or its listener fails).
+pub async fn run_node(cfg: NodeConfig) -> Result<(), Error> {
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| Error::Usage(format!("cannot listen on {}: {e}", cfg.listen)))?;
+    let listen = listener
+        .local_addr()
+        .map_err(|e| Error::io("the listening socket", e))?;
+    let control = control::bind(&cfg.control)?;
+    let advertised = advertise_for(listen, &cfg.advertise);
+    let me_id = cfg.me.public().id();
+    let now = unix_now();
+    // Sequence numbers grow across restarts without a state file: the
+    // signing time in milliseconds.
+    let seq = now.saturating_mul(1000);
+    let shared = Arc::new(Shared {
+        id: me_id,
+        advertised,
+        state: Mutex::new(State {
+            table: NodeTable::new(TableConfig::default()),
+            my_record: Vec::new(),
+            my_seq: seq,
+            my_signed_at: now,
+            links: HashMap::new(),
+            by_node: HashMap::new(),
+            next_link: 1,
+            dialing: HashSet::new(),
+            retry: HashMap::new(),
+            gone: HashMap::new(),
+            counters: Counters::default(),
+            pings: HashMap::new(),
+        }),
+        started: Instant::now(),
+        cfg,
+    });
+    let record = shared.sign_record(seq, now)?;
+    {
+        let mut st = shared.lock();
+        st.table.pin(me_id);
+        let _ = st.table.insert(&record, now);
+        st.my_record = record;
+    }
+    let addrs: Vec<String> = shared.advertised.iter().map(|a| a.to_string()).collect();
+    (shared.cfg.log)(format!(
+        "node {me_id} listening on {listen} (advertising {}); control socket {}",
+        if addrs.is_empty() {
+            "no address".to_owned()
+        } else {
+            addrs.join(", ")
+        },
+        shared.cfg.control.display()
+    ));
+    tokio::spawn(control::serve(shared.clone(), control));
+    for addr in shared.cfg.bootstrap.clone() {
+        tokio::spawn(bootstrap(shared.clone(), addr));
+    }
+    tokio::spawn(maintain(shared.clone()));
+    loop {
+        let (stream, addr) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: keep serving.
+                (shared.cfg.log)(format!("accept failed: {e}"));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let busy = shared.lock().links.len() >= shared.cfg.max_links;
+        if busy {
+            shared.lock().counters.links_refused_busy += 1;
+            tokio::spawn(link::refuse_busy(stream));
+            continue;
+        }
+        tokio::spawn(link::run_inbound(shared.clone(), stream, addr));
+    }
+}
+
+/// Keeps a link to one bootstrap address: dials, and after the link ends
+/// dials again with backoff (0.5 s doubling to 30 s, short again after a
+/// link that was up).
+async fn bootstrap(shared: Arc<Shared>, addr: String) {
+    let mut wait = Duration::from_millis(500);
+    let mut known: Option<NodeId> = None;
+    loop {
+        // Linked to that node by another way (it dialled us): check later.
+        let linked = known.is_some_and(|id| shared.lock().by_node.contains_key(&id));
+        if !linked {
+            let started = Instant::now();
+            match dial(&addr).await {
+                Ok((stream, sa)) => {
+                    let (peer, was_up) = link::run_outbound(shared.clone(), stream, sa, None).await;
+                    if peer.is_some() {
+                        known = peer;
+                    }
+                    if was_up && started.elapsed() > Duration::from_secs(10) {
+                        wait = Duration::from_millis(500);
+                    }
+                }
+                Err(e) => (shared.cfg.log)(format!(
+                    "bootstrap {}: {e}; retrying in {:.1}s",
+                    burrow_proto::transfer::escape_display(&addr),
+                    wait.as_secs_f32()
+                )),
+            }
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(30));
+    }
+}
+
+async fn dial(addr: &str) -> Result<(TcpStream, SocketAddr), std::io::Error> {
+    let s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    let _ = s.set_nodelay(true);
+    let peer = s.peer_addr()?;
+    Ok((s, peer))
+}
+
+/// The node's clock: anti-entropy pulls, record refresh, expiry, and
+/// dialling learned nodes while below the link target.
+async fn maintain(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut last_pull = Instant::now();
+    let mut last_expire = Instant::now();
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        let unix = unix_now();
+        // Re-sign at half the record's life, and push it to every link.
+        let resign = {
+            let st = shared.lock();
+            unix >= st.my_signed_at + MAX_TTL / 2
+        };
+        if resign {
+            let seq = { shared.lock().my_seq.max(unix * 1000) + 1 };
+            if let Ok(rec) = shared.sign_record(seq, unix) {
+                let mut st = shared.lock();
+                st.my_seq = seq;
+                st.my_signed_at = unix;
+                let _ = st.table.insert(&rec, unix);
+                st.my_record = rec;
+                let me = shared.id;
+                drop(st);
+                link::push(&shared, me, None);
+            }
+        }
+        if now.duration_since(last_expire) >= Duration::from_secs(60) {
+            last_expire = now;
+            shared.lock().table.expire(unix);
+        }
+        // Anti-entropy: every 30 s, ask one link for what differs.
+        if now.duration_since(last_pull) >= Duration::from_secs(30) {
+            last_pull = now;
+            link::pull_from_one(&shared);
+        }
+        dial_learned(&shared);
+    }
+}
+
+/// Dials learned nodes (by their records) while fewer than the target are linked.
+fn dial_learned(shared: &Arc<Shared>) {
+    let now = Instant::now();
+    let picks: Vec<(NodeId, [u8; 32], Vec<SocketAddr>)> = {
+        let st = shared.lock();
+        let up = st.by_node.len() + st.dialing.len();
+        if up >= shared.cfg.target_links || st.links.len() >= shared.cfg.max_links {
+            return;
+        }
+        st.table
+            .iter()
+            .filter(|(id, r)| {
+                **id != shared.id
+                    && !r.addrs.is_empty()
+                    && !st.by_node.contains_key(id)
+                    && !st.dialing.contains(id)
+                    && st.retry.get(id).is_none_or(|(at, _)| now >= *at)
+            })
+            .take(shared.cfg.target_links - up)
+            .map(|(id, r)| (*id, r.keys.x25519, r.addrs.clone()))
+            .collect()
+    };
+    for (id, key, addrs) in picks {
+        shared.lock().dialing.insert(id);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut up = false;
+            for a in addrs {
+                if let Ok((stream, sa)) = dial(&a.to_string()).await {
+                    let (_, was_up) = link::run_outbound(shared.clone(), stream, sa, Some(key)).await;
+                    up = was_up;
+                    break;
+                }
+            }
+            let mut st = shared.lock();
+            st.dialing.remove(&id);
+            let back = if up {
+                Duration::from_millis(500)
+            } else {
+                st.retry
+                    .get(&id)
+                    .map(|(_, d)| (*d * 2).min(Duration::from_secs(60)))
+                    .unwrap_or(Duration::from_secs(1))
+            };
+            st.retry.insert(id, (Instant::now() + back, back));
+        });
+    }
+}
