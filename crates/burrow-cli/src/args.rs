@@ -54,7 +54,7 @@ pub enum Command {
     /// code, on the other machine, complete it. Each side stores the other's
     /// key under a name (see `burrow peers`).
     #[command(
-        after_help = "Examples:\n  burrow pair --relay relay.example            # machine A: prints a code\n  burrow pair --relay relay.example CODE --name home   # machine B"
+        after_help = "Examples:\n  burrow pair --relay relay.example            # machine A: prints a code\n  burrow pair --relay relay.example CODE --name home   # machine B\n  burrow pair --mesh NODE_B                    # on mesh node A: prints a code\n  burrow pair --mesh NODE_A CODE --name laptop # on mesh node B"
     )]
     Pair(PairArgs),
     /// List paired peers.
@@ -270,6 +270,13 @@ pub struct ReceiveArgs {
 pub struct PairArgs {
     #[command(flatten)]
     pub relay: RelayOpt,
+
+    /// Pair with a linked mesh node instead (its id or name; see `burrow
+    /// node nodes`), over the link, no relay: without CODE this prints a code,
+    /// with it (on the other node) completes the pairing. The local node
+    /// (`burrow node`) must be running.
+    #[arg(long, value_name = "NODE")]
+    pub mesh: Option<String>,
 
     /// The name to store the other side under (default: the name it suggests).
     #[arg(long, value_name = "NAME")]

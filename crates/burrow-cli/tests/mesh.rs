@@ -224,3 +224,81 @@ fn garbage_on_a_node_port_closes_that_connection_only() {
         1
     );
 }
+
+fn peers_of(home: &Path) -> Vec<Value> {
+    let out = burrow(home).args(["peers", "--json"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn two_linked_nodes_pair_with_a_code_over_their_link() {
+    let (_d, h) = homes(2);
+    let ids: Vec<String> = h.iter().map(|p| id_of(p)).collect();
+    let ns = mesh_ns("m4", 2);
+    let _a = node(&ns, &h[0], 1, None, 10);
+    let _b = node(&ns, &h[1], 2, Some(1), 10);
+    eventually(Duration::from_secs(10), "A sees B", || online(&h[0], &ids[1]));
+
+    // A wrong code first: both sides say so, nothing is stored.
+    let mut c = burrow(&h[0]);
+    c.args(["pair", "--mesh", &ids[1]]);
+    let offer = spawn(c);
+    let code = offer.line("code:");
+    let wrong = if code.starts_with("zoo") {
+        "abandon-ability-able"
+    } else {
+        "zoo-zone-zero"
+    };
+    let out = burrow(&h[1])
+        .args(["pair", "--mesh", &ids[0], wrong])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code_a, err_a) = offer.finish();
+    assert_eq!(code_a, 3, "{err_a}");
+    assert!(peers_of(&h[0]).is_empty() && peers_of(&h[1]).is_empty());
+
+    // The right code: each side pins the other.
+    let mut c = burrow(&h[0]);
+    c.args(["pair", "--mesh", "n2"]);
+    let offer = spawn(c);
+    let code = offer.line("code:");
+    let out = burrow(&h[1])
+        .args(["pair", "--mesh", &ids[0], &code, "--name", "office"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("paired with office"));
+    let (code_a, err_a) = offer.finish();
+    assert_eq!(code_a, 0, "{err_a}");
+    let pa = peers_of(&h[0]);
+    let pb = peers_of(&h[1]);
+    assert_eq!(pa.len(), 1);
+    assert_eq!(
+        (pa[0]["name"].as_str(), pa[0]["fingerprint"].as_str()),
+        (Some("n2"), Some(ids[1].as_str()))
+    );
+    assert_eq!(
+        (pb[0]["name"].as_str(), pb[0]["fingerprint"].as_str()),
+        (Some("office"), Some(ids[0].as_str()))
+    );
+    // An unlinked node cannot be paired with.
+    let out = burrow(&h[1])
+        .args(["pair", "--mesh", "aaaa-aaaa-aaaa-aaaa-aaaa-aaaa"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

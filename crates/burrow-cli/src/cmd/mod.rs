@@ -40,6 +40,9 @@ pub(crate) fn host_name() -> String {
 
 /// `burrow pair [CODE] [--name NAME]`.
 pub async fn pair(args: PairArgs, cfg: &Config) -> Result<(), Error> {
+    if let Some(node) = &args.mesh {
+        return node::pair(node, args.code.as_deref(), args.name.as_deref()).await;
+    }
     let (relay, _) = resolve_relay(&args.relay, cfg).ok_or_else(|| {
         Error::Usage("pairing needs a relay both machines reach: pass --relay HOST:PORT".into())
     })?;

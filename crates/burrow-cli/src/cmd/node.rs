@@ -189,3 +189,60 @@ async fn ping(node: &str, count: u32, json: bool) -> Result<(), Error> {
     }
     Ok(())
 }
+
+/// `burrow pair --mesh NODE [CODE] [--name NAME]`: through the running node.
+pub async fn pair(node: &str, code: Option<&str>, name: Option<&str>) -> Result<(), Error> {
+    if let Some(n) = name
+        && !burrow_node::keys::peers::valid_name(n)
+    {
+        return Err(Error::Usage(format!(
+            "{n:?} cannot name a peer: use 1-64 of A-Z a-z 0-9 . _ -"
+        )));
+    }
+    let mut book = super::book()?;
+    let path = control_path()?;
+    let answer = match code {
+        None => {
+            control::request_lines(&path, &json!({"op": "pair_offer", "node": node}), |v| {
+                if let Some(c) = v.get("code").and_then(Value::as_str) {
+                    eprintln!("code: {c}");
+                    eprintln!(
+                        "On the other node, run:\n\n    burrow pair --mesh {} {c} --name NAME\n\nwaiting for it (up to 5 minutes)...",
+                        shown(&v["me"])
+                    );
+                }
+            })
+            .await?
+        }
+        Some(c) => control::request(&path, &json!({"op": "pair_join", "node": node, "code": c})).await?,
+    };
+    if let Some(e) = answer.get("error") {
+        let e = shown(e);
+        return Err(if e.contains("wrong code") {
+            Error::WrongCode
+        } else {
+            Error::Usage(e)
+        });
+    }
+    let p = &answer["paired"];
+    let key = |k: &str| -> Result<[u8; 32], Error> {
+        p[k].as_str()
+            .and_then(|h| hex::decode(h).ok())
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| Error::Protocol("the node's pairing answer has no keys".into()))
+    };
+    let keys = burrow_node::keys::identity::PublicIdentity {
+        x25519: key("x25519")?,
+        ed25519: key("ed25519")?,
+    };
+    let hint = p["name"].as_str().unwrap_or_default();
+    let fallback = format!("node-{}", &keys.fingerprint()[..4]);
+    let name = match name {
+        Some(n) => n.to_owned(),
+        None if burrow_node::keys::peers::valid_name(hint) => hint.to_owned(),
+        None => fallback,
+    };
+    book.add(&name, keys)?;
+    println!("paired with {name} ({})", keys.fingerprint());
+    Ok(())
+}

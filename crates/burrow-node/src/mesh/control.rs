@@ -60,7 +60,11 @@ pub(crate) async fn serve(shared: Arc<Shared>, l: UnixListener) {
         };
         let shared = shared.clone();
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(30), answer(shared, s)).await;
+            let _ = tokio::time::timeout(
+                super::pair::OFFER_FOR + Duration::from_secs(30),
+                answer(shared, s),
+            )
+            .await;
         });
     }
 }
@@ -70,6 +74,12 @@ async fn answer(shared: Arc<Shared>, s: UnixStream) -> std::io::Result<()> {
     let mut line = String::new();
     BufReader::new(rd.take(MAX_REQUEST)).read_line(&mut line).await?;
     let reply = match serde_json::from_str::<Value>(&line) {
+        Ok(req) if req.get("op").and_then(Value::as_str) == Some("pair_offer") => {
+            pair_offer(&shared, &req, &mut wr).await?
+        }
+        Ok(req) if req.get("op").and_then(Value::as_str) == Some("pair_join") => {
+            pair_join(&shared, &req).await
+        }
         Ok(req) => match req.get("op").and_then(Value::as_str) {
             Some("status") => status(&shared),
             Some("nodes") => nodes(&shared),
@@ -85,6 +95,70 @@ async fn answer(shared: Arc<Shared>, s: UnixStream) -> std::io::Result<()> {
     out.push('\n');
     wr.write_all(out.as_bytes()).await?;
     wr.shutdown().await
+}
+
+fn paired_json(p: &super::pair::Paired) -> Value {
+    json!({"paired": {
+        "node": p.node.to_string(),
+        "x25519": hex::encode(p.keys.x25519),
+        "ed25519": hex::encode(p.keys.ed25519),
+        "name": p.name,
+    }})
+}
+
+/// `{"op":"pair_offer","node":N}`: a line with the code at once, then a
+/// line with the outcome when the other node tried it (or the code expired).
+async fn pair_offer(
+    shared: &Shared,
+    req: &Value,
+    wr: &mut tokio::net::unix::OwnedWriteHalf,
+) -> std::io::Result<Value> {
+    let node = match req.get("node").and_then(Value::as_str).map(|n| find(shared, n)) {
+        Some(Ok(n)) => n,
+        Some(Err(e)) => return Ok(json!({ "error": e })),
+        None => return Ok(json!({"error": "pairing needs a node"})),
+    };
+    let (tx, rx) = oneshot::channel();
+    let words = match super::pair::offer(shared, node, tx) {
+        Ok(w) => w,
+        Err(e) => return Ok(json!({ "error": e })),
+    };
+    let mut first =
+        json!({"code": words.as_str(), "node": node.to_string(), "me": shared.id.to_string()}).to_string();
+    first.push('\n');
+    wr.write_all(first.as_bytes()).await?;
+    Ok(match tokio::time::timeout(super::pair::OFFER_FOR, rx).await {
+        Ok(Ok(Ok(p))) => paired_json(&p),
+        Ok(Ok(Err(e))) => json!({ "error": e }),
+        _ => {
+            shared.lock().offers.remove(&node);
+            json!({"error": "nobody used the code in time"})
+        }
+    })
+}
+
+/// `{"op":"pair_join","node":N,"code":WORDS}`.
+async fn pair_join(shared: &Shared, req: &Value) -> Value {
+    let node = match req.get("node").and_then(Value::as_str).map(|n| find(shared, n)) {
+        Some(Ok(n)) => n,
+        Some(Err(e)) => return json!({ "error": e }),
+        None => return json!({"error": "pairing needs a node"}),
+    };
+    let Some(words) = req.get("code").and_then(Value::as_str) else {
+        return json!({"error": "pairing needs the code"});
+    };
+    let (tx, rx) = oneshot::channel();
+    if let Err(e) = super::pair::join(shared, node, words, tx) {
+        return json!({ "error": e });
+    }
+    match tokio::time::timeout(Duration::from_secs(20), rx).await {
+        Ok(Ok(Ok(p))) => paired_json(&p),
+        Ok(Ok(Err(e))) => json!({ "error": e }),
+        _ => {
+            shared.lock().joins.remove(&node);
+            json!({"error": "the other node did not answer in 20 s"})
+        }
+    }
 }
 
 fn secs(d: Duration) -> f64 {
@@ -240,8 +314,9 @@ async fn ping(shared: &Shared, what: &str) -> Value {
     }
 }
 
-/// Sends one request to the node at `path` and returns its answer.
-pub async fn request(path: &Path, req: &Value) -> Result<Value, Error> {
+/// Sends one request and hands every answer line to `each` (pairing
+/// offers answer twice: the code, then the outcome); returns the last.
+pub async fn request_lines(path: &Path, req: &Value, mut each: impl FnMut(&Value)) -> Result<Value, Error> {
     let mut s = UnixStream::connect(path).await.map_err(|e| {
         Error::Usage(format!(
             "no node is running here (cannot reach its control socket {}: {e}); start one with `burrow node`",
@@ -253,10 +328,21 @@ pub async fn request(path: &Path, req: &Value) -> Result<Value, Error> {
     s.write_all(line.as_bytes())
         .await
         .map_err(|e| Error::io(path, e))?;
-    let mut out = String::new();
-    tokio::time::timeout(Duration::from_secs(15), s.take(1 << 24).read_to_string(&mut out))
+    let mut lines = BufReader::new(s.take(1 << 24)).lines();
+    let mut last = None;
+    while let Some(l) = lines.next_line().await.map_err(|e| Error::io(path, e))? {
+        let v: Value = serde_json::from_str(l.trim())
+            .map_err(|_| Error::Protocol("the node's answer is not JSON".into()))?;
+        each(&v);
+        last = Some(v);
+    }
+    last.ok_or_else(|| Error::Protocol("the node closed the control connection without an answer".into()))
+}
+
+/// Sends one request to the node at `path` and returns its answer
+/// (within 15 s).
+pub async fn request(path: &Path, req: &Value) -> Result<Value, Error> {
+    tokio::time::timeout(Duration::from_secs(15), request_lines(path, req, |_| {}))
         .await
         .map_err(|_| Error::Timeout("the node did not answer in 15 s".into()))?
-        .map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(out.trim()).map_err(|_| Error::Protocol("the node's answer is not JSON".into()))
 }

@@ -126,6 +126,8 @@ async fn drive(
                 since: Instant::now(),
                 stats: link.stats(),
                 tx,
+                keys: None,
+                hash: None,
             },
         );
         id
@@ -149,10 +151,16 @@ async fn drive(
         while let Some(e) = link.poll_event() {
             match e {
                 LinkEvent::Up {
-                    peer: keys, record, ..
+                    peer: keys,
+                    record,
+                    handshake_hash,
                 } => {
                     peer = Some(keys.id());
                     was_up = true;
+                    if let Some(l) = shared.lock().links.get_mut(&id) {
+                        l.keys = Some(keys);
+                        l.hash = Some(handshake_hash);
+                    }
                     on_up(&shared, id, &mut link, keys.id(), &record);
                 }
                 LinkEvent::Rtt(rtt) => {
@@ -437,13 +445,8 @@ fn handle(shared: &Arc<Shared>, id: u64, link: &mut Link, bytes: &[u8]) {
                 message: "tunnels over the mesh are not built yet".into(),
             }));
         }
-        Packet::PairReq { step, .. } => {
-            let _ = link.send(&Packet::PairRes {
-                step,
-                status: 255,
-                body: b"pairing over the mesh is not built yet",
-            });
-        }
+        Packet::PairReq { step, body } => super::pair::on_request(shared, id, link, step, body),
+        Packet::PairRes { step, status, body } => super::pair::on_answer(shared, id, step, status, body),
         _ => {}
     }
 }

@@ -8,6 +8,7 @@
 //! |---|---|
 //! | [`link`] | one task per connection driving the link machine ([`burrow_proto::mesh::link`]) |
 //! | [`control`] | the control socket (0600, in the data folder) and its client |
+//! | `pair` | pairing over a link (PAIR_REQ / PAIR_RES): the offer and the join |
 //!
 //! State shared by the tasks lives in one `Shared` under a mutex that is
 //! never held across an await: the node table, the links, counters, and
@@ -15,6 +16,7 @@
 
 pub mod control;
 pub mod link;
+mod pair;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -95,6 +97,9 @@ pub(crate) struct LinkInfo {
     pub since: Instant,
     pub stats: LinkStats,
     pub tx: mpsc::Sender<Cmd>,
+    /// The peer's keys and the handshake hash, once up.
+    pub keys: Option<burrow_proto::keys::PublicIdentity>,
+    pub hash: Option<[u8; 32]>,
 }
 
 /// Counters for `status`.
@@ -135,6 +140,8 @@ pub(crate) struct State {
     pub gone: HashMap<NodeId, Gone>,
     pub counters: Counters,
     pub pings: HashMap<u64, (Instant, oneshot::Sender<Duration>)>,
+    pub offers: HashMap<NodeId, pair::Offer>,
+    pub joins: HashMap<NodeId, pair::Join>,
 }
 
 /// What every task of a node shares.
@@ -224,6 +231,8 @@ pub async fn run_node(cfg: NodeConfig) -> Result<(), Error> {
             gone: HashMap::new(),
             counters: Counters::default(),
             pings: HashMap::new(),
+            offers: HashMap::new(),
+            joins: HashMap::new(),
         }),
         started: Instant::now(),
         cfg,
