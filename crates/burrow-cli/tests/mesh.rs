@@ -302,3 +302,31 @@ fn two_linked_nodes_pair_with_a_code_over_their_link() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_restarted_node_finds_its_mesh_without_a_bootstrap() {
+    let (_d, h) = homes(3);
+    let ids: Vec<String> = h.iter().map(|p| id_of(p)).collect();
+    let ns = mesh_ns("m5", 3);
+    let a = node(&ns, &h[0], 1, None, 10);
+    let _b = node(&ns, &h[1], 2, Some(1), 10);
+    let c = node(&ns, &h[2], 3, Some(1), 10);
+    eventually(Duration::from_secs(15), "C sees A and B", || {
+        online(&h[2], &ids[0]) && online(&h[2], &ids[1])
+    });
+    let known = h[2].join(".local/share/burrow/mesh-nodes");
+    eventually(Duration::from_secs(15), "C remembers two nodes", || {
+        std::fs::read_to_string(&known).is_ok_and(|t| t.lines().count() == 2)
+    });
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&known).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    drop(c);
+    drop(a); // the bootstrap node is gone
+    let _c = node(&ns, &h[2], 3, None, 10);
+    eventually(Duration::from_secs(15), "C links to B again", || {
+        online(&h[2], &ids[1])
+    });
+}

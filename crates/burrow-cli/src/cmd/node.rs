@@ -75,6 +75,7 @@ async fn serve(args: NodeArgs) -> Result<(), Error> {
         bootstrap: args.bootstrap,
         keepalive: Duration::from_secs(args.keepalive.max(1)),
         control: control_path()?,
+        known_file: burrow_node::mesh::default_known_path(),
         log: Arc::new(|l| eprintln!("{l}")),
         target_links: args.links.max(1),
         max_links: 256.max(args.links * 4),

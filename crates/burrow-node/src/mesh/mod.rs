@@ -15,6 +15,7 @@
 //! waiting pings.
 
 pub mod control;
+mod known;
 pub mod link;
 mod pair;
 
@@ -54,6 +55,9 @@ pub struct NodeConfig {
     pub keepalive: Duration,
     /// The control socket.
     pub control: PathBuf,
+    /// Where known nodes are remembered across restarts (their signed
+    /// records); `None`: nowhere.
+    pub known_file: Option<PathBuf>,
     /// Lines for the user.
     pub log: Log,
     /// Links kept up by dialling learned nodes.
@@ -65,6 +69,11 @@ pub struct NodeConfig {
 /// Where the control socket lives by default: beside the identity.
 pub fn default_control_path() -> Option<PathBuf> {
     crate::keys::identity::default_path().and_then(|p| p.parent().map(|d| d.join("node.sock")))
+}
+
+/// Where known nodes are remembered by default: beside the identity.
+pub fn default_known_path() -> Option<PathBuf> {
+    crate::keys::identity::default_path().and_then(|p| p.parent().map(|d| d.join("mesh-nodes")))
 }
 
 /// Unix seconds now.
@@ -142,6 +151,9 @@ pub(crate) struct State {
     pub pings: HashMap<u64, (Instant, oneshot::Sender<Duration>)>,
     pub offers: HashMap<NodeId, pair::Offer>,
     pub joins: HashMap<NodeId, pair::Join>,
+    /// Nodes known from an earlier run whose records ran out meanwhile:
+    /// still worth dialling (keys and last addresses), never gossiped.
+    pub remembered: HashMap<NodeId, ([u8; 32], Vec<SocketAddr>)>,
 }
 
 /// What every task of a node shares.
@@ -233,6 +245,7 @@ pub async fn run_node(cfg: NodeConfig) -> Result<(), Error> {
             pings: HashMap::new(),
             offers: HashMap::new(),
             joins: HashMap::new(),
+            remembered: HashMap::new(),
         }),
         started: Instant::now(),
         cfg,
@@ -243,6 +256,12 @@ pub async fn run_node(cfg: NodeConfig) -> Result<(), Error> {
         st.table.pin(me_id);
         let _ = st.table.insert(&record, now);
         st.my_record = record;
+    }
+    if let Some(path) = &shared.cfg.known_file {
+        let n = known::load(&shared, path);
+        if n > 0 {
+            (shared.cfg.log)(format!("remembered {n} node(s) from {}", path.display()));
+        }
     }
     let addrs: Vec<String> = shared.advertised.iter().map(|a| a.to_string()).collect();
     (shared.cfg.log)(format!(
@@ -327,6 +346,8 @@ async fn maintain(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut last_pull = Instant::now();
     let mut last_expire = Instant::now();
+    let mut last_save = Instant::now();
+    let mut saved_digest = [0u8; 32];
     loop {
         tick.tick().await;
         let now = Instant::now();
@@ -358,6 +379,18 @@ async fn maintain(shared: Arc<Shared>) {
             last_pull = now;
             link::pull_from_one(&shared);
         }
+        if now.duration_since(last_save) >= Duration::from_secs(5)
+            && let Some(path) = &shared.cfg.known_file
+        {
+            last_save = now;
+            let d = shared.lock().table.digest();
+            if d != saved_digest {
+                match known::save(&shared, path) {
+                    Ok(()) => saved_digest = d,
+                    Err(e) => (shared.cfg.log)(format!("cannot remember known nodes: {e}")),
+                }
+            }
+        }
         dial_learned(&shared);
     }
 }
@@ -371,17 +404,25 @@ fn dial_learned(shared: &Arc<Shared>) {
         if up >= shared.cfg.target_links || st.links.len() >= shared.cfg.max_links {
             return;
         }
-        st.table
+        let from_table = st
+            .table
             .iter()
-            .filter(|(id, r)| {
-                **id != shared.id
-                    && !r.addrs.is_empty()
+            .map(|(id, r)| (*id, r.keys.x25519, r.addrs.clone()));
+        let remembered = st
+            .remembered
+            .iter()
+            .filter(|(id, _)| st.table.get(id).is_none())
+            .map(|(id, (k, a))| (*id, *k, a.clone()));
+        from_table
+            .chain(remembered)
+            .filter(|(id, _, addrs)| {
+                *id != shared.id
+                    && !addrs.is_empty()
                     && !st.by_node.contains_key(id)
                     && !st.dialing.contains(id)
                     && st.retry.get(id).is_none_or(|(at, _)| now >= *at)
             })
             .take(shared.cfg.target_links - up)
-            .map(|(id, r)| (*id, r.keys.x25519, r.addrs.clone()))
             .collect()
     };
     for (id, key, addrs) in picks {
