@@ -330,3 +330,46 @@ fn a_restarted_node_finds_its_mesh_without_a_bootstrap() {
         online(&h[2], &ids[1])
     });
 }
+
+#[test]
+fn a_handshake_flood_from_one_address_leaves_links_from_others() {
+    let (_d, h) = homes(2);
+    let ids: Vec<String> = h.iter().map(|p| id_of(p)).collect();
+    let ns = mesh_ns("m6", 3);
+    let _a = node(&ns, &h[0], 1, None, 10);
+    // 10.92.0.3 opens 300 connections that never finish a handshake (more
+    // than the 256 links a node takes at most).
+    let mut flood = Command::new("ip");
+    flood.args(["netns", "exec", &ns.name, "timeout", "20", "python3", "-c"]).arg(
+        "import socket,time\nss=[]\nfor i in range(300):\n    s=socket.socket(); s.bind(('10.92.0.3',0)); s.connect(('10.92.0.1',9010)); ss.append(s)\nprint('open',flush=True)\ntime.sleep(15)",
+    );
+    flood.stdout(std::process::Stdio::piped());
+    let mut flood = flood.spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(flood.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "open");
+    // B, from another address, links at once.
+    let _b = node(&ns, &h[1], 2, Some(1), 10);
+    let took = eventually(Duration::from_secs(4), "A links with B during the flood", || {
+        online(&h[0], &ids[1])
+    });
+    eprintln!("linked after {took:?} under the flood");
+    let st = ask(&h[0], &["status"]);
+    let handshaking = st["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["state"] == "handshake")
+        .count();
+    assert!(handshaking <= 8, "{handshaking} handshakes held for one address");
+    assert!(
+        st["counters"]["links_refused_busy"].as_u64().unwrap() >= 250,
+        "{st}"
+    );
+    let _ = flood.kill();
+    let _ = flood.wait();
+}

@@ -71,6 +71,18 @@ pub fn default_control_path() -> Option<PathBuf> {
     crate::keys::identity::default_path().and_then(|p| p.parent().map(|d| d.join("node.sock")))
 }
 
+/// Handshakes in progress from one address (IPv4, or an IPv6 /64) at once.
+pub const MAX_HANDSHAKES_PER_ADDRESS: usize = 8;
+
+/// What one address's share is counted by: the IPv4 address, or the /64 of
+/// an IPv6 one.
+fn share_key(a: SocketAddr) -> u128 {
+    match a.ip() {
+        std::net::IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        std::net::IpAddr::V6(v6) => u128::from(v6) >> 64 | 1 << 127,
+    }
+}
+
 /// Where known nodes are remembered by default: beside the identity.
 pub fn default_known_path() -> Option<PathBuf> {
     crate::keys::identity::default_path().and_then(|p| p.parent().map(|d| d.join("mesh-nodes")))
@@ -288,7 +300,17 @@ pub async fn run_node(cfg: NodeConfig) -> Result<(), Error> {
                 continue;
             }
         };
-        let busy = shared.lock().links.len() >= shared.cfg.max_links;
+        // At the link limit, or this address already has its share of
+        // handshakes in progress: refuse this one, keep serving the rest.
+        let busy = {
+            let st = shared.lock();
+            let handshaking = st
+                .links
+                .values()
+                .filter(|l| l.state == LinkState::Handshake && share_key(l.addr) == share_key(addr))
+                .count();
+            st.links.len() >= shared.cfg.max_links || handshaking >= MAX_HANDSHAKES_PER_ADDRESS
+        };
         if busy {
             shared.lock().counters.links_refused_busy += 1;
             tokio::spawn(link::refuse_busy(stream));
