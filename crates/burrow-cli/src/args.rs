@@ -77,7 +77,7 @@ pub enum Command {
     /// A local SOCKS5 (socks5h) and HTTP CONNECT proxy whose connections leave
     /// through a paired exit.
     #[command(
-        after_help = "Examples:\n  burrow proxy home --relay relay.example\n  curl --socks5-hostname 127.0.0.1:1080 https://example.com/\n  burrow proxy home --forward 127.0.0.1:2222=10.0.0.5:22"
+        after_help = "Examples:\n  burrow proxy home --relay relay.example\n  burrow proxy home --mesh\n  curl --socks5-hostname 127.0.0.1:1080 https://example.com/\n  burrow proxy home --forward 127.0.0.1:2222=10.0.0.5:22"
     )]
     Proxy(ProxyArgs),
     /// Run a mesh node (seed 002) in the foreground, or ask the running one
@@ -317,6 +317,11 @@ pub struct ProxyArgs {
     /// The paired exit: its name (see `burrow peers`) or fingerprint.
     pub exit: String,
 
+    /// Reach the exit over the mesh instead of a relay: a direct link to the
+    /// paired node at the addresses the local node (`burrow node`) knows for it.
+    #[arg(long)]
+    pub mesh: bool,
+
     /// The relay, HOST[:PORT][#FINGERPRINT].
     #[arg(long, env = "BURROW_RELAY", value_name = "ADDR")]
     pub relay: Option<String>,
@@ -422,6 +427,17 @@ pub struct NodeArgs {
     /// Links kept up to learned nodes.
     #[arg(long, default_value_t = 8, value_name = "N")]
     pub links: usize,
+
+    /// Let paired nodes' tunnels (`burrow proxy NAME --mesh`) also reach this
+    /// range, CIDR[:PORTS]; by default loopback, private, link-local,
+    /// multicast and this machine's own addresses are refused, as for
+    /// `burrow exit`. Repeatable.
+    #[arg(long, value_name = "CIDR[:PORTS]")]
+    pub allow: Vec<String>,
+
+    /// Refuse this destination range, CIDR[:PORTS]; beats --allow. Repeatable.
+    #[arg(long, value_name = "CIDR[:PORTS]")]
+    pub deny: Vec<String>,
 }
 
 /// What to ask a running node.

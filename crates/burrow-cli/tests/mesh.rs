@@ -373,3 +373,172 @@ fn a_handshake_flood_from_one_address_leaves_links_from_others() {
     let _ = flood.kill();
     let _ = flood.wait();
 }
+
+/// Pairs the nodes of `a` and `b` over their link (A shows the code).
+fn pair_over_mesh(a: &Path, b: &Path, a_id: &str, b_id: &str, b_calls_a: &str) {
+    let mut c = burrow(a);
+    c.args(["pair", "--mesh", b_id]);
+    let offer = spawn(c);
+    let code = offer.line("code:");
+    let out = burrow(b)
+        .args(["pair", "--mesh", a_id, &code, "--name", b_calls_a])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(offer.finish().0, 0);
+}
+
+#[test]
+fn a_paired_nodes_tunnel_carries_curl_and_an_unpaired_one_is_refused() {
+    let (d, h) = homes(3);
+    let ids: Vec<String> = h.iter().map(|p| id_of(p)).collect();
+    let ns = mesh_ns("m7", 9);
+    // A is the exit; its policy lets tunnels reach the web server's range.
+    let mut c = ns.burrow(&h[0]);
+    c.args([
+        "node",
+        "--listen",
+        "10.92.0.1:9010",
+        "--name",
+        "n1",
+        "--allow",
+        "10.92.0.9/32:8080",
+    ]);
+    let a = spawn(c);
+    a.line("node ");
+    let _b = node(&ns, &h[1], 2, Some(1), 10);
+    let _c = node(&ns, &h[2], 3, Some(1), 10);
+    eventually(Duration::from_secs(10), "A sees B and C", || {
+        online(&h[0], &ids[1]) && online(&h[0], &ids[2])
+    });
+    pair_over_mesh(&h[0], &h[1], &ids[0], &ids[1], "exit");
+
+    // A web server inside the namespace, and a file to fetch through the tunnel.
+    let www = d.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let body = pseudo_random(3 * 1024 * 1024 + 17, "mesh tunnel");
+    std::fs::write(www.join("file.bin"), &body).unwrap();
+    let mut web = Command::new("ip");
+    web.args([
+        "netns",
+        "exec",
+        &ns.name,
+        "python3",
+        "-m",
+        "http.server",
+        "--bind",
+        "10.92.0.9",
+        "8080",
+        "--directory",
+    ])
+    .arg(&www)
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped());
+    let _web = spawn(web);
+    eventually(Duration::from_secs(10), "the web server answers", || {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns.name,
+                "curl",
+                "-sf",
+                "-o",
+                "/dev/null",
+                "http://10.92.0.9:8080/",
+            ])
+            .status()
+            .unwrap()
+            .success()
+    });
+
+    let mut p = ns.burrow(&h[1]);
+    p.args(["proxy", "exit", "--mesh", "--listen", "127.0.0.1:11080"]);
+    let proxy = spawn(p);
+    proxy.line("proxy listening on");
+    let got = d.path().join("got.bin");
+    let curl = |out: &Path| {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns.name,
+                "curl",
+                "-sS",
+                "--max-time",
+                "20",
+                "--socks5-hostname",
+                "127.0.0.1:11080",
+            ])
+            .arg("http://10.92.0.9:8080/file.bin")
+            .arg("-o")
+            .arg(out)
+            .output()
+            .unwrap()
+    };
+    let out = curl(&got);
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        std::fs::read(&got).unwrap() == body,
+        "byte-identical through the mesh tunnel"
+    );
+    // The exit's policy still holds: a destination outside --allow is refused.
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "curl",
+            "-sS",
+            "--max-time",
+            "20",
+            "--socks5-hostname",
+            "127.0.0.1:11080",
+        ])
+        .arg("http://10.92.0.1:9010/")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the node's own port is not a destination");
+    drop(proxy);
+
+    // C is linked but not paired with A: its tunnel is refused, with a reason.
+    // C pins A by copying B's book (A as "exit"); A has not paired with C.
+    let pb = String::from_utf8(burrow(&h[1]).args(["peers"]).output().unwrap().stdout).unwrap();
+    assert!(pb.contains(&ids[0]), "{pb}");
+    std::fs::copy(
+        h[1].join(".local/share/burrow/peers"),
+        h[2].join(".local/share/burrow/peers"),
+    )
+    .unwrap();
+    let mut p = ns.burrow(&h[2]);
+    p.args(["proxy", "exit", "--mesh", "--listen", "127.0.0.1:11081"]);
+    let proxy = spawn(p);
+    proxy.line("proxy listening on");
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "curl",
+            "-sS",
+            "--max-time",
+            "20",
+            "--socks5-hostname",
+            "127.0.0.1:11081",
+        ])
+        .arg("http://10.92.0.9:8080/file.bin")
+        .arg("-o")
+        .arg(d.path().join("no.bin"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "an unpaired node's tunnel is refused");
+    let (_, log) = proxy.finish_after_kill();
+    assert!(
+        log.contains("not paired") || log.contains("paired nodes only"),
+        "{log}"
+    );
+}

@@ -76,6 +76,8 @@ async fn serve(args: NodeArgs) -> Result<(), Error> {
         keepalive: Duration::from_secs(args.keepalive.max(1)),
         control: control_path()?,
         known_file: burrow_node::mesh::default_known_path(),
+        policy: Arc::new(super::tunnel::policy_of(&args.allow, &args.deny)?),
+        peer_book: burrow_node::keys::peers::PeerBook::default_path(),
         log: Arc::new(|l| eprintln!("{l}")),
         target_links: args.links.max(1),
         max_links: 256.max(args.links * 4),
@@ -246,4 +248,28 @@ pub async fn pair(node: &str, code: Option<&str>, name: Option<&str>) -> Result<
     book.add(&name, keys)?;
     println!("paired with {name} ({})", keys.fingerprint());
     Ok(())
+}
+
+/// Where the running node last saw the node with `keys`: from its node list.
+pub async fn addresses_of(
+    keys: &burrow_node::keys::identity::PublicIdentity,
+) -> Result<Vec<std::net::SocketAddr>, Error> {
+    let v = control::request(&control_path()?, &json!({"op": "nodes"})).await?;
+    let id = keys.fingerprint();
+    let node = v["nodes"]
+        .as_array()
+        .and_then(|l| l.iter().find(|n| n["id"] == id.as_str()))
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "the local node does not know {id} (is it linked? `burrow node nodes`)"
+            ))
+        })?;
+    let addrs: Vec<std::net::SocketAddr> = node["addresses"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|x| x.as_str()?.parse().ok()).collect())
+        .unwrap_or_default();
+    if addrs.is_empty() {
+        return Err(Error::Usage(format!("{id} advertises no address to reach it at")));
+    }
+    Ok(addrs)
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use burrow_node::Error;
 use burrow_node::meet::relay_client::RelayClient;
-use burrow_node::tunnel::{ExitConfig, Proxy, ProxyConfig, RelayTrust, run_exit};
+use burrow_node::tunnel::{ExitConfig, Proxy, ProxyConfig, RelayTrust, Via, run_exit};
 use burrow_proto::tunnel::mux::Host;
 use burrow_proto::tunnel::policy::{Policy, Rule};
 
@@ -25,19 +25,24 @@ fn log() -> Arc<dyn Fn(String) + Send + Sync> {
     Arc::new(|l| eprintln!("{l}"))
 }
 
-/// `burrow exit`.
-pub async fn exit(args: ExitArgs, cfg: &Config) -> Result<(), Error> {
-    let (relay, trust) = relay_of(&args.relay, cfg)?;
+/// The egress policy of `--allow` / `--deny` (as for `burrow exit`).
+pub(crate) fn policy_of(allow: &[String], deny: &[String]) -> Result<Policy, Error> {
     let parse = |v: &[String]| -> Result<Vec<Rule>, Error> {
         v.iter()
             .map(|r| Rule::parse(r).map_err(|e| Error::Usage(e.to_string())))
             .collect()
     };
-    let policy = Policy::new(
-        parse(&args.allow)?,
-        parse(&args.deny)?,
+    Ok(Policy::new(
+        parse(allow)?,
+        parse(deny)?,
         burrow_node::meet::paths::local_addresses(),
-    );
+    ))
+}
+
+/// `burrow exit`.
+pub async fn exit(args: ExitArgs, cfg: &Config) -> Result<(), Error> {
+    let (relay, trust) = relay_of(&args.relay, cfg)?;
+    let policy = policy_of(&args.allow, &args.deny)?;
     let peers = super::book()?;
     if peers.peers().is_empty() {
         eprintln!("warning: no paired peers yet, so nobody can use this exit (`burrow pair`)");
@@ -69,15 +74,24 @@ fn host_port(s: &str) -> Result<(Host, u16), Error> {
 
 /// `burrow proxy NAME`.
 pub async fn proxy(args: ProxyArgs, cfg: &Config) -> Result<(), Error> {
-    let (relay, trust) = relay_of(&args.relay, cfg)?;
     let book = super::book()?;
     let exit = book
         .find(&args.exit)
-        .ok_or_else(|| Error::Usage(format!("no paired peer {}: see `burrow peers`", args.exit)))?
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "no paired peer {}: see `burrow peers` (a mesh node must be paired first: `burrow pair --mesh`)",
+                burrow_proto::transfer::escape_display(&args.exit)
+            ))
+        })?
         .key;
+    let via = if args.mesh {
+        Via::Mesh(super::node::addresses_of(&exit).await?)
+    } else {
+        let (relay, trust) = relay_of(&args.relay, cfg)?;
+        Via::Relay { relay, trust }
+    };
     let proxy = Proxy::new(ProxyConfig {
-        relay,
-        trust,
+        via,
         me: Arc::new(super::my_identity()?),
         exit,
         log: log(),

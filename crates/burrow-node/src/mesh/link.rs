@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use burrow_proto::keys::NodeId;
 use burrow_proto::mesh::link::{Direction, Link, LinkConfig, LinkEvent, LinkState};
 use burrow_proto::mesh::packet::{DataKind, NlistReq, Packet, Reason};
-use burrow_proto::mesh::record::NodeRecord;
+use burrow_proto::mesh::record::{Flags, NodeRecord};
 use burrow_proto::mesh::table::Merge;
 use burrow_proto::session::MAX_PLAINTEXT;
 use burrow_proto::transfer::escape_display;
@@ -55,14 +55,14 @@ pub(crate) async fn refuse_busy(mut stream: TcpStream) {
 }
 
 /// Serves a connection someone made to this node.
-pub(crate) async fn run_inbound(shared: Arc<Shared>, stream: TcpStream, addr: SocketAddr) {
+pub(crate) async fn run_inbound(shared: Arc<Shared>, stream: TcpStream, addr: SocketAddr, slot: Slot) {
     let _ = stream.set_nodelay(true);
     let (secret, record) = {
         let st = shared.lock();
         (*shared.cfg.me.x25519_secret(), st.my_record.clone())
     };
     let link = Link::inbound(config(&shared), &secret, record, Instant::now(), &mut OsRandom);
-    drive(shared, stream, addr, link).await;
+    drive(shared, stream, addr, link, slot).await;
 }
 
 /// Dials out over `stream`; `peer`: the node's X25519 key when known
@@ -91,7 +91,8 @@ pub(crate) async fn run_outbound(
             return (None, false);
         }
     };
-    drive(shared, stream, addr, link).await
+    let slot = register(&shared, Direction::Outbound, addr);
+    drive(shared, stream, addr, link, slot).await
 }
 
 /// Owned copies of what the link handed over while reading.
@@ -104,39 +105,51 @@ fn collect(into: &mut Vec<Vec<u8>>) -> impl FnMut(Packet<'_>) + '_ {
     }
 }
 
+/// A link's entry in the node's table, made before its task runs (so that
+/// the accept loop's per-address count sees it at once).
+pub(crate) struct Slot {
+    id: u64,
+    rx: mpsc::Receiver<Cmd>,
+}
+
+/// Registers a link about to start.
+pub(crate) fn register(shared: &Shared, dir: Direction, addr: SocketAddr) -> Slot {
+    let (tx, rx) = mpsc::channel::<Cmd>(256);
+    let mut st = shared.lock();
+    let id = st.next_link;
+    st.next_link += 1;
+    st.links.insert(
+        id,
+        LinkInfo {
+            dir,
+            addr,
+            peer: None,
+            state: LinkState::Handshake,
+            rtt: None,
+            since: Instant::now(),
+            stats: Default::default(),
+            tx,
+            keys: None,
+            hash: None,
+        },
+    );
+    Slot { id, rx }
+}
+
 async fn drive(
     shared: Arc<Shared>,
     stream: TcpStream,
     addr: SocketAddr,
     mut link: Link,
+    slot: Slot,
 ) -> (Option<NodeId>, bool) {
-    let (tx, mut rx) = mpsc::channel::<Cmd>(256);
-    let id = {
-        let mut st = shared.lock();
-        let id = st.next_link;
-        st.next_link += 1;
-        st.links.insert(
-            id,
-            LinkInfo {
-                dir: link.direction(),
-                addr,
-                peer: None,
-                state: LinkState::Handshake,
-                rtt: None,
-                since: Instant::now(),
-                stats: link.stats(),
-                tx,
-                keys: None,
-                hash: None,
-            },
-        );
-        id
-    };
+    let Slot { id, mut rx } = slot;
     let (mut rd, mut wr) = stream.into_split();
     let mut buf = vec![0u8; 64 * 1024];
     let mut peer: Option<NodeId> = None;
     let mut was_up = false;
     let mut closed_by_socket = None;
+    let mut client: Option<String> = None;
     loop {
         // Everything queued goes out first (control traffic: small).
         while !link.output().is_empty() {
@@ -161,7 +174,23 @@ async fn drive(
                         l.keys = Some(keys);
                         l.hash = Some(handshake_hash);
                     }
-                    on_up(&shared, id, &mut link, keys.id(), &record);
+                    let is_client = NodeRecord::decode(&record).is_ok_and(|r| r.flags.has(Flags::CLIENT));
+                    if !is_client {
+                        on_up(&shared, id, &mut link, keys.id(), &record);
+                        continue;
+                    }
+                    // A paired node's client asking for tunnels: not a mesh link.
+                    peer = None;
+                    match paired_name(&shared, &keys) {
+                        Some(name) => client = Some(name),
+                        None => {
+                            (shared.cfg.log)(format!(
+                                "refused a tunnel from {}: not a paired node",
+                                keys.id()
+                            ));
+                            link.close(Reason::NotPaired, "this node serves tunnels to paired nodes only");
+                        }
+                    }
                 }
                 LinkEvent::Rtt(rtt) => {
                     if let Some(l) = shared.lock().links.get_mut(&id) {
@@ -181,7 +210,7 @@ async fn drive(
             l.stats = link.stats();
             l.state = link.state();
         }
-        if link.state() == LinkState::Closed || closed_by_socket.is_some() {
+        if link.state() == LinkState::Closed || closed_by_socket.is_some() || client.is_some() {
             break;
         }
         let deadline = link
@@ -218,6 +247,39 @@ async fn drive(
             _ = tokio::time::sleep_until(deadline.into()) => link.handle_timeout(Instant::now()),
         }
     }
+    if let Some(name) = client {
+        // The client waits for this before it sends: accepted (a refusal
+        // would have been a DISCONNECT with its reason).
+        let _ = link.send(&Packet::TunnelData(Frame::Ping));
+        while !link.output().is_empty() {
+            match wr.write(link.output()).await {
+                Ok(n) if n > 0 => link.advance(n),
+                _ => break,
+            }
+        }
+        if let (Ok(stream), Ok((sealer, opener, already))) = (rd.reunite(wr), link.into_session()) {
+            (shared.cfg.log)(format!("tunnel from {name} ({addr})"));
+            crate::tunnel::serve_mesh_tunnel(
+                stream,
+                (sealer, opener),
+                already,
+                shared.cfg.policy.clone(),
+                shared.cfg.log.clone(),
+            )
+            .await;
+            (shared.cfg.log)(format!("tunnel from {name} ended"));
+        }
+        shared.lock().links.remove(&id);
+        return (None, false);
+    }
+    // A close decided above (duplicate, not paired, timeout) queued its
+    // DISCONNECT: the peer should hear why.
+    while closed_by_socket.is_none() && !link.output().is_empty() {
+        match tokio::time::timeout(Duration::from_secs(2), wr.write(link.output())).await {
+            Ok(Ok(n)) if n > 0 => link.advance(n),
+            _ => break,
+        }
+    }
     if let Some(text) = closed_by_socket
         && link.state() != LinkState::Closed
     {
@@ -231,6 +293,15 @@ async fn drive(
     let _ = wr.shutdown().await;
     shared.lock().links.remove(&id);
     (peer, was_up)
+}
+
+/// The name `keys` are paired under, if they are.
+fn paired_name(shared: &Shared, keys: &burrow_proto::keys::PublicIdentity) -> Option<String> {
+    let path = shared.cfg.peer_book.as_ref()?;
+    let book = crate::keys::peers::PeerBook::load(path).ok()?;
+    book.by_x25519(&keys.x25519)
+        .filter(|p| p.key == *keys)
+        .map(|p| escape_display(&p.name))
 }
 
 /// Sends a ping: a DATA the peer answers, so silence makes the link probe.

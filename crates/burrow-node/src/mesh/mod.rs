@@ -7,6 +7,7 @@
 //! | module | owns |
 //! |---|---|
 //! | [`link`] | one task per connection driving the link machine ([`burrow_proto::mesh::link`]) |
+//! | `client` | a client's link (`burrow proxy --mesh`): handshake, then the tunnel driver takes it |
 //! | [`control`] | the control socket (0600, in the data folder) and its client |
 //! | `pair` | pairing over a link (PAIR_REQ / PAIR_RES): the offer and the join |
 //!
@@ -14,6 +15,7 @@
 //! never held across an await: the node table, the links, counters, and
 //! waiting pings.
 
+pub(crate) mod client;
 pub mod control;
 mod known;
 pub mod link;
@@ -64,6 +66,10 @@ pub struct NodeConfig {
     pub target_links: usize,
     /// Links at most (handshakes included); more are refused with "busy".
     pub max_links: usize,
+    /// Where paired nodes' tunnels may go (as for `burrow exit`).
+    pub policy: Arc<burrow_proto::tunnel::policy::Policy>,
+    /// The peer book (re-read for every client link: pairing adds to it).
+    pub peer_book: Option<PathBuf>,
 }
 
 /// Where the control socket lives by default: beside the identity.
@@ -316,7 +322,8 @@ pub async fn run_node(cfg: NodeConfig) -> Result<(), Error> {
             tokio::spawn(link::refuse_busy(stream));
             continue;
         }
-        tokio::spawn(link::run_inbound(shared.clone(), stream, addr));
+        let slot = link::register(&shared, Direction::Inbound, addr);
+        tokio::spawn(link::run_inbound(shared.clone(), stream, addr, slot));
     }
 }
 

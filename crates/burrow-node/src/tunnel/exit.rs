@@ -152,9 +152,42 @@ async fn exit_session(cfg: &Arc<ExitConfig>, session: [u8; 16], peer: [u8; 32]) 
     let on_open: OnOpen = Arc::new(move |t, id, host, port| {
         tokio::spawn(exit_stream(t, id, host, port, policy.clone(), log.clone()));
     });
-    let t = Tunnel::start(s, sealer, opener, End::Server, Some(on_open), cfg.idle);
+    let t = Tunnel::start(
+        s,
+        sealer,
+        opener,
+        End::Server,
+        Some(on_open),
+        cfg.idle,
+        Framing::Session,
+    );
     t.ended().await;
     Ok(())
+}
+
+/// Serves a tunnel over a mesh link a paired node's client handed over
+/// (`burrow proxy --mesh`): its streams leave under `policy`.
+pub(crate) async fn serve_mesh_tunnel(
+    s: TcpStream,
+    keys: (burrow_proto::session::Sealer, burrow_proto::session::Opener),
+    already: Vec<u8>,
+    policy: Arc<Policy>,
+    log: Log,
+) {
+    let log2 = log.clone();
+    let on_open: OnOpen = Arc::new(move |t, id, host, port| {
+        tokio::spawn(exit_stream(t, id, host, port, policy.clone(), log2.clone()));
+    });
+    let t = Tunnel::start(
+        s,
+        keys.0,
+        keys.1,
+        End::Server,
+        Some(on_open),
+        Duration::from_secs(30),
+        Framing::Mesh { already },
+    );
+    t.ended().await;
 }
 
 fn reset_for(e: &std::io::Error) -> ResetReason {

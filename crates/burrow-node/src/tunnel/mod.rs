@@ -27,13 +27,14 @@ mod session;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub(crate) use exit::serve_mesh_tunnel;
 pub use exit::{ExitConfig, run_exit};
-pub use proxy::{Proxy, ProxyConfig};
+pub use proxy::{Proxy, ProxyConfig, Via};
 pub use relay::RelayTrust;
 
 use exit::shown_host;
 use relay::{end_to_end, relay_link};
-use session::{Inflow, OnOpen, Opening, Tunnel};
+use session::{Framing, Inflow, OnOpen, Opening, Tunnel};
 
 /// How long a connect to a destination may take at the exit.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -19,12 +19,23 @@ use crate::meet::relay_client::RelayClient;
 
 use super::*;
 
+/// How the proxy reaches its exit.
+pub enum Via {
+    /// Through a relay's connector (seed 000).
+    Relay {
+        /// The relay.
+        relay: RelayClient,
+        /// How to trust it.
+        trust: RelayTrust,
+    },
+    /// Over a mesh link straight to the node (seed 002): its addresses.
+    Mesh(Vec<std::net::SocketAddr>),
+}
+
 /// What a proxy needs.
 pub struct ProxyConfig {
-    /// The relay.
-    pub relay: RelayClient,
-    /// How to trust it.
-    pub trust: RelayTrust,
+    /// The way to the exit.
+    pub via: Via,
     /// This installation.
     pub me: Arc<Identity>,
     /// The exit's keys (paired).
@@ -77,27 +88,52 @@ impl Proxy {
         {
             return Ok(t.clone());
         }
-        let mut link = relay_link(&self.cfg.relay, &self.cfg.trust, &self.cfg.me).await?;
-        link.send(&Msg::Connect {
-            target: self.cfg.exit.x25519,
-        })
-        .await?;
-        match link.recv().await? {
-            Msg::Init { peer, .. } if peer == self.cfg.exit.x25519 => {}
-            _ => return Err(Error::RelayProtocol("the relay did not start the session".into())),
-        }
-        let mut s = link.s;
-        let (sealer, opener, seen) = end_to_end(&mut s, &self.cfg.me, Side::Responder).await?;
-        if seen != self.cfg.exit.x25519 {
-            return Err(Error::Integrity(
-                "the exit presented another key than the paired one (refusing)".into(),
-            ));
-        }
+        let t = match &self.cfg.via {
+            Via::Relay { relay, trust } => {
+                let mut link = relay_link(relay, trust, &self.cfg.me).await?;
+                link.send(&Msg::Connect {
+                    target: self.cfg.exit.x25519,
+                })
+                .await?;
+                match link.recv().await? {
+                    Msg::Init { peer, .. } if peer == self.cfg.exit.x25519 => {}
+                    _ => return Err(Error::RelayProtocol("the relay did not start the session".into())),
+                }
+                let mut s = link.s;
+                let (sealer, opener, seen) = end_to_end(&mut s, &self.cfg.me, Side::Responder).await?;
+                if seen != self.cfg.exit.x25519 {
+                    return Err(Error::Integrity(
+                        "the exit presented another key than the paired one (refusing)".into(),
+                    ));
+                }
+                Tunnel::start(
+                    s,
+                    sealer,
+                    opener,
+                    End::Client,
+                    None,
+                    self.cfg.idle,
+                    Framing::Session,
+                )
+            }
+            Via::Mesh(addrs) => {
+                let (s, sealer, opener, already) =
+                    crate::mesh::client::connect(addrs, &self.cfg.me, &self.cfg.exit).await?;
+                Tunnel::start(
+                    s,
+                    sealer,
+                    opener,
+                    End::Client,
+                    None,
+                    self.cfg.idle,
+                    Framing::Mesh { already },
+                )
+            }
+        };
         (self.cfg.log)(format!(
             "tunnel to the exit {} is up",
             self.cfg.exit.fingerprint()
         ));
-        let t = Tunnel::start(s, sealer, opener, End::Client, None, self.cfg.idle);
         *g = Some(t.clone());
         Ok(t)
     }

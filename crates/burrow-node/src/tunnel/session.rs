@@ -49,6 +49,32 @@ pub(super) struct Tunnel {
     pub(super) born: std::time::Instant,
     pub(super) last_rx: std::sync::atomic::AtomicU64,
     pub(super) last_tx: std::sync::atomic::AtomicU64,
+    /// Bytes before each mux frame in a record: 0 on a relay session, 1 on
+    /// a mesh link (the TUNNEL_REQ / TUNNEL_DATA / TUNNEL_CLOSE id).
+    head: usize,
+}
+
+/// How a tunnel's records carry mux frames.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// One mux frame per record (the connector's end-to-end session).
+    Session,
+    /// One seed 002 packet per record: the TUNNEL_* id, then the mux frame;
+    /// `already`: bytes the link's handshake read past its end.
+    Mesh {
+        /// Read, not yet consumed.
+        already: Vec<u8>,
+    },
+}
+
+/// The mesh packet id that carries a mux frame (by its type byte).
+fn mesh_id(frame: &[u8]) -> u8 {
+    use burrow_proto::mesh::packet::PacketId;
+    match frame.first() {
+        Some(0x01) => PacketId::TunnelReq as u8,
+        Some(0x06) => PacketId::TunnelClose as u8,
+        _ => PacketId::TunnelData as u8,
+    }
 }
 
 /// Bytes per read on the tunnel's connection: small enough that a buffer
@@ -333,7 +359,12 @@ impl Tunnel {
         end: End,
         on_open: Option<OnOpen>,
         idle: Duration,
+        framing: Framing,
     ) -> Arc<Self> {
+        let (head, already) = match framing {
+            Framing::Session => (0, Vec::new()),
+            Framing::Mesh { already } => (1, already),
+        };
         let (mut rd, mut wr) = s.into_split();
         let (out, mut out_rx) = mpsc::channel::<Vec<u8>>(OUT_QUEUE);
         let t = Arc::new(Self {
@@ -346,6 +377,7 @@ impl Tunnel {
             born: std::time::Instant::now(),
             last_rx: Default::default(),
             last_tx: Default::default(),
+            head,
         });
         let t1 = t.clone();
         tokio::spawn(async move {
@@ -390,11 +422,29 @@ impl Tunnel {
             // shared with the streams their `Data` goes to (no copy) and the
             // next read goes into another buffer (see `RecvBuf`).
             let mut inbox = Inbox::with_buffer(t2.recv_bufs.take());
+            // Bytes that came with the handshake, before this reader.
+            let n = already.len().min(inbox.space().len());
+            inbox.space()[..n].copy_from_slice(&already[..n]);
+            inbox.filled(n);
             let mut plains: Vec<std::ops::Range<usize>> = Vec::new();
             'session: loop {
                 let mut failed = false;
                 loop {
                     match inbox.open_next(&mut opener) {
+                        // On a mesh link the TUNNEL_* id comes first; it
+                        // must be the one for the frame that follows.
+                        Ok(Some(p)) if head == 1 => {
+                            let id = inbox.buffer().get(p.start).copied();
+                            let frame = inbox.buffer().get(p.start + 1..p.end).unwrap_or_default();
+                            if id != Some(mesh_id(frame)) || frame.is_empty() {
+                                tracing::warn!(
+                                    "tunnel: a record that is not a TUNNEL packet; closing every stream"
+                                );
+                                failed = true;
+                                break;
+                            }
+                            plains.push(p.start + 1..p.end);
+                        }
                         Ok(Some(p)) => plains.push(p),
                         Ok(None) => break,
                         // A record that fails authentication ends everything: no altered byte is delivered.
@@ -466,7 +516,7 @@ impl Tunnel {
                 }
                 if since(&t3.last_tx) >= idle / 3 {
                     let ping = lock(&t3.mux).ping();
-                    let _ = t3.out.try_send(as_record(&ping));
+                    let _ = t3.out.try_send(t3.rec(&ping));
                 }
             }
         });
@@ -525,7 +575,7 @@ impl Tunnel {
                 }
                 None => {
                     let r = lock(&self.mux).reset(stream, ResetReason::Failure, "this side opens no streams");
-                    let _ = self.out.try_send(as_record(&r));
+                    let _ = self.out.try_send(self.rec(&r));
                 }
             },
             Event::Opened { stream } => {
@@ -561,7 +611,7 @@ impl Tunnel {
                 }
             }
             Event::Refused { reset, .. } => {
-                let _ = self.out.try_send(as_record(&reset));
+                let _ = self.out.try_send(self.rec(&reset));
             }
             Event::Nothing => {}
         }
@@ -613,7 +663,7 @@ impl Tunnel {
             .open(host, port)
             .map_err(|e| (ResetReason::Failure, e.to_string()))?;
         let (inflow, writable) = Tunnel::register_in(&mut streams, id, Some(tx));
-        permit.send(as_record(&frame));
+        permit.send(self.rec(&frame));
         Ok(Opening {
             id,
             inflow,
@@ -624,7 +674,21 @@ impl Tunnel {
 
     /// Queues a frame (plaintext); it is copied into record layout.
     pub(super) async fn send(&self, frame: Vec<u8>) -> bool {
-        self.out.send(as_record(&frame)).await.is_ok()
+        self.out.send(self.rec(&frame)).await.is_ok()
+    }
+
+    /// `frame` laid out as a record of this tunnel: [`as_record`], with the
+    /// TUNNEL_* id first on a mesh link.
+    pub(super) fn rec(&self, frame: &[u8]) -> Vec<u8> {
+        if self.head == 0 {
+            return as_record(frame);
+        }
+        let mut r = Vec::with_capacity(LEN_PREFIX + 1 + frame.len() + TAG_LEN);
+        r.extend_from_slice(&[0; LEN_PREFIX]);
+        r.push(mesh_id(frame));
+        r.extend_from_slice(frame);
+        r.extend_from_slice(&[0; TAG_LEN]);
+        r
     }
 
     /// Queues a frame already laid out as a record (see [`as_record`]).
@@ -650,9 +714,11 @@ impl Tunnel {
             async move {
                 // Data goes straight into a frame laid out as a record:
                 // [prefix][Data header][bytes][tag], sealed in place later.
-                const AT: usize = LEN_PREFIX + Mux::DATA_HEADER;
+                let at = LEN_PREFIX + t.head + Mux::DATA_HEADER;
                 loop {
-                    let credit = lock(&t.mux).credit(id);
+                    let credit = lock(&t.mux)
+                        .credit(id)
+                        .min(burrow_proto::tunnel::mux::MAX_DATA - t.head);
                     if credit == 0 {
                         if !lock(&t.streams).contains_key(&id) {
                             return;
@@ -663,8 +729,8 @@ impl Tunnel {
                         }
                     }
                     let mut f = t.get();
-                    f.resize(AT + credit, 0);
-                    let n = match lr.read(&mut f[AT..]).await {
+                    f.resize(at + credit, 0);
+                    let n = match lr.read(&mut f[at..]).await {
                         Ok(0) => {
                             let fin = lock(&t.mux).fin(id);
                             if let Some(f) = fin {
@@ -684,9 +750,14 @@ impl Tunnel {
                             return;
                         }
                     };
-                    f.truncate(AT + n);
-                    let ok = lock(&t.mux).data_in_place(id, &mut f[LEN_PREFIX..]).is_ok();
-                    f.resize(AT + n + TAG_LEN, 0);
+                    f.truncate(at + n);
+                    if t.head == 1 {
+                        f[LEN_PREFIX] = burrow_proto::mesh::packet::PacketId::TunnelData as u8;
+                    }
+                    let ok = lock(&t.mux)
+                        .data_in_place(id, &mut f[LEN_PREFIX + t.head..])
+                        .is_ok();
+                    f.resize(at + n + TAG_LEN, 0);
                     if !ok || !t.send_record(f).await {
                         return;
                     }
@@ -847,7 +918,15 @@ mod tests {
         c.set_send_buffer_size(4096).unwrap();
         let client = c.connect(l.local_addr().unwrap()).await.unwrap();
         let (mut peer, _) = l.accept().await.unwrap();
-        let t = Tunnel::start(client, sa, oa, End::Client, None, Duration::from_secs(60));
+        let t = Tunnel::start(
+            client,
+            sa,
+            oa,
+            End::Client,
+            None,
+            Duration::from_secs(60),
+            Framing::Session,
+        );
         let opens: Vec<_> = (0..OPENS)
             .map(|i| {
                 let t = t.clone();

@@ -927,6 +927,25 @@ impl Link {
         }
     }
 
+    /// Hands the session over to another driver (a tunnel that runs the
+    /// link's records itself): the two directions' keys and the bytes
+    /// already read but not consumed. Only an up link with nothing left to
+    /// write can be handed over; otherwise the link comes back.
+    #[allow(clippy::result_large_err)]
+    pub fn into_session(mut self) -> Result<(Sealer, Opener, Vec<u8>), Self> {
+        if self.state() != LinkState::Up || !self.output().is_empty() {
+            return Err(self);
+        }
+        match (self.sealer.take(), self.opener.take()) {
+            (Some(s), Some(o)) => Ok((s, o, self.inbuf[self.start..self.valid].to_vec())),
+            (s, o) => {
+                self.sealer = s;
+                self.opener = o;
+                Err(self)
+            }
+        }
+    }
+
     /// Seals any plaintext as a record (fuzzing: a peer that sends what it likes).
     #[cfg(any(test, feature = "fuzzing"))]
     pub fn seal_raw(&mut self, plain: &[u8]) -> Result<(), SessionError> {
