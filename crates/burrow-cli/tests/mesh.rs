@@ -374,6 +374,27 @@ fn a_handshake_flood_from_one_address_leaves_links_from_others() {
     let _ = flood.wait();
 }
 
+/// `curl` inside the namespace through the SOCKS5 proxy on 127.0.0.1:`port`.
+fn socks_curl(ns: &Netns, port: u16, url: &str, out: &Path) -> std::process::Output {
+    Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "curl",
+            "-sS",
+            "--max-time",
+            "20",
+            "--socks5-hostname",
+        ])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg(url)
+        .arg("-o")
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
 /// Pairs the nodes of `a` and `b` over their link (A shows the code).
 fn pair_over_mesh(a: &Path, b: &Path, a_id: &str, b_id: &str, b_calls_a: &str) {
     let mut c = burrow(a);
@@ -457,26 +478,7 @@ fn a_paired_nodes_tunnel_carries_curl_and_an_unpaired_one_is_refused() {
     let proxy = spawn(p);
     proxy.line("proxy listening on");
     let got = d.path().join("got.bin");
-    let curl = |out: &Path| {
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &ns.name,
-                "curl",
-                "-sS",
-                "--max-time",
-                "20",
-                "--socks5-hostname",
-                "127.0.0.1:11080",
-            ])
-            .arg("http://10.92.0.9:8080/file.bin")
-            .arg("-o")
-            .arg(out)
-            .output()
-            .unwrap()
-    };
-    let out = curl(&got);
+    let out = socks_curl(&ns, 11080, "http://10.92.0.9:8080/file.bin", &got);
     assert!(
         out.status.success(),
         "curl: {}",
@@ -487,21 +489,7 @@ fn a_paired_nodes_tunnel_carries_curl_and_an_unpaired_one_is_refused() {
         "byte-identical through the mesh tunnel"
     );
     // The exit's policy still holds: a destination outside --allow is refused.
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns.name,
-            "curl",
-            "-sS",
-            "--max-time",
-            "20",
-            "--socks5-hostname",
-            "127.0.0.1:11080",
-        ])
-        .arg("http://10.92.0.1:9010/")
-        .output()
-        .unwrap();
+    let out = socks_curl(&ns, 11080, "http://10.92.0.1:9010/", &d.path().join("x"));
     assert!(!out.status.success(), "the node's own port is not a destination");
     drop(proxy);
 
@@ -518,23 +506,12 @@ fn a_paired_nodes_tunnel_carries_curl_and_an_unpaired_one_is_refused() {
     p.args(["proxy", "exit", "--mesh", "--listen", "127.0.0.1:11081"]);
     let proxy = spawn(p);
     proxy.line("proxy listening on");
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns.name,
-            "curl",
-            "-sS",
-            "--max-time",
-            "20",
-            "--socks5-hostname",
-            "127.0.0.1:11081",
-        ])
-        .arg("http://10.92.0.9:8080/file.bin")
-        .arg("-o")
-        .arg(d.path().join("no.bin"))
-        .output()
-        .unwrap();
+    let out = socks_curl(
+        &ns,
+        11081,
+        "http://10.92.0.9:8080/file.bin",
+        &d.path().join("no.bin"),
+    );
     assert!(!out.status.success(), "an unpaired node's tunnel is refused");
     let (_, log) = proxy.finish_after_kill();
     assert!(

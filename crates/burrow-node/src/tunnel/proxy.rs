@@ -88,7 +88,7 @@ impl Proxy {
         {
             return Ok(t.clone());
         }
-        let t = match &self.cfg.via {
+        let (s, sealer, opener, framing) = match &self.cfg.via {
             Via::Relay { relay, trust } => {
                 let mut link = relay_link(relay, trust, &self.cfg.me).await?;
                 link.send(&Msg::Connect {
@@ -106,30 +106,15 @@ impl Proxy {
                         "the exit presented another key than the paired one (refusing)".into(),
                     ));
                 }
-                Tunnel::start(
-                    s,
-                    sealer,
-                    opener,
-                    End::Client,
-                    None,
-                    self.cfg.idle,
-                    Framing::Session,
-                )
+                (s, sealer, opener, Framing::Session)
             }
             Via::Mesh(addrs) => {
                 let (s, sealer, opener, already) =
                     crate::mesh::client::connect(addrs, &self.cfg.me, &self.cfg.exit).await?;
-                Tunnel::start(
-                    s,
-                    sealer,
-                    opener,
-                    End::Client,
-                    None,
-                    self.cfg.idle,
-                    Framing::Mesh { already },
-                )
+                (s, sealer, opener, Framing::Mesh { already })
             }
         };
+        let t = Tunnel::start(s, sealer, opener, End::Client, None, self.cfg.idle, framing);
         (self.cfg.log)(format!(
             "tunnel to the exit {} is up",
             self.cfg.exit.fingerprint()
