@@ -36,9 +36,11 @@ fn main() {
     // the tunnel's throughput (docs/benchmarks.md); a transfer's file reads
     // and writes run on a blocking worker beside it. The relay, serving many
     // connections, gets two worker threads.
+    // A mesh node likewise: its links carry little but keepalives and
+    // gossip, and one thread keeps its memory small (docs/benchmarks.md).
     let single = matches!(
         &cli.command,
-        Command::Exit(_) | Command::Proxy(_) | Command::Send(_) | Command::Receive(_)
+        Command::Exit(_) | Command::Proxy(_) | Command::Send(_) | Command::Receive(_) | Command::Node(_)
     );
     let rt = if single {
         tokio::runtime::Builder::new_current_thread().enable_all().build()

@@ -145,7 +145,9 @@ async fn drive(
 ) -> (Option<NodeId>, bool) {
     let Slot { id, mut rx } = slot;
     let (mut rd, mut wr) = stream.into_split();
-    let mut buf = vec![0u8; 64 * 1024];
+    // Control traffic: pages of records (at most one session record each)
+    // and keepalives; a small read buffer keeps a link's memory small.
+    let mut buf = vec![0u8; 16 * 1024];
     let mut peer: Option<NodeId> = None;
     let mut was_up = false;
     let mut closed_by_socket = None;
@@ -540,13 +542,13 @@ pub(crate) fn push(shared: &Arc<Shared>, node: NodeId, except: Option<u64>) {
     {
         return;
     }
-    let targets: Vec<mpsc::Sender<Cmd>> = st
+    let mut targets: Vec<mpsc::Sender<Cmd>> = st
         .by_node
         .iter()
         .filter(|(n, l)| **n != node && Some(**l) != except)
         .filter_map(|(_, l)| st.links.get(l).map(|i| i.tx.clone()))
-        .take(FANOUT)
         .collect();
+    super::sample(&mut targets, FANOUT);
     drop(st);
     let mut sent = 0;
     for t in targets {

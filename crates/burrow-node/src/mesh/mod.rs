@@ -94,6 +94,21 @@ pub fn default_known_path() -> Option<PathBuf> {
     crate::keys::identity::default_path().and_then(|p| p.parent().map(|d| d.join("mesh-nodes")))
 }
 
+/// Keeps `k` of `v`'s items, picked at random (a partial Fisher-Yates
+/// shuffle on the OS RNG): gossip targets and dial candidates must not be
+/// the same few every time, or some nodes would only ever hear of a change
+/// through the 30 s anti-entropy pull.
+pub(crate) fn sample<T>(v: &mut Vec<T>, k: usize) {
+    let n = v.len();
+    for i in 0..k.min(n) {
+        let mut b = [0u8; 8];
+        crate::platform::random(&mut b);
+        let j = i + (u64::from_be_bytes(b) % (n - i) as u64) as usize;
+        v.swap(i, j);
+    }
+    v.truncate(k);
+}
+
 /// Unix seconds now.
 pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
@@ -442,7 +457,7 @@ fn dial_learned(shared: &Arc<Shared>) {
             .iter()
             .filter(|(id, _)| st.table.get(id).is_none())
             .map(|(id, (k, a))| (*id, *k, a.clone()));
-        from_table
+        let mut all: Vec<_> = from_table
             .chain(remembered)
             .filter(|(id, _, addrs)| {
                 *id != shared.id
@@ -451,8 +466,9 @@ fn dial_learned(shared: &Arc<Shared>) {
                     && !st.dialing.contains(id)
                     && st.retry.get(id).is_none_or(|(at, _)| now >= *at)
             })
-            .take(shared.cfg.target_links - up)
-            .collect()
+            .collect();
+        sample(&mut all, shared.cfg.target_links - up);
+        all
     };
     for (id, key, addrs) in picks {
         shared.lock().dialing.insert(id);
