@@ -130,7 +130,13 @@ fn print_status(v: &Value) {
             );
         }
     }
-    println!("counters: {}", v["counters"]);
+    if let Some(c) = v["counters"].as_object() {
+        let parts: Vec<String> = c
+            .iter()
+            .map(|(k, n)| format!("{} {n}", k.replace('_', " ")))
+            .collect();
+        println!("counters: {}", parts.join(", "));
+    }
 }
 
 fn print_nodes(v: &Value) {

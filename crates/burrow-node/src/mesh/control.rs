@@ -206,7 +206,7 @@ fn status(shared: &Shared) -> Value {
     json!({
         "id": shared.id.to_string(),
         "name": shared.cfg.name,
-        "listen": shared.cfg.listen.to_string(),
+        "listen": shared.listen.to_string(),
         "addresses": shared.advertised.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
         "uptime_s": secs(now.duration_since(shared.started)),
         "keepalive_s": shared.cfg.keepalive.as_secs_f64(),

@@ -193,6 +193,8 @@ pub(crate) struct State {
 pub(crate) struct Shared {
     pub cfg: NodeConfig,
     pub id: NodeId,
+    /// Where it actually listens (the port chosen when 0 was asked for).
+    pub listen: SocketAddr,
     pub advertised: Vec<SocketAddr>,
     pub state: Mutex<State>,
     pub started: Instant,
@@ -262,6 +264,7 @@ pub async fn run_node(cfg: NodeConfig) -> Result<(), Error> {
     let seq = now.saturating_mul(1000);
     let shared = Arc::new(Shared {
         id: me_id,
+        listen,
         advertised,
         state: Mutex::new(State {
             table: NodeTable::new(TableConfig::default()),
