@@ -519,3 +519,132 @@ fn a_paired_nodes_tunnel_carries_curl_and_an_unpaired_one_is_refused() {
         "{log}"
     );
 }
+
+/// A hostile peer on loopback (the node listens on 127.0.0.1 only and
+/// advertises just that): after a real handshake it pushes forged node
+/// records as fast as it can. The node checks a table's worth, then closes
+/// that one link with DISCONNECT(busy) and a reason, and keeps serving.
+#[test]
+fn a_record_flood_closes_that_link_with_a_reason() {
+    use burrow_proto::keys::Identity;
+    use burrow_proto::mesh::link::{Link, LinkConfig, LinkEvent, LinkState};
+    use burrow_proto::mesh::packet::{Packet, Reason};
+    use burrow_proto::mesh::record::{Claims, NodeRecord};
+    use burrow_proto::session::aead::Backend;
+    use std::io::{Read, Write};
+
+    let (_d, h) = homes(1);
+    let mut c = burrow(&h[0]);
+    c.args(["node", "--listen", "127.0.0.1:0", "--name", "target"]);
+    let node = spawn(c);
+    let line = node.line("node ");
+    let port: u16 = line
+        .split("listening on 127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut rng = move |out: &mut [u8]| {
+        for b in out {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            *b = state as u8;
+        }
+    };
+    let me = Identity::generate(&mut rng);
+    let claims = Claims {
+        seq: 1,
+        issued: 0,
+        ttl: 3600,
+        ..Claims::default()
+    };
+    let mine = NodeRecord::sign(
+        &me,
+        &Claims {
+            issued: now_unix(),
+            ..claims.clone()
+        },
+    )
+    .unwrap();
+    // A forged record: someone else's keys, a signature that does not check.
+    let mut forged = NodeRecord::sign(
+        &Identity::generate(&mut rng),
+        &Claims {
+            issued: now_unix(),
+            ..claims
+        },
+    )
+    .unwrap();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+    let t0 = std::time::Instant::now();
+    let mut link = Link::outbound(
+        LinkConfig::new(Backend::detect()),
+        me.x25519_secret(),
+        mine,
+        None,
+        t0,
+        &mut rng,
+    )
+    .unwrap();
+    let mut buf = vec![0u8; 65536];
+    let mut closed = None;
+    let page: Vec<&[u8]> = vec![&forged[..]; 200];
+    let mut sent = 0usize;
+    while closed.is_none() && t0.elapsed() < Duration::from_secs(30) {
+        if link.state() == LinkState::Up && sent < 100_000 {
+            link.send(&Packet::NlistRes {
+                next: None,
+                push: true,
+                records: page.clone(),
+            })
+            .unwrap();
+            sent += page.len();
+        }
+        let out = link.output().to_vec();
+        if !out.is_empty() && s.write_all(&out).is_err() {
+            break;
+        }
+        link.advance(out.len());
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => link.input(std::time::Instant::now(), &buf[..n], &mut |_| {}),
+            Err(_) => {}
+        }
+        while let Some(e) = link.poll_event() {
+            if let LinkEvent::Closed {
+                reason,
+                text,
+                by_peer,
+            } = e
+            {
+                closed = Some((reason, text, by_peer));
+            }
+        }
+    }
+    let (reason, text, by_peer) = closed.expect("the node closed the flooding link");
+    assert_eq!((reason, by_peer), (Reason::Busy, true), "{text}");
+    assert!(text.contains("record flood"), "{text}");
+    assert!(sent >= 10_000, "a table's worth was taken first ({sent} sent)");
+    let st = ask(&h[0], &["status"]);
+    assert_eq!(
+        st["known_nodes"], 2,
+        "itself and the flooder's own (real) record, nothing forged: {st}"
+    );
+    assert!(
+        st["counters"]["records_refused"].as_u64().unwrap() >= 10_000,
+        "{st}"
+    );
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}

@@ -152,6 +152,7 @@ async fn drive(
     let mut was_up = false;
     let mut closed_by_socket = None;
     let mut client: Option<String> = None;
+    let mut budget = Budget::new(Instant::now());
     loop {
         // Everything queued goes out first (control traffic: small).
         while !link.output().is_empty() {
@@ -229,6 +230,11 @@ async fn drive(
                         let mut got = Vec::new();
                         link.input(Instant::now(), &buf[..n], &mut collect(&mut got));
                         for p in got {
+                            if let Err(why) = budget.charge(&p, Instant::now()) {
+                                (shared.cfg.log)(format!("closing the link with {addr}: {why}"));
+                                link.close(Reason::Busy, why);
+                                break;
+                            }
                             handle(&shared, id, &mut link, &p);
                         }
                     }
@@ -438,6 +444,73 @@ fn on_closed(
             reason.name(),
             if by_peer { ", said the peer" } else { "" }
         ));
+    }
+}
+
+/// What one link may make this node do, as token buckets: every record
+/// offered costs an Ed25519 verification, every NLIST_REQ a page of up to
+/// 64 KiB, every PAIR_REQ a SPAKE2 step. A whole table's worth (10,000
+/// records, 40 pages) goes at once; beyond, the rate below. A link over
+/// its budget is closed with DISCONNECT(busy) and a reason; everyone else
+/// is served.
+struct Budget {
+    records: Bucket,
+    requests: Bucket,
+    pairing: Bucket,
+}
+
+struct Bucket {
+    tokens: f64,
+    cap: f64,
+    per_s: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new(cap: f64, per_s: f64, now: Instant) -> Self {
+        Self {
+            tokens: cap,
+            cap,
+            per_s,
+            at: now,
+        }
+    }
+
+    fn take(&mut self, n: f64, now: Instant) -> bool {
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.per_s).min(self.cap);
+        self.at = now;
+        self.tokens -= n;
+        self.tokens >= 0.0
+    }
+}
+
+/// Records a link may offer at once, and per second after that.
+pub(crate) const RECORD_BURST: f64 = 10_000.0;
+const RECORDS_PER_S: f64 = 1_000.0;
+
+impl Budget {
+    fn new(now: Instant) -> Self {
+        Self {
+            records: Bucket::new(RECORD_BURST, RECORDS_PER_S, now),
+            requests: Bucket::new(100.0, 10.0, now),
+            pairing: Bucket::new(10.0, 1.0, now),
+        }
+    }
+
+    /// Charges one packet (encoded as the link handed it over).
+    fn charge(&mut self, bytes: &[u8], now: Instant) -> Result<(), &'static str> {
+        match Packet::decode(bytes) {
+            Ok(Packet::NlistRes { records, .. }) if !self.records.take(records.len() as f64, now) => {
+                Err("record flood: more node records than this node checks per second")
+            }
+            Ok(Packet::NlistReq(_)) if !self.requests.take(1.0, now) => {
+                Err("request flood: more node list requests than this node answers per second")
+            }
+            Ok(Packet::PairReq { .. }) if !self.pairing.take(1.0, now) => {
+                Err("pairing flood: more pairing requests than this node answers")
+            }
+            _ => Ok(()),
+        }
     }
 }
 
