@@ -159,6 +159,12 @@ pub struct SendArgs {
     #[command(flatten)]
     pub relay: RelayOpt,
 
+    /// Send to a paired mesh node's inbox instead (its name in `burrow
+    /// peers`, or fingerprint): straight over a link, no code, no prompt
+    /// there. The local node (`burrow node`) must be running and know it.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["code", "lobby"])]
+    pub to: Option<String>,
+
     /// Use this code instead of a generated one (CHANNEL-WORDS; the part before the first '-' is the channel).
     #[arg(long, value_name = "CODE")]
     pub code: Option<String>,
@@ -438,6 +444,10 @@ pub struct NodeArgs {
     /// Refuse this destination range, CIDR[:PORTS]; beats --allow. Repeatable.
     #[arg(long, value_name = "CIDR[:PORTS]")]
     pub deny: Vec<String>,
+
+    /// Where paired nodes' `burrow send --to` files go (default: ~/burrow-inbox).
+    #[arg(long, value_name = "DIR")]
+    pub inbox: Option<PathBuf>,
 }
 
 /// What to ask a running node.

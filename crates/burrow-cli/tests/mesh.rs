@@ -374,6 +374,13 @@ fn a_handshake_flood_from_one_address_leaves_links_from_others() {
     let _ = flood.wait();
 }
 
+/// Gives `to` the peers `from` paired with (a side that pins a node that
+/// never paired with it).
+fn copy_book(from: &Path, to: &Path) {
+    let book = |h: &Path| h.join(".local/share/burrow/peers");
+    std::fs::copy(book(from), book(to)).unwrap();
+}
+
 /// `curl` inside the namespace through the SOCKS5 proxy on 127.0.0.1:`port`.
 fn socks_curl(ns: &Netns, port: u16, url: &str, out: &Path) -> std::process::Output {
     Command::new("ip")
@@ -497,11 +504,7 @@ fn a_paired_nodes_tunnel_carries_curl_and_an_unpaired_one_is_refused() {
     // C pins A by copying B's book (A as "exit"); A has not paired with C.
     let pb = String::from_utf8(burrow(&h[1]).args(["peers"]).output().unwrap().stdout).unwrap();
     assert!(pb.contains(&ids[0]), "{pb}");
-    std::fs::copy(
-        h[1].join(".local/share/burrow/peers"),
-        h[2].join(".local/share/burrow/peers"),
-    )
-    .unwrap();
+    copy_book(&h[1], &h[2]);
     let mut p = ns.burrow(&h[2]);
     p.args(["proxy", "exit", "--mesh", "--listen", "127.0.0.1:11081"]);
     let proxy = spawn(p);
@@ -647,4 +650,70 @@ fn now_unix() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
+}
+
+#[test]
+fn send_to_puts_a_folder_in_a_paired_nodes_inbox_and_an_unpaired_one_is_refused() {
+    let (d, h) = homes(3);
+    let ids: Vec<String> = h.iter().map(|p| id_of(p)).collect();
+    let ns = mesh_ns("m8", 3);
+    let inbox = d.path().join("inbox");
+    let mut c = ns.burrow(&h[1]);
+    c.args([
+        "node",
+        "--listen",
+        "10.92.0.2:9010",
+        "--name",
+        "n2",
+        "--bootstrap",
+        "10.92.0.1:9010",
+        "--inbox",
+    ])
+    .arg(&inbox);
+    let b = spawn(c);
+    b.line("node ");
+    let _a = node(&ns, &h[0], 1, None, 10);
+    let _c = node(&ns, &h[2], 3, Some(1), 10);
+    eventually(Duration::from_secs(10), "A and C see B", || {
+        online(&h[0], &ids[1]) && online(&h[2], &ids[1])
+    });
+    pair_over_mesh(&h[1], &h[0], &ids[1], &ids[0], "office");
+
+    let tree = d.path().join("photos");
+    for (i, n) in [0usize, 1, 70_000, 1_500_000].iter().enumerate() {
+        let p = tree.join(format!("d{}/f{i}", i % 2));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, pseudo_random(*n, &format!("f{i}"))).unwrap();
+    }
+    let mut s = ns.burrow(&h[0]);
+    s.args(["send", "--to", "office"]).arg(&tree);
+    let out = s.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for (i, n) in [0usize, 1, 70_000, 1_500_000].iter().enumerate() {
+        let rel = format!("photos/d{}/f{i}", i % 2);
+        assert_eq!(
+            std::fs::read(inbox.join(&rel)).unwrap(),
+            pseudo_random(*n, &format!("f{i}")),
+            "{rel}"
+        );
+    }
+    // C pins B (a copy of A's book) but B never paired with C: refused.
+    copy_book(&h[0], &h[2]);
+    let mut s = ns.burrow(&h[2]);
+    s.args(["send", "--to", "office", "--text", "hello"]);
+    let out = s.output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("paired nodes only"), "{err}");
+    // A name nobody paired: a clear error before any connection.
+    let out = burrow(&h[0])
+        .args(["send", "--to", "nobody", "--text", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -276,6 +276,64 @@ pub struct ReceiveReport {
     pub text: Option<String>,
 }
 
+/// A record reader holding bytes a handshake read past its end.
+fn inbox_with(already: &[u8]) -> burrow_proto::session::Inbox {
+    let mut inbox = burrow_proto::session::Inbox::new(meet::paths::READ_BUF.max(already.len()));
+    let n = already.len().min(inbox.space().len());
+    inbox.space()[..n].copy_from_slice(&already[..n]);
+    inbox.filled(n);
+    inbox
+}
+
+/// Receives into a mesh node's inbox from a paired node's `send --to`:
+/// every offer accepted (the sender is paired), nothing overwritten.
+pub(crate) async fn receive_into_inbox(
+    stream: tokio::net::TcpStream,
+    keys: (burrow_proto::session::Sealer, burrow_proto::session::Opener),
+    already: Vec<u8>,
+    dir: PathBuf,
+    from: String,
+    log: tunnel::Log,
+) -> Result<ReceiveReport, Error> {
+    struct Inbox {
+        from: String,
+        log: tunnel::Log,
+    }
+    impl Observer for Inbox {
+        fn event(&mut self, _: Event) {}
+        fn decide(&mut self, offer: &OfferInfo) -> Decision {
+            (self.log)(format!(
+                "{} sends {} file(s), {} bytes, to the inbox",
+                self.from, offer.files, offer.total
+            ));
+            Decision::Accept
+        }
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let link = transfer::link::Link::new(stream, keys.0, keys.1, inbox_with(&already));
+    let obs: transfer::Obs = std::sync::Arc::new(std::sync::Mutex::new(Inbox {
+        from: from.clone(),
+        log: log.clone(),
+    }));
+    let mut state = transfer::RecvState::default();
+    let report = transfer::run_receive(
+        link,
+        &std::sync::Arc::new(Sink::Dir(dir)),
+        false,
+        &obs,
+        DEFAULT_IDLE_TIMEOUT,
+        &mut state,
+    )
+    .await?;
+    for p in &report.saved {
+        log(format!(
+            "received from {from}: {}",
+            escape_display(&p.display().to_string())
+        ));
+    }
+    Ok(report)
+}
+
 /// The transfer's link over an established connection.
 fn link_of(conn: paths::Established) -> Result<transfer::link::Link<tokio::net::TcpStream>, Error> {
     conn.stream.set_nodelay(true).map_err(Error::ConnectionLost)?;
@@ -566,6 +624,32 @@ impl Transfer {
             handle.close(&format!("sender failed: {e}")).await;
         }
         res
+    }
+
+    /// Sends to a paired mesh node's inbox (`burrow send --to NAME`): a
+    /// direct link to the node at `addrs` (the keys it was paired with),
+    /// the same transfer engine and checks, no code and no prompt.
+    pub async fn send_to_node<O: Observer + 'static>(
+        &self,
+        addrs: &[std::net::SocketAddr],
+        me: &keys::identity::Identity,
+        node: &keys::identity::PublicIdentity,
+        source: Source,
+        mut obs: O,
+    ) -> Result<SendReport, Error> {
+        let payload = self.payload(source, &mut obs).await?;
+        let (stream, sealer, opener, already) = mesh::client::connect(addrs, me, node, true).await?;
+        let addr = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+        let link = transfer::link::Link::new(stream, sealer, opener, inbox_with(&already));
+        let obs: transfer::Obs = std::sync::Arc::new(std::sync::Mutex::new(obs));
+        transfer::obs_lock(&obs).event(Event::Connected {
+            relay: addr,
+            path: PathKind::Direct,
+        });
+        let mut state = transfer::SendState::default();
+        transfer::run_send(link, payload, &obs, self.idle_timeout, self.compress, &mut state)
+            .await
+            .0
     }
 
     async fn drive_send<O: Observer + 'static>(

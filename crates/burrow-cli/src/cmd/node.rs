@@ -78,6 +78,9 @@ async fn serve(args: NodeArgs) -> Result<(), Error> {
         known_file: burrow_node::mesh::default_known_path(),
         policy: Arc::new(super::tunnel::policy_of(&args.allow, &args.deny)?),
         peer_book: burrow_node::keys::peers::PeerBook::default_path(),
+        inbox: args
+            .inbox
+            .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join("burrow-inbox"))),
         log: Arc::new(|l| eprintln!("{l}")),
         target_links: args.links.max(1),
         max_links: 256.max(args.links * 4),

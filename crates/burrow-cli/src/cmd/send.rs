@@ -55,7 +55,20 @@ pub async fn run(args: SendArgs, cfg: &Config) -> Result<(), Error> {
     let mode = Mode::detect(args.json);
     let mut ui = Ui::new(mode, hint, false, false);
     ui.qr = args.qr;
-    if args.lobby {
+    if let Some(name) = &args.to {
+        let peer = super::book()?
+            .find(name)
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "no paired peer {}: see `burrow peers` (pair a node first: `burrow pair --mesh`)",
+                    burrow_proto::transfer::escape_display(name)
+                ))
+            })?
+            .key;
+        let addrs = super::node::addresses_of(&peer).await?;
+        let me = super::my_identity()?;
+        t.send_to_node(&addrs, &me, &peer, source, ui).await?;
+    } else if args.lobby {
         let password = args.password.clone().unwrap_or_else(burrow_node::lobby_password);
         if mode == Mode::Json {
             crate::ui::emit(serde_json::json!({"event": "password", "password": password}));

@@ -24,16 +24,18 @@ use crate::platform::{OsRandom, aead};
 /// How long the handshake may take.
 const HANDSHAKE: Duration = Duration::from_secs(10);
 
-/// Connects to the node with `keys` at the first of `addrs` that answers.
+/// Connects to the node with `keys` at the first of `addrs` that answers;
+/// `inbox`: for files to its inbox (else tunnels).
 pub(crate) async fn connect(
     addrs: &[SocketAddr],
     me: &Identity,
     keys: &PublicIdentity,
+    inbox: bool,
 ) -> Result<(TcpStream, Sealer, Opener, Vec<u8>), Error> {
     let mut last = None;
     for a in addrs {
         match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(a)).await {
-            Ok(Ok(s)) => return handshake(s, me, keys).await,
+            Ok(Ok(s)) => return handshake(s, me, keys, inbox).await,
             Ok(Err(e)) => last = Some(format!("{a}: {e}")),
             Err(_) => last = Some(format!("{a}: connect timed out")),
         }
@@ -48,13 +50,14 @@ async fn handshake(
     mut s: TcpStream,
     me: &Identity,
     keys: &PublicIdentity,
+    inbox: bool,
 ) -> Result<(TcpStream, Sealer, Opener, Vec<u8>), Error> {
     let _ = s.set_nodelay(true);
     let now = unix_now();
     let record = NodeRecord::sign(
         me,
         &Claims {
-            flags: Flags(Flags::CLIENT),
+            flags: Flags(Flags::CLIENT | if inbox { Flags::INBOX } else { 0 }),
             seq: now.saturating_mul(1000),
             issued: now,
             ttl: 600,

@@ -151,7 +151,7 @@ async fn drive(
     let mut peer: Option<NodeId> = None;
     let mut was_up = false;
     let mut closed_by_socket = None;
-    let mut client: Option<String> = None;
+    let mut client: Option<(String, bool)> = None;
     let mut budget = Budget::new(Instant::now());
     loop {
         // Everything queued goes out first (control traffic: small).
@@ -177,21 +177,28 @@ async fn drive(
                         l.keys = Some(keys);
                         l.hash = Some(handshake_hash);
                     }
-                    let is_client = NodeRecord::decode(&record).is_ok_and(|r| r.flags.has(Flags::CLIENT));
-                    if !is_client {
+                    let flags = NodeRecord::decode(&record).map(|r| r.flags).unwrap_or_default();
+                    if !flags.has(Flags::CLIENT) {
                         on_up(&shared, id, &mut link, keys.id(), &record);
                         continue;
                     }
-                    // A paired node's client asking for tunnels: not a mesh link.
+                    // A paired node's client asking for tunnels or sending
+                    // files: not a mesh link.
                     peer = None;
-                    match paired_name(&shared, &keys) {
-                        Some(name) => client = Some(name),
-                        None => {
+                    let inbox = flags.has(Flags::INBOX);
+                    match (paired_name(&shared, &keys), inbox && shared.cfg.inbox.is_none()) {
+                        (Some(_), true) => link.close(Reason::Other, "this node has no inbox"),
+                        (Some(name), false) => client = Some((name, inbox)),
+                        (None, _) => {
                             (shared.cfg.log)(format!(
-                                "refused a tunnel from {}: not a paired node",
+                                "refused {} from {}: not a paired node",
+                                if inbox { "files" } else { "a tunnel" },
                                 keys.id()
                             ));
-                            link.close(Reason::NotPaired, "this node serves tunnels to paired nodes only");
+                            link.close(
+                                Reason::NotPaired,
+                                "this node takes tunnels and files from paired nodes only",
+                            );
                         }
                     }
                 }
@@ -255,7 +262,7 @@ async fn drive(
             _ = tokio::time::sleep_until(deadline.into()) => link.handle_timeout(Instant::now()),
         }
     }
-    if let Some(name) = client {
+    if let Some((name, inbox)) = client {
         // The client waits for this before it sends: accepted (a refusal
         // would have been a DISCONNECT with its reason).
         let _ = link.send(&Packet::TunnelData(Frame::Ping));
@@ -266,16 +273,28 @@ async fn drive(
             }
         }
         if let (Ok(stream), Ok((sealer, opener, already))) = (rd.reunite(wr), link.into_session()) {
-            (shared.cfg.log)(format!("tunnel from {name} ({addr})"));
-            crate::tunnel::serve_mesh_tunnel(
-                stream,
-                (sealer, opener),
-                already,
-                shared.cfg.policy.clone(),
-                shared.cfg.log.clone(),
-            )
-            .await;
-            (shared.cfg.log)(format!("tunnel from {name} ended"));
+            match shared.cfg.inbox.clone().filter(|_| inbox) {
+                Some(dir) => {
+                    let log = shared.cfg.log.clone();
+                    let got =
+                        crate::receive_into_inbox(stream, (sealer, opener), already, dir, name.clone(), log);
+                    if let Err(e) = got.await {
+                        (shared.cfg.log)(format!("files from {name} failed: {e}"));
+                    }
+                }
+                None => {
+                    (shared.cfg.log)(format!("tunnel from {name} ({addr})"));
+                    crate::tunnel::serve_mesh_tunnel(
+                        stream,
+                        (sealer, opener),
+                        already,
+                        shared.cfg.policy.clone(),
+                        shared.cfg.log.clone(),
+                    )
+                    .await;
+                    (shared.cfg.log)(format!("tunnel from {name} ended"));
+                }
+            }
         }
         shared.lock().links.remove(&id);
         return (None, false);

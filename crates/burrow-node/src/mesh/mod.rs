@@ -70,6 +70,8 @@ pub struct NodeConfig {
     pub policy: Arc<burrow_proto::tunnel::policy::Policy>,
     /// The peer book (re-read for every client link: pairing adds to it).
     pub peer_book: Option<PathBuf>,
+    /// Where paired nodes' `burrow send --to` files go (`None`: refused).
+    pub inbox: Option<PathBuf>,
 }
 
 /// Where the control socket lives by default: beside the identity.

@@ -110,7 +110,7 @@ impl Proxy {
             }
             Via::Mesh(addrs) => {
                 let (s, sealer, opener, already) =
-                    crate::mesh::client::connect(addrs, &self.cfg.me, &self.cfg.exit).await?;
+                    crate::mesh::client::connect(addrs, &self.cfg.me, &self.cfg.exit, false).await?;
                 (s, sealer, opener, Framing::Mesh { already })
             }
         };

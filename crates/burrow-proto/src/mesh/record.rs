@@ -4,7 +4,7 @@
 //! ```text
 //! record = version:u8 (1)
 //!        | ed25519:[32] | x25519:[32]         the node's keys (its id is their fingerprint)
-//!        | flags:u8                           Flags: 1 exit, 2 onion relay, 4 behind NAT, 8 client (unknown bits kept: they are signed)
+//!        | flags:u8                           Flags: 1 exit, 2 onion relay, 4 behind NAT, 8 client, 16 inbox client (unknown bits kept)
 //!        | seq:u64                            grows with every change the owner signs
 //!        | issued:u64 | expires:u64           Unix seconds; expires ≤ issued + MAX_TTL
 //!        | name: len:u8 (≤ 63) + UTF-8        what the owner calls itself (untrusted)
@@ -61,6 +61,9 @@ impl Flags {
     /// Not a node: a client's link (`burrow proxy --mesh`) that only asks
     /// for tunnels; never listed, never gossiped, never dialled back.
     pub const CLIENT: u8 = 8;
+    /// With [`Flags::CLIENT`]: the client sends files to the node's inbox
+    /// (`burrow send --to`), not tunnels.
+    pub const INBOX: u8 = 16;
 
     /// Whether `bit` is set.
     pub fn has(self, bit: u8) -> bool {
