@@ -448,6 +448,11 @@ pub struct NodeArgs {
     /// Where paired nodes' `burrow send --to` files go (default: ~/burrow-inbox).
     #[arg(long, value_name = "DIR")]
     pub inbox: Option<PathBuf>,
+
+    /// Serve Prometheus metrics (links, handshakes, authentication
+    /// failures, keepalive timeouts, gossip records) on HOST:PORT/metrics.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// What to ask a running node.

@@ -21,6 +21,11 @@ fn mesh_ns(tag: &str, n: u8) -> Netns {
 }
 
 fn node(ns: &Netns, home: &Path, i: u8, bootstrap: Option<u8>, keepalive: u64) -> Proc {
+    node_with(ns, home, i, bootstrap, keepalive, &[])
+}
+
+/// [`node`] with more flags.
+fn node_with(ns: &Netns, home: &Path, i: u8, bootstrap: Option<u8>, keepalive: u64, extra: &[&str]) -> Proc {
     let mut c = ns.burrow(home);
     c.args(["node", "--listen", &format!("10.92.0.{i}:9010")]).args([
         "--keepalive",
@@ -28,6 +33,7 @@ fn node(ns: &Netns, home: &Path, i: u8, bootstrap: Option<u8>, keepalive: u64) -
         "--name",
         &format!("n{i}"),
     ]);
+    c.args(extra);
     if let Some(b) = bootstrap {
         c.args(["--bootstrap", &format!("10.92.0.{b}:9010")]);
     }
@@ -422,18 +428,7 @@ fn a_paired_nodes_tunnel_carries_curl_and_an_unpaired_one_is_refused() {
     let ids: Vec<String> = h.iter().map(|p| id_of(p)).collect();
     let ns = mesh_ns("m7", 9);
     // A is the exit; its policy lets tunnels reach the web server's range.
-    let mut c = ns.burrow(&h[0]);
-    c.args([
-        "node",
-        "--listen",
-        "10.92.0.1:9010",
-        "--name",
-        "n1",
-        "--allow",
-        "10.92.0.9/32:8080",
-    ]);
-    let a = spawn(c);
-    a.line("node ");
+    let _a = node_with(&ns, &h[0], 1, None, 10, &["--allow", "10.92.0.9/32:8080"]);
     let _b = node(&ns, &h[1], 2, Some(1), 10);
     let _c = node(&ns, &h[2], 3, Some(1), 10);
     eventually(Duration::from_secs(10), "A sees B and C", || {
@@ -658,21 +653,8 @@ fn send_to_puts_a_folder_in_a_paired_nodes_inbox_and_an_unpaired_one_is_refused(
     let ids: Vec<String> = h.iter().map(|p| id_of(p)).collect();
     let ns = mesh_ns("m8", 3);
     let inbox = d.path().join("inbox");
-    let mut c = ns.burrow(&h[1]);
-    c.args([
-        "node",
-        "--listen",
-        "10.92.0.2:9010",
-        "--name",
-        "n2",
-        "--bootstrap",
-        "10.92.0.1:9010",
-        "--inbox",
-    ])
-    .arg(&inbox);
-    let b = spawn(c);
-    b.line("node ");
     let _a = node(&ns, &h[0], 1, None, 10);
+    let _b = node_with(&ns, &h[1], 2, Some(1), 10, &["--inbox", inbox.to_str().unwrap()]);
     let _c = node(&ns, &h[2], 3, Some(1), 10);
     eventually(Duration::from_secs(10), "A and C see B", || {
         online(&h[0], &ids[1]) && online(&h[2], &ids[1])
@@ -715,5 +697,47 @@ fn send_to_puts_a_folder_in_a_paired_nodes_inbox_and_an_unpaired_one_is_refused(
         Some(2),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn metrics_count_links_and_handshakes() {
+    let (_d, h) = homes(2);
+    let ids: Vec<String> = h.iter().map(|p| id_of(p)).collect();
+    let ns = mesh_ns("m9", 2);
+    let _a = node_with(&ns, &h[0], 1, None, 10, &["--metrics", "10.92.0.1:9100"]);
+    let _b = node(&ns, &h[1], 2, Some(1), 10);
+    eventually(Duration::from_secs(10), "A sees B", || online(&h[0], &ids[1]));
+    let get = |path: &str| {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns.name,
+                "curl",
+                "-s",
+                "-w",
+                "\n%{http_code}",
+                "--max-time",
+                "5",
+            ])
+            .arg(format!("http://10.92.0.1:9100{path}"))
+            .output()
+            .unwrap()
+    };
+    let out = String::from_utf8(get("/metrics").stdout).unwrap();
+    assert!(out.ends_with("\n200"), "{out}");
+    for line in [
+        "burrow_mesh_links_up 1",
+        "burrow_mesh_known_nodes 2",
+        "burrow_mesh_handshakes_total 1",
+    ] {
+        assert!(out.lines().any(|l| l == line), "{line} in:\n{out}");
+    }
+    assert!(out.contains("# TYPE burrow_mesh_authentication_failures_total counter"));
+    assert!(
+        String::from_utf8(get("/other").stdout)
+            .unwrap()
+            .ends_with("\n404")
     );
 }

@@ -78,6 +78,7 @@ async fn serve(args: NodeArgs) -> Result<(), Error> {
         known_file: burrow_node::mesh::default_known_path(),
         policy: Arc::new(super::tunnel::policy_of(&args.allow, &args.deny)?),
         peer_book: burrow_node::keys::peers::PeerBook::default_path(),
+        metrics: args.metrics,
         inbox: args
             .inbox
             .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join("burrow-inbox"))),

@@ -9,6 +9,7 @@
 //! | [`link`] | one task per connection driving the link machine ([`burrow_proto::mesh::link`]) |
 //! | `client` | a client's link (`burrow proxy --mesh`): handshake, then the tunnel driver takes it |
 //! | [`control`] | the control socket (0600, in the data folder) and its client |
+//! | `metrics` | `--metrics`: the counters in Prometheus' text format |
 //! | `pair` | pairing over a link (PAIR_REQ / PAIR_RES): the offer and the join |
 //!
 //! State shared by the tasks lives in one `Shared` under a mutex that is
@@ -19,6 +20,7 @@ pub(crate) mod client;
 pub mod control;
 mod known;
 pub mod link;
+mod metrics;
 mod pair;
 
 use std::collections::{HashMap, HashSet};
@@ -72,6 +74,8 @@ pub struct NodeConfig {
     pub peer_book: Option<PathBuf>,
     /// Where paired nodes' `burrow send --to` files go (`None`: refused).
     pub inbox: Option<PathBuf>,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Where the control socket lives by default: beside the identity.
@@ -258,6 +262,10 @@ pub async fn run_node(cfg: NodeConfig) -> Result<(), Error> {
         .local_addr()
         .map_err(|e| Error::io("the listening socket", e))?;
     let control = control::bind(&cfg.control)?;
+    let metrics = match cfg.metrics {
+        Some(a) => Some(metrics::bind(a).await?),
+        None => None,
+    };
     let advertised = advertise_for(listen, &cfg.advertise);
     let me_id = cfg.me.public().id();
     let now = unix_now();
@@ -312,6 +320,9 @@ pub async fn run_node(cfg: NodeConfig) -> Result<(), Error> {
         shared.cfg.control.display()
     ));
     tokio::spawn(control::serve(shared.clone(), control));
+    if let Some(l) = metrics {
+        tokio::spawn(metrics::serve(shared.clone(), l));
+    }
     for addr in shared.cfg.bootstrap.clone() {
         tokio::spawn(bootstrap(shared.clone(), addr));
     }
