@@ -740,4 +740,22 @@ fn metrics_count_links_and_handshakes() {
             .unwrap()
             .ends_with("\n404")
     );
+    // A second node on the same data folder is refused, the first keeps serving.
+    let mut again = ns.burrow(&h[0]);
+    again.args(["node", "--listen", "10.92.0.1:9011"]);
+    let out = again.output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already runs"),
+        "{out:?}"
+    );
+    assert!(online(&h[0], &ids[1]));
+    // Asking where no node runs: a clear error, exit 2.
+    let (_e, lone) = homes(1);
+    let out = burrow(&lone[0]).args(["node", "status"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no node is running here"),
+        "{out:?}"
+    );
 }
