@@ -14,7 +14,7 @@
 #               seconds until every node knows every other (cold start), then
 #               a new node until all know it (join), and the nodes' RSS.
 #
-# Usage: [NODES=50] [IDLE_SECS=60] [MANY_ONLY=1] scripts/bench-mesh.sh
+# Usage: [NODES=50] [IDLE_SECS=60] [SETTLE_SECS=130] [MANY_ONLY=1] scripts/bench-mesh.sh
 # Needs root (ip netns). Installs what it needs if missing: iperf3,
 # wireguard-go, wireguard-tools, yggdrasil (Debian packages).
 set -euo pipefail
@@ -146,8 +146,10 @@ for _ in $(seq 1 300); do
     b "$WORK/ha" node nodes --json | python3 -c "import json,sys; sys.exit(0 if any(n['id']=='$IDB' and n['online'] for n in json.load(sys.stdin)['nodes']) else 1)" && break
     sleep 0.2
 done
-echo "-- idle link ($IDLE_SECS s, only the A-B mesh link on the veth)"
-sleep 2
+echo "-- idle link ($IDLE_SECS s, only the A-B mesh link on the veth, after ${SETTLE_SECS:-130} s without changes)"
+# A node pulls node lists every 30 s while they change, every 5 min once
+# they have been quiet for 2 min: measure the settled link.
+sleep "${SETTLE_SECS:-130}"
 read -r P0 B0 < <(ip -n bmA -s -j link show bmva | python3 -c 'import json,sys; s=json.load(sys.stdin)[0]["stats64"]; print(s["tx"]["packets"]+s["rx"]["packets"], s["tx"]["bytes"]+s["rx"]["bytes"])')
 sleep "$IDLE_SECS"
 read -r P1 B1 < <(ip -n bmA -s -j link show bmva | python3 -c 'import json,sys; s=json.load(sys.stdin)[0]["stats64"]; print(s["tx"]["packets"]+s["rx"]["packets"], s["tx"]["bytes"]+s["rx"]["bytes"])')

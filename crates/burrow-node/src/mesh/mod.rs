@@ -408,6 +408,8 @@ async fn maintain(shared: Arc<Shared>) {
     let mut last_expire = Instant::now();
     let mut last_save = Instant::now();
     let mut saved_digest = [0u8; 32];
+    let mut last_digest = [0u8; 32];
+    let mut last_change = Instant::now();
     loop {
         tick.tick().await;
         let now = Instant::now();
@@ -434,8 +436,22 @@ async fn maintain(shared: Arc<Shared>) {
             last_expire = now;
             shared.lock().table.expire(unix);
         }
-        // Anti-entropy: every 30 s, ask one link for what differs.
-        if now.duration_since(last_pull) >= Duration::from_secs(30) {
+        // Anti-entropy: ask one link for what differs, every 30 s while
+        // the node list is changing (or the node is young), every 5 min
+        // once it has been quiet: a settled mesh's idle links then carry
+        // keepalives only (docs/benchmarks.md, idle link cost).
+        let digest = shared.lock().table.digest();
+        if digest != last_digest {
+            last_digest = digest;
+            last_change = now;
+        }
+        let settled = now.duration_since(last_change) >= Duration::from_secs(120);
+        let every = if settled {
+            Duration::from_secs(300)
+        } else {
+            Duration::from_secs(30)
+        };
+        if now.duration_since(last_pull) >= every {
             last_pull = now;
             link::pull_from_one(&shared);
         }
