@@ -236,13 +236,15 @@ async fn drive(
                     Ok(n) => {
                         let mut got = Vec::new();
                         link.input(Instant::now(), &buf[..n], &mut collect(&mut got));
-                        for p in got {
+                        for bytes in &got {
+                            // The link handed over only packets that decode.
+                            let Ok(p) = Packet::decode(bytes) else { continue };
                             if let Err(why) = budget.charge(&p, Instant::now()) {
                                 (shared.cfg.log)(format!("closing the link with {addr}: {why}"));
                                 link.close(Reason::Busy, why);
                                 break;
                             }
-                            handle(&shared, id, &mut link, &p);
+                            handle(&shared, id, &mut link, p);
                         }
                     }
                 }
@@ -516,16 +518,16 @@ impl Budget {
         }
     }
 
-    /// Charges one packet (encoded as the link handed it over).
-    fn charge(&mut self, bytes: &[u8], now: Instant) -> Result<(), &'static str> {
-        match Packet::decode(bytes) {
-            Ok(Packet::NlistRes { records, .. }) if !self.records.take(records.len() as f64, now) => {
+    /// Charges one packet.
+    fn charge(&mut self, p: &Packet<'_>, now: Instant) -> Result<(), &'static str> {
+        match p {
+            Packet::NlistRes { records, .. } if !self.records.take(records.len() as f64, now) => {
                 Err("record flood: more node records than this node checks per second")
             }
-            Ok(Packet::NlistReq(_)) if !self.requests.take(1.0, now) => {
+            Packet::NlistReq(_) if !self.requests.take(1.0, now) => {
                 Err("request flood: more node list requests than this node answers per second")
             }
-            Ok(Packet::PairReq { .. }) if !self.pairing.take(1.0, now) => {
+            Packet::PairReq { .. } if !self.pairing.take(1.0, now) => {
                 Err("pairing flood: more pairing requests than this node answers")
             }
             _ => Ok(()),
@@ -534,8 +536,7 @@ impl Budget {
 }
 
 /// Answers one packet the link handed over.
-fn handle(shared: &Arc<Shared>, id: u64, link: &mut Link, bytes: &[u8]) {
-    let Ok(p) = Packet::decode(bytes) else { return };
+fn handle(shared: &Arc<Shared>, id: u64, link: &mut Link, p: Packet<'_>) {
     match p {
         Packet::NlistReq(req) => {
             let page = {

@@ -193,9 +193,7 @@ pub(crate) fn on_answer(shared: &Arc<Shared>, id: u64, step: u8, status: u8, bod
             }
         }
         (2, None) => {
-            let name = split_confirm(&[[0u8; 32].as_slice(), body].concat())
-                .map(|(_, n)| n.to_owned())
-                .unwrap_or_default();
+            let name = std::str::from_utf8(body).unwrap_or_default().to_owned();
             if let Some(mut j) = st.joins.remove(&peer)
                 && let Some(d) = j.done.take()
             {

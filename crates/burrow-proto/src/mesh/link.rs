@@ -590,16 +590,6 @@ impl Link {
         self.rekey_at = now + self.cfg.rekey_after;
     }
 
-    /// The idle keepalive time after a packet at `now`: the interval ±10%.
-    fn idle_probe_after(&mut self, now: Instant) -> Instant {
-        let mut b = [0u8; 2];
-        self.rng.fill(&mut b);
-        let k = self.cfg.keepalive;
-        // 0.9 .. 1.1 of the interval, in 1/65536 steps.
-        let jitter = k.mul_f64(0.2 * f64::from(u16::from_be_bytes(b)) / 65536.0);
-        now + k.mul_f64(0.9) + jitter
-    }
-
     fn queue_plain(&mut self, p: &Packet<'_>) {
         let start = self.out.len();
         self.out.extend_from_slice(&[0; LEN_PREFIX]);
@@ -700,12 +690,7 @@ impl Link {
         // Any authenticated packet shows the peer is alive.
         self.last_rx = now;
         self.unanswered = None;
-        self.next_idle_probe = {
-            let mut b = [0u8; 2];
-            self.rng.fill(&mut b);
-            let k = self.cfg.keepalive;
-            now + k.mul_f64(0.9) + k.mul_f64(0.2 * f64::from(u16::from_be_bytes(b)) / 65536.0)
-        };
+        self.next_idle_probe = idle_probe_at(&mut self.rng, self.cfg.keepalive, now);
         if let Some(probe) = self.probe.take()
             && let Packet::KeepAlive {
                 kind: KeepAliveKind::Answer,
@@ -917,7 +902,7 @@ impl Link {
 
     fn announce_up(&mut self) {
         let now = self.last_rx;
-        self.next_idle_probe = self.idle_probe_after(now);
+        self.next_idle_probe = idle_probe_at(&mut self.rng, self.cfg.keepalive, now);
         if let Some((peer, record, hash)) = &self.peer {
             self.events.push_back(LinkEvent::Up {
                 peer: *peer,
@@ -961,6 +946,14 @@ impl Link {
             self.unanswered = Some(now);
         }
     }
+}
+
+/// The idle keepalive time after a packet at `now`: the interval ±10%
+/// (0.9 .. 1.1 of it, in 1/65536 steps).
+fn idle_probe_at(rng: &mut Stream, keepalive: Duration, now: Instant) -> Instant {
+    let mut b = [0u8; 2];
+    rng.fill(&mut b);
+    now + keepalive.mul_f64(0.9) + keepalive.mul_f64(0.2 * f64::from(u16::from_be_bytes(b)) / 65536.0)
 }
 
 /// The record must be well formed and signed by the key in it, and that
