@@ -227,7 +227,13 @@ pub async fn pair(node: &str, code: Option<&str>, name: Option<&str>) -> Result<
             })
             .await?
         }
-        Some(c) => control::request(&path, &json!({"op": "pair_join", "node": node, "code": c})).await?,
+        Some(c) => {
+            eprintln!(
+                "trying the code with {} over the mesh (up to 20 s)...",
+                escape_display(node)
+            );
+            control::request(&path, &json!({"op": "pair_join", "node": node, "code": c})).await?
+        }
     };
     if let Some(e) = answer.get("error") {
         let e = shown(e);
