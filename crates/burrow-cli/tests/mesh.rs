@@ -159,7 +159,8 @@ fn a_stopped_node_goes_offline_within_two_intervals_and_comes_back() {
     eventually(Duration::from_secs(10), "A sees B", || online(&h[0], &ids[1]));
     let pid = b.child.id().to_string();
     run("kill", &["-STOP", &pid]);
-    // KEEPALIVE_INTERVAL is 1 s: offline within 2 intervals (and the poll).
+    // KEEPALIVE_INTERVAL is 1 s: offline two intervals and the 1 s grace
+    // after the last packet heard from B (and the poll).
     let took = eventually(Duration::from_secs(4), "A marks B offline", || {
         !online(&h[0], &ids[1])
     });

@@ -153,6 +153,8 @@ async fn drive(
     let mut closed_by_socket = None;
     let mut client: Option<(String, bool)> = None;
     let mut budget = Budget::new(Instant::now());
+    // The last NLIST_REQ a differing beat made (at most one per 30 s).
+    let mut beat_pull: Option<Instant> = None;
     loop {
         // Everything queued goes out first (control traffic: small).
         while !link.output().is_empty() {
@@ -200,6 +202,21 @@ async fn drive(
                                 "this node takes tunnels and files from paired nodes only",
                             );
                         }
+                    }
+                }
+                LinkEvent::Beat { tag } => {
+                    // An idle peer's node-list digest: pull only when it
+                    // differs from ours.
+                    let now = Instant::now();
+                    let mut st = shared.lock();
+                    if peer.is_some()
+                        && tag != digest_tag(&st.table.digest())
+                        && beat_pull.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(30))
+                    {
+                        beat_pull = Some(now);
+                        let req = st.table.request(None);
+                        drop(st);
+                        let _ = link.send(&Packet::NlistReq(req));
                     }
                 }
                 LinkEvent::Rtt(rtt) => {
@@ -261,7 +278,11 @@ async fn drive(
                 Some(Cmd::Ping(nonce)) => ping(&mut link, nonce),
                 None => {}
             },
-            _ = tokio::time::sleep_until(deadline.into()) => link.handle_timeout(Instant::now()),
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                // A beat may go out: it carries our node-list digest.
+                link.set_beat_tag(digest_tag(&shared.lock().table.digest()));
+                link.handle_timeout(Instant::now());
+            }
         }
     }
     if let Some((name, inbox)) = client {
@@ -322,6 +343,13 @@ async fn drive(
     let _ = wr.shutdown().await;
     shared.lock().links.remove(&id);
     (peer, was_up)
+}
+
+/// What a beat carries of a node-list digest.
+fn digest_tag(d: &[u8; 32]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    u64::from_be_bytes(b)
 }
 
 /// The name `keys` are paired under, if they are.

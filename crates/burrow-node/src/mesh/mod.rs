@@ -436,22 +436,18 @@ async fn maintain(shared: Arc<Shared>) {
             last_expire = now;
             shared.lock().table.expire(unix);
         }
-        // Anti-entropy: ask one link for what differs, every 30 s while
-        // the node list is changing (or the node is young), every 5 min
-        // once it has been quiet: a settled mesh's idle links then carry
-        // keepalives only (docs/benchmarks.md, idle link cost).
+        // Anti-entropy: ask one link for what differs every 30 s while
+        // the node list is changing (or the node is young). Once it has
+        // been quiet for 2 min, idle links' beats carry each side's digest
+        // and a link pulls only when they differ: a settled mesh's idle
+        // links carry beats only (docs/benchmarks.md, idle link cost).
         let digest = shared.lock().table.digest();
         if digest != last_digest {
             last_digest = digest;
             last_change = now;
         }
         let settled = now.duration_since(last_change) >= Duration::from_secs(120);
-        let every = if settled {
-            Duration::from_secs(300)
-        } else {
-            Duration::from_secs(30)
-        };
-        if now.duration_since(last_pull) >= every {
+        if !settled && now.duration_since(last_pull) >= Duration::from_secs(30) {
             last_pull = now;
             link::pull_from_one(&shared);
         }

@@ -21,19 +21,31 @@
 //! authenticated ([`super::record`]); anything that does not decode or
 //! authenticate closes the link (seed step 9) with a DISCONNECT saying why.
 //!
-//! **Keepalives** (seed, plus what users of meshes asked for):
-//! the inbound side probes after [`LinkConfig::keepalive`] (±10%) of
-//! silence, the outbound side answers, and no answer within the interval
-//! closes the link with "timeout"; the outbound side gives up after twice
-//! the interval of silence. Any authenticated packet counts as liveness,
-//! so only idle links pay for keepalives. Traffic that gets no packet back
-//! within [`LinkConfig::probe_after`] makes either side probe at once, so a
-//! dead peer under load is found in `probe_after + probe_timeout`.
+//! **Keepalives** (seed, plus what users of meshes asked for): a side
+//! that has received a packet and sent nothing since answers one
+//! [`LinkConfig::keepalive`] later with KEEP_ALIVE(beat), so an idle link
+//! carries one beat per interval, in turns (the inbound side's
+//! "keepalive" and the outbound side's "answer" of the seed, each
+//! answering the other; the first beat is the outbound side's, one
+//! interval after FIN_ACK). Each side therefore hears from a live peer at
+//! least every two intervals, and silence for two intervals plus a grace
+//! (three RTTs, 1 s at least, half an interval at most) closes the link
+//! with "timeout". Any authenticated packet counts as liveness and as an
+//! answer, so only idle links pay for beats, and a beat is one TCP segment
+//! plus its ACK: 12 packets a minute at 10 s. Beats carry the owner's tag
+//! ([`Link::set_beat_tag`]: the node-list digest, so idle links notice a
+//! difference without pulling). Traffic that gets no packet back within
+//! [`LinkConfig::probe_after`] makes either side probe at once
+//! (KEEP_ALIVE(probe), answered at once), so a dead peer under load is
+//! found in `probe_after + probe_timeout`. RTT comes from the handshake
+//! and from those probes.
 //!
 //! **Rekeying**: every [`LinkConfig::rekey_after`] (or
 //! [`REKEY_AFTER_RECORDS`] records) a side sends KEEP_ALIVE(rekey) and
 //! moves its sending key on with Noise's `Rekey()`; the other side moves
-//! its receiving key on right after that record.
+//! its receiving key on right after that record. The rekey waits for the
+//! side's next packet (its next beat on an idle link, which it replaces),
+//! so rekeying costs an idle link nothing.
 //!
 //! The owner moves bytes: it reads from the socket into [`Link::read_buf`]
 //! and calls [`Link::filled`] (records are decrypted in place), writes
@@ -130,8 +142,14 @@ pub enum LinkEvent {
         /// Noise's handshake hash: the channel binding for pairing.
         handshake_hash: [u8; 32],
     },
-    /// A keepalive answer measured the round trip.
+    /// The handshake or a probe's answer measured the round trip.
     Rtt(Duration),
+    /// The peer's idle beat, with the tag it carries
+    /// ([`Link::set_beat_tag`]).
+    Beat {
+        /// The peer's tag.
+        tag: u64,
+    },
     /// The link is over.
     Closed {
         /// Why.
@@ -176,6 +194,8 @@ pub struct LinkStats {
     pub probes: u64,
     /// Rekeys of the sending direction.
     pub rekeys: u64,
+    /// Idle beats sent.
+    pub beats: u64,
 }
 
 enum Phase {
@@ -229,8 +249,16 @@ pub struct Link {
     /// When traffic went out that nothing has come back for.
     unanswered: Option<Instant>,
     probe: Option<Probe>,
-    next_idle_probe: Instant,
+    /// A packet came in at this time and nothing went out since: a beat
+    /// is due one interval later.
+    owe_since: Option<Instant>,
+    /// The tag the next beat carries.
+    beat_tag: u64,
+    /// The latest `now` the owner gave.
+    clock: Instant,
     rekey_at: Instant,
+    /// The rekey time passed: the next packet out is a rekey first.
+    rekey_due: bool,
     sealed_since_rekey: u64,
     rtt: Option<Duration>,
     stats: LinkStats,
@@ -277,8 +305,11 @@ impl Link {
             last_rx: now,
             unanswered: None,
             probe: None,
-            next_idle_probe: now,
+            owe_since: None,
+            beat_tag: 0,
+            clock: now,
             rekey_at: now + cfg.rekey_after,
+            rekey_due: false,
             sealed_since_rekey: 0,
             rtt: None,
             stats: LinkStats::default(),
@@ -432,6 +463,7 @@ impl Link {
     pub fn filled(&mut self, n: usize, now: Instant, deliver: &mut dyn FnMut(Packet<'_>)) {
         self.valid = (self.valid + n).min(self.inbuf.len());
         self.stats.bytes_in += n as u64;
+        self.clock = self.clock.max(now);
         self.process(now, deliver);
     }
 
@@ -463,8 +495,20 @@ impl Link {
         if !self.can_send() {
             return Err(LinkError::NotUp);
         }
+        if self.rekey_due || self.sealed_since_rekey >= REKEY_AFTER_RECORDS {
+            self.rekey();
+            if !self.can_send() {
+                return Err(LinkError::NotUp);
+            }
+        }
         self.seal_packet(p)?;
         Ok(())
+    }
+
+    /// The tag later beats carry (the owner's summary of its state, e.g.
+    /// its node-list digest); the peer's arrive as [`LinkEvent::Beat`].
+    pub fn set_beat_tag(&mut self, tag: u64) {
+        self.beat_tag = tag;
     }
 
     /// Ends the link: a DISCONNECT with `reason` goes out (flush
@@ -494,20 +538,20 @@ impl Link {
         match self.phase {
             Phase::Closed => None,
             Phase::Up => {
-                let mut t = self.rekey_at;
+                let mut t = self.silence_deadline();
+                if !self.rekey_due {
+                    t = t.min(self.rekey_at);
+                }
+                if let Some(o) = self.owe_since {
+                    t = t.min(o + self.cfg.keepalive);
+                }
                 match &self.probe {
                     Some(p) => t = t.min(p.deadline),
                     None => {
-                        if self.dir == Direction::Inbound {
-                            t = t.min(self.next_idle_probe);
-                        }
                         if let Some(u) = self.unanswered {
                             t = t.min(u + self.cfg.probe_after);
                         }
                     }
-                }
-                if self.dir == Direction::Outbound {
-                    t = t.min(self.last_rx + 2 * self.cfg.keepalive);
                 }
                 Some(t)
             }
@@ -517,6 +561,7 @@ impl Link {
 
     /// Runs the timers due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.clock = self.clock.max(now);
         match self.phase {
             Phase::Closed => {}
             Phase::Up => self.up_timers(now),
@@ -528,6 +573,15 @@ impl Link {
         }
     }
 
+    /// Two intervals (a live peer's beats come one interval after ours)
+    /// plus a grace for the round trip: silence until then is a timeout.
+    fn silence_deadline(&self) -> Instant {
+        let grace = (self.rtt.unwrap_or_default() * 3)
+            .min(self.cfg.keepalive / 2)
+            .max(Duration::from_secs(1));
+        self.last_rx + 2 * self.cfg.keepalive + grace
+    }
+
     fn up_timers(&mut self, now: Instant) {
         if let Some(p) = &self.probe
             && now >= p.deadline
@@ -535,21 +589,42 @@ impl Link {
             self.close(Reason::Timeout, "timeout");
             return;
         }
-        if self.dir == Direction::Outbound && now >= self.last_rx + 2 * self.cfg.keepalive {
+        if now >= self.silence_deadline() {
             self.close(Reason::Timeout, "timeout");
             return;
         }
-        if self.probe.is_none() {
-            if let Some(u) = self.unanswered
-                && now >= u + self.cfg.probe_after
-            {
-                self.send_probe(now, self.cfg.probe_timeout);
-            } else if self.dir == Direction::Inbound && now >= self.next_idle_probe {
-                self.send_probe(now, self.cfg.keepalive);
-            }
-        }
         if now >= self.rekey_at || self.sealed_since_rekey >= REKEY_AFTER_RECORDS {
-            self.rekey(now);
+            self.rekey_due = true;
+        }
+        if self.probe.is_none()
+            && let Some(u) = self.unanswered
+            && now >= u + self.cfg.probe_after
+        {
+            if self.rekey_due {
+                self.rekey();
+            }
+            self.send_probe(now, self.cfg.probe_timeout);
+        }
+        if let Some(o) = self.owe_since
+            && now >= o + self.cfg.keepalive
+        {
+            if self.rekey_due {
+                // The rekey record is this interval's beat.
+                self.rekey();
+            } else {
+                let tag = self.beat_tag;
+                if self
+                    .seal_packet(&Packet::KeepAlive {
+                        kind: KeepAliveKind::Beat,
+                        nonce: tag,
+                    })
+                    .is_err()
+                {
+                    self.close(Reason::Other, "cannot seal");
+                    return;
+                }
+            }
+            self.stats.beats += 1;
         }
     }
 
@@ -575,7 +650,7 @@ impl Link {
         });
     }
 
-    fn rekey(&mut self, now: Instant) {
+    fn rekey(&mut self) {
         let sent = self.seal_packet(&Packet::KeepAlive {
             kind: KeepAliveKind::Rekey,
             nonce: 0,
@@ -587,7 +662,8 @@ impl Link {
         }
         self.stats.rekeys += 1;
         self.sealed_since_rekey = 0;
-        self.rekey_at = now + self.cfg.rekey_after;
+        self.rekey_due = false;
+        self.rekey_at = self.clock + self.cfg.rekey_after;
     }
 
     fn queue_plain(&mut self, p: &Packet<'_>) {
@@ -617,6 +693,8 @@ impl Link {
             return Err(e.into());
         }
         self.sealed_since_rekey += 1;
+        // Anything sent answers what came in.
+        self.owe_since = None;
         self.stats.packets_out += 1;
         self.stats.bytes_out += (self.out.len() - start) as u64;
         Ok(())
@@ -687,10 +765,11 @@ impl Link {
             .open_in_place(&mut self.inbuf[frame])
             .map_err(|e| (Reason::Authentication, e.to_string()))?;
         let p = Packet::decode(plain).map_err(|e| (Reason::Protocol, e.to_string()))?;
-        // Any authenticated packet shows the peer is alive.
+        // Any authenticated packet shows the peer is alive, and wants a
+        // packet back within an interval.
         self.last_rx = now;
         self.unanswered = None;
-        self.next_idle_probe = idle_probe_at(&mut self.rng, self.cfg.keepalive, now);
+        self.owe_since.get_or_insert(now);
         if let Some(probe) = self.probe.take()
             && let Packet::KeepAlive {
                 kind: KeepAliveKind::Answer,
@@ -735,6 +814,7 @@ impl Link {
                         .map_err(|e| (Reason::Other, e.to_string()))?;
                     }
                     KeepAliveKind::Answer => {}
+                    KeepAliveKind::Beat => self.events.push_back(LinkEvent::Beat { tag: nonce }),
                     KeepAliveKind::Rekey => {
                         let o = self
                             .opener
@@ -825,6 +905,8 @@ impl Link {
                     hs: Box::new(hs),
                     record,
                 };
+                // HELLO_ACK went out now: FIN's arrival times the round trip.
+                self.last_rx = now;
                 Ok(())
             }
             (Phase::AwaitHelloAck { mut hs, ik }, Packet::HelloAck { key }) => {
@@ -859,6 +941,7 @@ impl Link {
                 });
                 self.peer = Some((keys, record, hash));
                 self.phase = Phase::AwaitFinAck { random };
+                self.rtt = Some(now.saturating_duration_since(self.began));
                 self.last_rx = now;
                 Ok(())
             }
@@ -889,6 +972,7 @@ impl Link {
                     .map_err(|e| (Reason::Other, e.to_string()))?;
                 self.peer = Some((keys, record, hash));
                 self.phase = Phase::Up;
+                self.rtt = Some(now.saturating_duration_since(self.last_rx));
                 self.last_rx = now;
                 self.announce_up();
                 Ok(())
@@ -901,8 +985,9 @@ impl Link {
     }
 
     fn announce_up(&mut self) {
-        let now = self.last_rx;
-        self.next_idle_probe = idle_probe_at(&mut self.rng, self.cfg.keepalive, now);
+        if let Some(rtt) = self.rtt {
+            self.events.push_back(LinkEvent::Rtt(rtt));
+        }
         if let Some((peer, record, hash)) = &self.peer {
             self.events.push_back(LinkEvent::Up {
                 peer: *peer,
@@ -946,14 +1031,6 @@ impl Link {
             self.unanswered = Some(now);
         }
     }
-}
-
-/// The idle keepalive time after a packet at `now`: the interval ±10%
-/// (0.9 .. 1.1 of it, in 1/65536 steps).
-fn idle_probe_at(rng: &mut Stream, keepalive: Duration, now: Instant) -> Instant {
-    let mut b = [0u8; 2];
-    rng.fill(&mut b);
-    now + keepalive.mul_f64(0.9) + keepalive.mul_f64(0.2 * f64::from(u16::from_be_bytes(b)) / 65536.0)
 }
 
 /// The record must be well formed and signed by the key in it, and that
@@ -1011,6 +1088,8 @@ mod tests {
         /// When bytes last came in, and when the link closed.
         last_input: Option<Instant>,
         closed_at: Option<Instant>,
+        /// A beat tag to set once up.
+        set_tag: Option<u64>,
     }
 
     impl Node {
@@ -1025,10 +1104,14 @@ mod tests {
                 until_up: true,
                 last_input: None,
                 closed_at: None,
+                set_tag: None,
             }
         }
 
         fn drain(&mut self, now: Instant) {
+            if let Some(tag) = self.set_tag.take() {
+                self.link.set_beat_tag(tag);
+            }
             while let Some(e) = self.link.poll_event() {
                 if matches!(e, LinkEvent::Closed { .. }) {
                     self.closed_at = Some(now);
@@ -1286,7 +1369,7 @@ mod tests {
     }
 
     #[test]
-    fn an_idle_link_stays_up_on_twelve_packets_a_minute() {
+    fn an_idle_link_carries_one_beat_an_interval_in_turns() {
         let p = ids();
         let mut t = p.ends(
             false,
@@ -1296,6 +1379,8 @@ mod tests {
                 ..Wire::default()
             },
         );
+        t.a_mut().set_tag = Some(7);
+        t.b_mut().set_tag = Some(9);
         t.b_mut().until_up = false;
         let out = t.run(Duration::from_secs(600));
         let (a, b) = (t.a(), t.b());
@@ -1305,51 +1390,57 @@ mod tests {
             a.closed(),
             b.closed()
         );
-        let keepalive_packets = out.messages - 4;
-        // Ten minutes: a probe and its answer every 9–11 s (rekeys add
-        // one record per side every two minutes).
-        let per_minute = keepalive_packets as f64 / 10.0;
-        assert!(
-            (10.0..=13.0).contains(&per_minute),
-            "{per_minute} packets a minute"
-        );
-        assert!(
-            b.link.stats().probes >= 54 && b.link.stats().probes <= 67,
-            "{:?}",
-            b.link.stats()
-        );
-        assert_eq!(a.link.stats().probes, 0, "the outbound side only answers");
-        assert!(b.link.rtt().is_some_and(|r| r == ms(10)));
-        assert!(a.link.stats().rekeys >= 4 && b.link.stats().rekeys >= 4);
+        // Ten minutes: a beat every interval (plus one-way latency), in
+        // turns; rekeys take the place of beats. Over TCP each is one
+        // segment and its ACK: 12 packets a minute.
+        let keepalive_records = out.messages - 4;
+        let per_minute = keepalive_records as f64 / 10.0;
+        assert!((5.8..=6.0).contains(&per_minute), "{per_minute} records a minute");
+        let (sa, sb) = (a.link.stats(), b.link.stats());
+        assert_eq!(sa.probes + sb.probes, 0, "idle: no probes");
+        assert!(sa.beats.abs_diff(sb.beats) <= 1, "in turns: {sa:?} {sb:?}");
+        assert!(sa.rekeys >= 4 && sb.rekeys >= 4, "{sa:?} {sb:?}");
+        // Each side saw the other's tag; the RTT came from the handshake.
+        let tags = |n: &Node| {
+            n.events
+                .iter()
+                .filter_map(|e| match e {
+                    LinkEvent::Beat { tag } => Some(*tag),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        assert!(tags(a).len() >= 20 && tags(a).iter().all(|t| *t == 9));
+        assert!(tags(b).len() >= 20 && tags(b).iter().all(|t| *t == 7));
+        assert_eq!(a.link.rtt(), Some(ms(10)));
+        assert_eq!(b.link.rtt(), Some(ms(10)));
     }
 
     #[test]
-    fn a_silent_peer_is_timed_out_within_two_intervals_when_idle() {
+    fn a_silent_peer_is_timed_out_after_two_intervals_and_a_grace() {
         let p = ids();
-        let mut t = p.ends(
-            false,
-            cfg(),
-            Wire {
-                latency: ms(5),
-                drop_from: Some(4),
-                ..Wire::default()
-            },
-        );
-        t.a_mut().until_up = false;
-        t.b_mut().until_up = false;
-        let out = t.run(Duration::from_secs(100));
-        for (side, n) in [("outbound", t.a()), ("inbound", t.b())] {
-            let (reason, _, by_peer) = n.closed().unwrap_or_else(|| panic!("{side} still up"));
-            assert_eq!((reason, by_peer), (Reason::Timeout, false), "{side}");
+        for drop_from in [4, 5, 9] {
+            let mut t = p.ends(
+                false,
+                cfg(),
+                Wire {
+                    latency: ms(5),
+                    drop_from: Some(drop_from),
+                    ..Wire::default()
+                },
+            );
+            t.a_mut().until_up = false;
+            t.b_mut().until_up = false;
+            t.run(Duration::from_secs(200));
+            for (side, n) in [("outbound", t.a()), ("inbound", t.b())] {
+                let (reason, _, by_peer) = n.closed().unwrap_or_else(|| panic!("{side} still up"));
+                assert_eq!((reason, by_peer), (Reason::Timeout, false), "{side}");
+                // Silence since the last packet heard: two intervals and
+                // the 1 s grace (three RTTs are less).
+                let silent = n.closed_at.unwrap() - n.last_input.unwrap();
+                assert_eq!(silent, Duration::from_secs(21), "{side} after {drop_from}");
+            }
         }
-        // The inbound side probes at 9–11 s and waits one interval; the
-        // outbound side gives up after two intervals of silence.
-        assert!(
-            out.elapsed <= Duration::from_secs(21) + ms(20),
-            "{:?}",
-            out.elapsed
-        );
-        assert!(out.elapsed >= Duration::from_secs(19), "{:?}", out.elapsed);
     }
 
     #[test]

@@ -22,7 +22,7 @@
 //! | 0x02 | FIN | noise_len:u16, noise: Noise message 3 (`XX`, payload: the initiator's record; empty for `IK`), then one sealed record whose plaintext is the seed's FIN body: n:u8, random(n) |
 //! | 0x03 | FIN_ACK | n:u8, random(n): FIN's bytes echoed (sealed) |
 //! | 0x04 | DISCONNECT | reason_len:u8, reason: UTF-8, code:u8 ([`Reason`]) |
-//! | 0x05 | KEEP_ALIVE | kind:u8 (0 probe, 1 answer, 2 rekey), nonce:u64 |
+//! | 0x05 | KEEP_ALIVE | kind:u8 (0 probe, 1 answer, 2 rekey, 3 beat), nonce:u64 (beat: the sender's tag) |
 //! | 0x06 | NLIST_REQ | digest: 32 bytes, count:u32, cursor: flag:u8 (+ node id: 15 bytes), max:u16 |
 //! | 0x07 | NLIST_RES | flags:u8 (1 more, 2 push), next: node id: 15 bytes if more, count:u16 (≤ [`MAX_PAGE`]), count × (len:u16, record) |
 //! | 0x08 | PAIR_REQ | step:u8, body_len:u16, body |
@@ -219,6 +219,10 @@ pub enum KeepAliveKind {
     Answer,
     /// The sender's next record uses its next key (Noise `Rekey()`).
     Rekey,
+    /// An idle link's turn: "I heard you", sent one interval after the
+    /// peer's last packet; the nonce carries the sender's tag (its
+    /// node-list digest).
+    Beat,
 }
 
 /// What a DATA datagram carries.
@@ -437,6 +441,7 @@ impl<'a> Packet<'a> {
                     0 => KeepAliveKind::Probe,
                     1 => KeepAliveKind::Answer,
                     2 => KeepAliveKind::Rekey,
+                    3 => KeepAliveKind::Beat,
                     k => {
                         return Err(DecodeError::Unknown {
                             what: "KEEP_ALIVE kind",
@@ -616,6 +621,7 @@ impl<'a> Packet<'a> {
                     KeepAliveKind::Probe => 0,
                     KeepAliveKind::Answer => 1,
                     KeepAliveKind::Rekey => 2,
+                    KeepAliveKind::Beat => 3,
                 };
                 w.u8(k).u64(*nonce);
             }
