@@ -110,7 +110,10 @@ impl CryptoResolver for CallerRandom {
     }
 
     fn resolve_dh(&self, choice: &DHChoice) -> Option<Box<dyn snow::types::Dh>> {
-        DefaultResolver.resolve_dh(choice)
+        match choice {
+            DHChoice::Curve25519 => Some(Box::new(X25519::default())),
+            _ => DefaultResolver.resolve_dh(choice),
+        }
     }
 
     fn resolve_hash(&self, choice: &HashChoice) -> Option<Box<dyn snow::types::Hash>> {
@@ -119,6 +122,78 @@ impl CryptoResolver for CallerRandom {
 
     fn resolve_cipher(&self, choice: &CipherChoice) -> Option<Box<dyn snow::types::Cipher>> {
         DefaultResolver.resolve_cipher(choice)
+    }
+}
+
+/// Noise's `25519` DH on aws-lc-rs's X25519 (assembly; snow's default,
+/// curve25519-dalek's portable ladder, took 80% of a mesh handshake:
+/// docs/benchmarks.md, handshakes). The same function, so the same bytes;
+/// one difference: aws-lc refuses a low-order peer key (an all-zero
+/// shared secret), which fails that handshake instead of running it on a
+/// known key.
+#[derive(Default)]
+struct X25519 {
+    privkey: Zeroizing<[u8; 32]>,
+    pubkey: [u8; 32],
+    key: Option<aws_lc_rs::agreement::PrivateKey>,
+}
+
+impl X25519 {
+    fn load(&mut self) {
+        use aws_lc_rs::agreement::{PrivateKey, X25519 as ALG};
+        self.key = PrivateKey::from_private_key(&ALG, &self.privkey[..]).ok();
+        self.pubkey = [0; 32];
+        if let Some(pk) = self.key.as_ref().and_then(|k| k.compute_public_key().ok())
+            && pk.as_ref().len() == 32
+        {
+            self.pubkey.copy_from_slice(pk.as_ref());
+        }
+    }
+}
+
+impl snow::types::Dh for X25519 {
+    fn name(&self) -> &'static str {
+        "25519"
+    }
+
+    fn pub_len(&self) -> usize {
+        32
+    }
+
+    fn priv_len(&self) -> usize {
+        32
+    }
+
+    fn set(&mut self, privkey: &[u8]) {
+        let n = privkey.len().min(32);
+        *self.privkey = [0; 32];
+        self.privkey[..n].copy_from_slice(&privkey[..n]);
+        self.load();
+    }
+
+    fn generate(&mut self, rng: &mut dyn snow::types::Random) -> Result<(), snow::Error> {
+        rng.try_fill_bytes(&mut self.privkey[..])?;
+        self.load();
+        Ok(())
+    }
+
+    fn pubkey(&self) -> &[u8] {
+        &self.pubkey
+    }
+
+    fn privkey(&self) -> &[u8] {
+        &self.privkey[..]
+    }
+
+    fn dh(&self, pubkey: &[u8], out: &mut [u8]) -> Result<(), snow::Error> {
+        use aws_lc_rs::agreement::{UnparsedPublicKey, X25519 as ALG, agree};
+        let key = self.key.as_ref().ok_or(snow::Error::Dh)?;
+        let peer = pubkey.get(..32).ok_or(snow::Error::Dh)?;
+        agree(key, UnparsedPublicKey::new(&ALG, peer), snow::Error::Dh, |k| {
+            let n = k.len().min(out.len());
+            out[..n].copy_from_slice(&k[..n]);
+            Ok(())
+        })
     }
 }
 
