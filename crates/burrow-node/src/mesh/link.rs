@@ -145,9 +145,8 @@ async fn drive(
 ) -> (Option<NodeId>, bool) {
     let Slot { id, mut rx } = slot;
     let (mut rd, mut wr) = stream.into_split();
-    // Control traffic: pages of records (at most one session record each)
-    // and keepalives; a small read buffer keeps a link's memory small.
-    let mut buf = vec![0u8; 16 * 1024];
+    // Control traffic: pages of records and beats, read straight into the
+    // link's own buffer (4 KiB, grown to a frame when one needs it).
     let mut peer: Option<NodeId> = None;
     let mut was_up = false;
     let mut closed_by_socket = None;
@@ -244,7 +243,7 @@ async fn drive(
             .poll_timeout()
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
-            r = rd.read(&mut buf) => {
+            r = rd.read(link.read_buf()) => {
                 match r {
                     Ok(0) | Err(_) => {
                         closed_by_socket = Some("the connection closed".to_owned());
@@ -252,7 +251,7 @@ async fn drive(
                     }
                     Ok(n) => {
                         let mut got = Vec::new();
-                        link.input(Instant::now(), &buf[..n], &mut collect(&mut got));
+                        link.filled(n, Instant::now(), &mut collect(&mut got));
                         for bytes in &got {
                             // The link handed over only packets that decode.
                             let Ok(p) = Packet::decode(bytes) else { continue };
@@ -680,21 +679,13 @@ pub(crate) fn push(shared: &Arc<Shared>, node: NodeId, except: Option<u64>) {
     shared.lock().counters.records_pushed += sent;
 }
 
-/// Anti-entropy: one up link (the next in turn) gets an NLIST_REQ.
+/// Anti-entropy: one up link, picked at random, gets an NLIST_REQ.
 pub(crate) fn pull_from_one(shared: &Arc<Shared>) {
     let mut st = shared.lock();
     let req = st.table.request(None);
-    let n = st.by_node.len();
-    if n == 0 {
-        return;
-    }
-    let pick = (unix_now() as usize / 30) % n;
-    let tx = st
-        .by_node
-        .values()
-        .nth(pick)
-        .and_then(|l| st.links.get(l))
-        .map(|i| i.tx.clone());
+    let mut links: Vec<u64> = st.by_node.values().copied().collect();
+    super::sample(&mut links, 1);
+    let tx = links.first().and_then(|l| st.links.get(l)).map(|i| i.tx.clone());
     drop(st);
     let mut b = Vec::new();
     if Packet::NlistReq(req).encode(&mut b).is_ok()

@@ -405,6 +405,10 @@ async fn dial(addr: &str) -> Result<(TcpStream, SocketAddr), std::io::Error> {
 async fn maintain(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut last_pull = Instant::now();
+    // A young node pulls after 1, 2, 4, 8 and 16 s (what its first links
+    // had not heard of yet when they came up), then every 30 s while the
+    // list changes.
+    let mut pull_every = Duration::from_secs(1);
     let mut last_expire = Instant::now();
     let mut last_save = Instant::now();
     let mut saved_digest = [0u8; 32];
@@ -436,8 +440,8 @@ async fn maintain(shared: Arc<Shared>) {
             last_expire = now;
             shared.lock().table.expire(unix);
         }
-        // Anti-entropy: ask one link for what differs every 30 s while
-        // the node list is changing (or the node is young). Once it has
+        // Anti-entropy: ask one link for what differs while the node list
+        // is changing (or the node is young). Once it has
         // been quiet for 2 min, idle links' beats carry each side's digest
         // and a link pulls only when they differ: a settled mesh's idle
         // links carry beats only (docs/benchmarks.md, idle link cost).
@@ -447,9 +451,11 @@ async fn maintain(shared: Arc<Shared>) {
             last_change = now;
         }
         let settled = now.duration_since(last_change) >= Duration::from_secs(120);
-        if !settled && now.duration_since(last_pull) >= Duration::from_secs(30) {
+        let young = pull_every < Duration::from_secs(30);
+        if (young || !settled) && now.duration_since(last_pull) >= pull_every {
             last_pull = now;
             link::pull_from_one(&shared);
+            pull_every = (pull_every * 2).min(Duration::from_secs(30));
         }
         if now.duration_since(last_save) >= Duration::from_secs(5)
             && let Some(path) = &shared.cfg.known_file

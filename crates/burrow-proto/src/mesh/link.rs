@@ -72,8 +72,10 @@ use crate::wire::{DecodeError, EncodeError};
 const CONTEXT: &str = "mesh link 1";
 /// Records a direction seals before it rekeys, whatever the time.
 pub const REKEY_AFTER_RECORDS: u64 = 1 << 32;
-/// The read buffer never shrinks below this, and grows to a whole frame.
-const READ_CHUNK: usize = 16 * 1024;
+/// The read buffer's size: it grows to a whole frame when one needs it and
+/// comes back to this once drained (links carry control traffic: most
+/// records are tens of bytes, a page of node records tens of KiB).
+const READ_CHUNK: usize = 4 * 1024;
 /// Largest frame (prefix included).
 const MAX_FRAME: usize = LEN_PREFIX + u16::MAX as usize;
 
@@ -418,6 +420,10 @@ impl Link {
         if self.out_pos == self.out.len() {
             self.out.clear();
             self.out_pos = 0;
+            // A page of records went out: an idle link keeps little.
+            if self.out.capacity() > 4 * READ_CHUNK {
+                self.out = Vec::new();
+            }
         }
     }
 
@@ -432,7 +438,7 @@ impl Link {
         if self.start == self.valid {
             self.start = 0;
             self.valid = 0;
-            if self.inbuf.len() > 4 * READ_CHUNK {
+            if self.inbuf.len() > READ_CHUNK {
                 self.inbuf = vec![0; READ_CHUNK];
             }
         }

@@ -810,6 +810,20 @@ mod tests {
             "05000000000000000102"
         );
         assert_eq!(
+            hex(&Packet::KeepAlive {
+                kind: KeepAliveKind::Beat,
+                nonce: 0xa1b2
+            }),
+            "0503000000000000a1b2"
+        );
+        let beat = Packet::KeepAlive {
+            kind: KeepAliveKind::Beat,
+            nonce: u64::MAX,
+        };
+        let mut b = Vec::new();
+        beat.encode(&mut b).unwrap();
+        assert_eq!(Packet::decode(&b).unwrap(), beat);
+        assert_eq!(
             hex(&Packet::Data {
                 kind: DataKind::Pong,
                 payload: b"hi"
@@ -858,7 +872,7 @@ mod tests {
         // Unknown ids, kinds and flags.
         for bad in [
             &[0x0e][..],
-            &[0x05, 3, 0, 0, 0, 0, 0, 0, 0, 0],
+            &[0x05, 4, 0, 0, 0, 0, 0, 0, 0, 0],
             &[0x0a, 9],
             &[0x07, 4, 0, 0],
         ] {
