@@ -453,6 +453,13 @@ pub struct NodeArgs {
     /// failures, keepalive timeouts, gossip records) on HOST:PORT/metrics.
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics: Option<std::net::SocketAddr>,
+
+    /// For a node others cannot dial (behind NAT): keep a mailbox on this
+    /// relay and say so in the node's record; nodes that cannot reach its
+    /// addresses link through the relay, end to end encrypted as a direct
+    /// link (the relay sees ciphertext only). `#FINGERPRINT` pins the relay.
+    #[arg(long, value_name = "HOST:PORT[#FINGERPRINT]")]
+    pub relay: Option<String>,
 }
 
 /// What to ask a running node.

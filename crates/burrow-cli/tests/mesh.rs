@@ -760,3 +760,85 @@ fn metrics_count_links_and_handshakes() {
         "{out:?}"
     );
 }
+
+#[test]
+fn a_node_nobody_can_dial_is_linked_and_sent_to_through_its_relay_mailbox() {
+    let (d, h) = homes(4);
+    let ids: Vec<String> = h.iter().map(|p| id_of(p)).collect();
+    let ns = mesh_ns("m11", 4);
+    let mut r = ns.burrow(&h[3]);
+    r.args(["relay", "--listen", "10.92.0.4:7000"]);
+    let relay = spawn(r);
+    relay.line("burrow relay listening on");
+    let inbox = d.path().join("inbox");
+    let _a = node(&ns, &h[0], 1, None, 10);
+    // B advertises an address no one can reach (no route to it): behind NAT.
+    let _b = node_with(
+        &ns,
+        &h[1],
+        2,
+        Some(1),
+        10,
+        &[
+            "--advertise",
+            "10.92.9.9:9010",
+            "--relay",
+            "10.92.0.4:7000",
+            "--inbox",
+            inbox.to_str().unwrap(),
+        ],
+    );
+    eventually(Duration::from_secs(10), "B's mailbox is up", || {
+        ask(&h[1], &["status"])["relay"]["state"] == "up"
+    });
+    // C learns B from A and can only reach it through the relay (C is
+    // behind a NAT of its own, without a relay: B cannot dial it either).
+    let _c = node_with(&ns, &h[2], 3, Some(1), 10, &["--advertise", "10.92.9.8:9010"]);
+    eventually(Duration::from_secs(15), "C links with B", || {
+        online(&h[2], &ids[1])
+    });
+    let st = ask(&h[2], &["status"]);
+    let to_b = st["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["node"] == ids[1].as_str() && l["state"] == "up")
+        .cloned()
+        .unwrap_or_else(|| panic!("no link to B: {st}"));
+    assert_eq!(to_b["via"], "relay", "{to_b}");
+    assert_eq!(to_b["addr"], "10.92.0.4:7000", "{to_b}");
+    let b = ask(&h[2], &["nodes"])["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == ids[1].as_str())
+        .cloned()
+        .unwrap();
+    assert!(
+        b["relay"].as_str().unwrap().starts_with("10.92.0.4:7000#"),
+        "B's record names its relay with its fingerprint: {b}"
+    );
+    assert!(
+        b["flags"].as_array().unwrap().iter().any(|f| f == "behind-nat"),
+        "{b}"
+    );
+    // Pairing runs over the relayed link; files then go through the relay too.
+    pair_over_mesh(&h[1], &h[2], &ids[1], &ids[2], "natbox");
+    let mut s = ns.burrow(&h[2]);
+    s.args(["send", "--to", "natbox", "--text", "through the relay"]);
+    let out = s.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    eventually(Duration::from_secs(5), "the text is in B's inbox", || {
+        std::fs::read_dir(&inbox).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| std::fs::read(e.path()).is_ok_and(|b| b == b"through the relay"))
+        })
+    });
+    // `burrow node status` says it in words.
+    let out = burrow(&h[1]).args(["node", "status"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("reachable through the relay 10.92.0.4:7000 (mailbox up)"),
+        "{text}"
+    );
+}

@@ -310,25 +310,38 @@ pub(crate) async fn receive_into_inbox(
         }
     }
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let sink = std::sync::Arc::new(Sink::Dir(dir.clone()));
     let link = transfer::link::Link::new(stream, keys.0, keys.1, inbox_with(&already));
     let obs: transfer::Obs = std::sync::Arc::new(std::sync::Mutex::new(Inbox {
         from: from.clone(),
         log: log.clone(),
     }));
     let mut state = transfer::RecvState::default();
-    let report = transfer::run_receive(
-        link,
-        &std::sync::Arc::new(Sink::Dir(dir)),
-        false,
-        &obs,
-        DEFAULT_IDLE_TIMEOUT,
-        &mut state,
-    )
-    .await?;
+    let report = transfer::run_receive(link, &sink, false, &obs, DEFAULT_IDLE_TIMEOUT, &mut state).await?;
     for p in &report.saved {
         log(format!(
             "received from {from}: {}",
             escape_display(&p.display().to_string())
+        ));
+    }
+    // A text message is kept too: a file of its own in the inbox (never
+    // over an earlier one).
+    if let Some(text) = &report.text {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut path = dir.join(format!("message-{secs}.txt"));
+        let mut n = 1;
+        while path.exists() {
+            n += 1;
+            path = dir.join(format!("message-{secs}-{n}.txt"));
+        }
+        std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
+        log(format!(
+            "message from {from} ({} bytes): {}",
+            text.len(),
+            escape_display(&path.display().to_string())
         ));
     }
     Ok(report)
@@ -627,11 +640,12 @@ impl Transfer {
     }
 
     /// Sends to a paired mesh node's inbox (`burrow send --to NAME`): a
-    /// direct link to the node at `addrs` (the keys it was paired with),
+    /// link to the node at `addrs` (direct, or through its relay; the keys
+    /// it was paired with),
     /// the same transfer engine and checks, no code and no prompt.
     pub async fn send_to_node<O: Observer + 'static>(
         &self,
-        addrs: &[std::net::SocketAddr],
+        addrs: &mesh::NodeAddrs,
         me: &keys::identity::Identity,
         node: &keys::identity::PublicIdentity,
         source: Source,

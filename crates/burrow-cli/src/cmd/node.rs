@@ -85,6 +85,7 @@ async fn serve(args: NodeArgs) -> Result<(), Error> {
         log: Arc::new(|l| eprintln!("{l}")),
         target_links: args.links.max(1),
         max_links: 256.max(args.links * 4),
+        relay: args.relay.filter(|r| !r.trim().is_empty()),
     })
     .await
 }
@@ -103,6 +104,13 @@ fn print_status(v: &Value) {
             }
         );
     }
+    if v["relay"].is_object() {
+        println!(
+            "  behind NAT: reachable through the relay {} (mailbox {})",
+            shown(&v["relay"]["addr"]),
+            shown(&v["relay"]["state"])
+        );
+    }
     println!("  knows {} node(s), up {} s", v["known_nodes"], v["uptime_s"]);
     let links = v["links"].as_array().cloned().unwrap_or_default();
     println!("links ({}):", links.len());
@@ -111,13 +119,18 @@ fn print_status(v: &Value) {
             .as_f64()
             .map(|r| format!("{r:.2} ms"))
             .unwrap_or_else(|| "-".into());
+        let addr = if l["via"] == "relay" {
+            format!("{} (relay)", shown(&l["addr"]))
+        } else {
+            shown(&l["addr"])
+        };
         println!(
             "  {:<29} {:<12} {:<8} {:<9} {:<21} rtt {}",
             shown(&l["node"]),
             shown(&l["name"]),
             shown(&l["direction"]),
             shown(&l["state"]),
-            shown(&l["addr"]),
+            addr,
             rtt
         );
     }
@@ -269,7 +282,7 @@ pub async fn pair(node: &str, code: Option<&str>, name: Option<&str>) -> Result<
 /// Where the running node last saw the node with `keys`: from its node list.
 pub async fn addresses_of(
     keys: &burrow_node::keys::identity::PublicIdentity,
-) -> Result<Vec<std::net::SocketAddr>, Error> {
+) -> Result<burrow_node::mesh::NodeAddrs, Error> {
     let v = control::request(&control_path()?, &json!({"op": "nodes"})).await?;
     let id = keys.fingerprint();
     let node = v["nodes"]
@@ -284,8 +297,18 @@ pub async fn addresses_of(
         .as_array()
         .map(|a| a.iter().filter_map(|x| x.as_str()?.parse().ok()).collect())
         .unwrap_or_default();
-    if addrs.is_empty() {
-        return Err(Error::Usage(format!("{id} advertises no address to reach it at")));
+    let relay = node["relay"].as_str().map(str::to_owned);
+    let behind_nat = node["flags"]
+        .as_array()
+        .is_some_and(|f| f.iter().any(|x| x == "behind-nat"));
+    if addrs.is_empty() && relay.is_none() {
+        return Err(Error::Usage(format!(
+            "{id} advertises no address and no relay to reach it at"
+        )));
     }
-    Ok(addrs)
+    Ok(burrow_node::mesh::NodeAddrs {
+        addrs,
+        relay,
+        behind_nat,
+    })
 }

@@ -24,26 +24,28 @@ use crate::platform::{OsRandom, aead};
 /// How long the handshake may take.
 const HANDSHAKE: Duration = Duration::from_secs(10);
 
-/// Connects to the node with `keys` at the first of `addrs` that answers;
-/// `inbox`: for files to its inbox (else tunnels).
+/// Where a client finds a node: its record's addresses and relay.
+#[derive(Debug, Clone, Default)]
+pub struct NodeAddrs {
+    /// Its direct addresses.
+    pub addrs: Vec<SocketAddr>,
+    /// Its relay mailbox (`HOST:PORT#FINGERPRINT`), if it keeps one.
+    pub relay: Option<String>,
+    /// Its record says it accepts no inbound connections.
+    pub behind_nat: bool,
+}
+
+/// Connects to the node with `keys` at the first of its addresses that
+/// answers, or through its relay; `inbox`: for files to its inbox (else
+/// tunnels).
 pub(crate) async fn connect(
-    addrs: &[SocketAddr],
+    at: &NodeAddrs,
     me: &Identity,
     keys: &PublicIdentity,
     inbox: bool,
 ) -> Result<(TcpStream, Sealer, Opener, Vec<u8>), Error> {
-    let mut last = None;
-    for a in addrs {
-        match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(a)).await {
-            Ok(Ok(s)) => return handshake(s, me, keys, inbox).await,
-            Ok(Err(e)) => last = Some(format!("{a}: {e}")),
-            Err(_) => last = Some(format!("{a}: connect timed out")),
-        }
-    }
-    Err(Error::PeerClosed(format!(
-        "cannot reach the node ({})",
-        last.unwrap_or_else(|| "it advertises no address".into())
-    )))
+    let r = super::relayed::dial_any(&at.addrs, at.relay.as_deref(), at.behind_nat, me, &keys.x25519).await?;
+    handshake(r.stream, me, keys, inbox).await
 }
 
 async fn handshake(

@@ -4,8 +4,8 @@
 //!
 //! | request | answer |
 //! |---|---|
-//! | `{"op":"status"}` | `{"id", "name", "listen", "addresses", "uptime_s", "links": [...], "offline": [...], "counters": {...}}` |
-//! | `{"op":"nodes"}` | `{"nodes": [{"id", "name", "addresses", "online", "linked", "seq", "expires_in_s", "flags"}]}` |
+//! | `{"op":"status"}` | `{"id", "name", "listen", "addresses", "uptime_s", "relay": {"addr", "state", "fingerprint"} or null, "links": [{..., "via": "direct" or "relay"}], "offline": [...], "counters": {...}}` |
+//! | `{"op":"nodes"}` | `{"nodes": [{"id", "name", "addresses", "relay", "online", "linked", "seq", "expires_in_s", "flags"}]}` |
 //! | `{"op":"ping","node":ID}` | `{"node", "rtt_ms"}` or `{"error"}` |
 //!
 //! Names and texts that came from other nodes are passed as they are (JSON
@@ -177,6 +177,7 @@ fn status(shared: &Shared) -> Value {
                 "node": l.peer.map(|p| p.to_string()),
                 "name": name,
                 "addr": l.addr.to_string(),
+                "via": if l.relayed { "relay" } else { "direct" },
                 "direction": match l.dir { Direction::Outbound => "outbound", Direction::Inbound => "inbound" },
                 "state": match l.state { LinkState::Handshake => "handshake", LinkState::Up => "up", LinkState::Closed => "closed" },
                 "rtt_ms": l.rtt.map(|r| (r.as_secs_f64() * 1e6).round() / 1e3),
@@ -186,6 +187,7 @@ fn status(shared: &Shared) -> Value {
                 "bytes_in": l.stats.bytes_in,
                 "bytes_out": l.stats.bytes_out,
                 "probes": l.stats.probes,
+                "beats": l.stats.beats,
                 "rekeys": l.stats.rekeys,
             })
         })
@@ -209,6 +211,11 @@ fn status(shared: &Shared) -> Value {
         "listen": shared.listen.to_string(),
         "addresses": shared.advertised.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
         "uptime_s": secs(now.duration_since(shared.started)),
+        "relay": st.mailbox.as_ref().map(|m| json!({
+            "addr": m.addr,
+            "state": m.state,
+            "fingerprint": m.fingerprint,
+        })),
         "keepalive_s": shared.cfg.keepalive.as_secs_f64(),
         "known_nodes": st.table.len(),
         "links": links,
@@ -241,6 +248,7 @@ fn nodes(shared: &Shared) -> Value {
                 "name": r.name,
                 "self": me,
                 "addresses": r.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                "relay": r.relay,
                 "online": me || linked,
                 "linked": linked,
                 "seq": r.seq,

@@ -72,6 +72,7 @@ pub(crate) async fn run_outbound(
     stream: TcpStream,
     addr: SocketAddr,
     peer: Option<[u8; 32]>,
+    relayed: bool,
 ) -> (Option<NodeId>, bool) {
     let (secret, record) = {
         let st = shared.lock();
@@ -91,7 +92,7 @@ pub(crate) async fn run_outbound(
             return (None, false);
         }
     };
-    let slot = register(&shared, Direction::Outbound, addr);
+    let slot = register(&shared, Direction::Outbound, addr, relayed);
     drive(shared, stream, addr, link, slot).await
 }
 
@@ -113,7 +114,7 @@ pub(crate) struct Slot {
 }
 
 /// Registers a link about to start.
-pub(crate) fn register(shared: &Shared, dir: Direction, addr: SocketAddr) -> Slot {
+pub(crate) fn register(shared: &Shared, dir: Direction, addr: SocketAddr, relayed: bool) -> Slot {
     let (tx, rx) = mpsc::channel::<Cmd>(256);
     let mut st = shared.lock();
     let id = st.next_link;
@@ -131,6 +132,7 @@ pub(crate) fn register(shared: &Shared, dir: Direction, addr: SocketAddr) -> Slo
             tx,
             keys: None,
             hash: None,
+            relayed,
         },
     );
     Slot { id, rx }

@@ -17,11 +17,13 @@
 //! waiting pings.
 
 pub(crate) mod client;
+pub use client::NodeAddrs;
 pub mod control;
 mod known;
 pub mod link;
 mod metrics;
 mod pair;
+mod relayed;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -76,6 +78,9 @@ pub struct NodeConfig {
     pub inbox: Option<PathBuf>,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// A relay to keep a mailbox on (`HOST:PORT[#FINGERPRINT]`), for a
+    /// node that accepts no inbound connections.
+    pub relay: Option<String>,
 }
 
 /// Where the control socket lives by default: beside the identity.
@@ -148,6 +153,8 @@ pub(crate) struct LinkInfo {
     /// The peer's keys and the handshake hash, once up.
     pub keys: Option<burrow_proto::keys::PublicIdentity>,
     pub hash: Option<[u8; 32]>,
+    /// Through a relay mailbox (else a direct connection).
+    pub relayed: bool,
 }
 
 /// Counters for `status`.
@@ -193,6 +200,8 @@ pub(crate) struct State {
     /// Nodes known from an earlier run whose records ran out meanwhile:
     /// still worth dialling (keys and last addresses), never gossiped.
     pub remembered: HashMap<NodeId, ([u8; 32], Vec<SocketAddr>)>,
+    /// The relay mailbox, if the node keeps one.
+    pub mailbox: Option<relayed::MailboxState>,
 }
 
 /// What every task of a node shares.
@@ -204,6 +213,8 @@ pub(crate) struct Shared {
     pub advertised: Vec<SocketAddr>,
     pub state: Mutex<State>,
     pub started: Instant,
+    /// What the record says of the relay mailbox (`HOST:PORT#FINGERPRINT`).
+    pub relay_claim: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -215,17 +226,51 @@ impl Shared {
         NodeRecord::sign(
             &self.cfg.me,
             &Claims {
-                flags: Flags::default(),
+                flags: Flags(if self.cfg.relay.is_some() {
+                    Flags::BEHIND_NAT
+                } else {
+                    0
+                }),
                 seq,
                 issued: now,
                 ttl: MAX_TTL,
                 name: self.cfg.name.clone(),
                 addrs: self.advertised.clone(),
-                relay: None,
+                relay: self.relay_claim.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             },
         )
         .map_err(|e| Error::Usage(format!("cannot sign this node's record: {e}")))
     }
+}
+
+/// Signs this node's record anew (a newer seq) and pushes it to links.
+fn resign(shared: &Arc<Shared>) {
+    let unix = unix_now();
+    let seq = { shared.lock().my_seq.max(unix * 1000) + 1 };
+    if let Ok(rec) = shared.sign_record(seq, unix) {
+        let mut st = shared.lock();
+        st.my_seq = seq;
+        st.my_signed_at = unix;
+        let _ = st.table.insert(&rec, unix);
+        st.my_record = rec;
+        let me = shared.id;
+        drop(st);
+        link::push(shared, me, None);
+    }
+}
+
+/// Sets what the record says of the relay mailbox; re-signs when that
+/// changed (and says so: true).
+pub(crate) fn set_relay_claim(shared: &Arc<Shared>, claim: Option<String>) -> bool {
+    {
+        let mut c = shared.relay_claim.lock().unwrap_or_else(|p| p.into_inner());
+        if *c == claim {
+            return false;
+        }
+        *c = claim;
+    }
+    resign(shared);
+    true
 }
 
 /// The addresses a record advertises for `listen`.
@@ -292,8 +337,10 @@ pub async fn run_node(cfg: NodeConfig) -> Result<(), Error> {
             offers: HashMap::new(),
             joins: HashMap::new(),
             remembered: HashMap::new(),
+            mailbox: None,
         }),
         started: Instant::now(),
+        relay_claim: Mutex::new(None),
         cfg,
     });
     let record = shared.sign_record(seq, now)?;
@@ -326,6 +373,16 @@ pub async fn run_node(cfg: NodeConfig) -> Result<(), Error> {
     for addr in shared.cfg.bootstrap.clone() {
         tokio::spawn(bootstrap(shared.clone(), addr));
     }
+    if let Some(raw) = shared.cfg.relay.clone() {
+        let (addr, trust) =
+            crate::tunnel::RelayTrust::parse(&raw, crate::tunnel::RelayTrust::default_known());
+        let client = crate::meet::relay_client::RelayClient::new(&addr);
+        (shared.cfg.log)(format!(
+            "keeping a mailbox on the relay {} (for nodes that cannot dial this one)",
+            client.addr()
+        ));
+        tokio::spawn(relayed::mailbox(shared.clone(), client, trust));
+    }
     tokio::spawn(maintain(shared.clone()));
     loop {
         let (stream, addr) = match listener.accept().await {
@@ -353,7 +410,7 @@ pub async fn run_node(cfg: NodeConfig) -> Result<(), Error> {
             tokio::spawn(link::refuse_busy(stream));
             continue;
         }
-        let slot = link::register(&shared, Direction::Inbound, addr);
+        let slot = link::register(&shared, Direction::Inbound, addr, false);
         tokio::spawn(link::run_inbound(shared.clone(), stream, addr, slot));
     }
 }
@@ -371,7 +428,7 @@ async fn bootstrap(shared: Arc<Shared>, addr: String) {
             let started = Instant::now();
             match dial(&addr).await {
                 Ok((stream, sa)) => {
-                    let (peer, was_up) = link::run_outbound(shared.clone(), stream, sa, None).await;
+                    let (peer, was_up) = link::run_outbound(shared.clone(), stream, sa, None, false).await;
                     if peer.is_some() {
                         known = peer;
                     }
@@ -424,17 +481,7 @@ async fn maintain(shared: Arc<Shared>) {
             unix >= st.my_signed_at + MAX_TTL / 2
         };
         if resign {
-            let seq = { shared.lock().my_seq.max(unix * 1000) + 1 };
-            if let Ok(rec) = shared.sign_record(seq, unix) {
-                let mut st = shared.lock();
-                st.my_seq = seq;
-                st.my_signed_at = unix;
-                let _ = st.table.insert(&rec, unix);
-                st.my_record = rec;
-                let me = shared.id;
-                drop(st);
-                link::push(&shared, me, None);
-            }
+            self::resign(&shared);
         }
         if now.duration_since(last_expire) >= Duration::from_secs(60) {
             last_expire = now;
@@ -476,26 +523,32 @@ async fn maintain(shared: Arc<Shared>) {
 /// Dials learned nodes (by their records) while fewer than the target are linked.
 fn dial_learned(shared: &Arc<Shared>) {
     let now = Instant::now();
-    let picks: Vec<(NodeId, [u8; 32], Vec<SocketAddr>)> = {
+    type Pick = (NodeId, [u8; 32], Vec<SocketAddr>, Option<String>, bool);
+    let picks: Vec<Pick> = {
         let st = shared.lock();
         let up = st.by_node.len() + st.dialing.len();
         if up >= shared.cfg.target_links || st.links.len() >= shared.cfg.max_links {
             return;
         }
-        let from_table = st
-            .table
-            .iter()
-            .map(|(id, r)| (*id, r.keys.x25519, r.addrs.clone()));
+        let from_table = st.table.iter().map(|(id, r)| {
+            (
+                *id,
+                r.keys.x25519,
+                r.addrs.clone(),
+                r.relay.clone(),
+                r.flags.has(Flags::BEHIND_NAT),
+            )
+        });
         let remembered = st
             .remembered
             .iter()
             .filter(|(id, _)| st.table.get(id).is_none())
-            .map(|(id, (k, a))| (*id, *k, a.clone()));
+            .map(|(id, (k, a))| (*id, *k, a.clone(), None, false));
         let mut all: Vec<_> = from_table
             .chain(remembered)
-            .filter(|(id, _, addrs)| {
+            .filter(|(id, _, addrs, relay, _)| {
                 *id != shared.id
-                    && !addrs.is_empty()
+                    && (!addrs.is_empty() || relay.is_some())
                     && !st.by_node.contains_key(id)
                     && !st.dialing.contains(id)
                     && st.retry.get(id).is_none_or(|(at, _)| now >= *at)
@@ -504,17 +557,16 @@ fn dial_learned(shared: &Arc<Shared>) {
         sample(&mut all, shared.cfg.target_links - up);
         all
     };
-    for (id, key, addrs) in picks {
+    for (id, key, addrs, relay, behind_nat) in picks {
         shared.lock().dialing.insert(id);
         let shared = shared.clone();
         tokio::spawn(async move {
             let mut up = false;
-            for a in addrs {
-                if let Ok((stream, sa)) = dial(&a.to_string()).await {
-                    let (_, was_up) = link::run_outbound(shared.clone(), stream, sa, Some(key)).await;
-                    up = was_up;
-                    break;
-                }
+            if let Ok(r) = relayed::dial_any(&addrs, relay.as_deref(), behind_nat, &shared.cfg.me, &key).await
+            {
+                let (_, was_up) =
+                    link::run_outbound(shared.clone(), r.stream, r.addr, Some(key), r.relayed).await;
+                up = was_up;
             }
             let mut st = shared.lock();
             st.dialing.remove(&id);

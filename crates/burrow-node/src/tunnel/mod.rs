@@ -21,7 +21,7 @@
 
 mod exit;
 mod proxy;
-mod relay;
+pub(crate) mod relay;
 mod session;
 
 use std::sync::{Arc, Mutex};

@@ -28,8 +28,8 @@ pub enum Via {
         /// How to trust it.
         trust: RelayTrust,
     },
-    /// Over a mesh link straight to the node (seed 002): its addresses.
-    Mesh(Vec<std::net::SocketAddr>),
+    /// Over a mesh link to the node (seed 002): its addresses and relay.
+    Mesh(crate::mesh::NodeAddrs),
 }
 
 /// What a proxy needs.

@@ -96,18 +96,20 @@ fn remember(path: &Path, addr: &str, fp: &str) -> Result<(), Error> {
 }
 
 /// An authenticated connection to the relay.
-pub(super) struct RelayLink {
-    pub(super) s: TcpStream,
-    pub(super) sealer: Sealer,
-    pub(super) opener: Opener,
+pub(crate) struct RelayLink {
+    pub(crate) s: TcpStream,
+    pub(crate) sealer: Sealer,
+    pub(crate) opener: Opener,
+    /// The relay's fingerprint, as checked.
+    pub(crate) fingerprint: String,
 }
 
 impl RelayLink {
-    pub(super) async fn send(&mut self, m: &Msg) -> Result<(), Error> {
+    pub(crate) async fn send(&mut self, m: &Msg) -> Result<(), Error> {
         send_record(&mut self.s, &mut self.sealer, &m.encode()).await
     }
 
-    pub(super) async fn recv(&mut self) -> Result<Msg, Error> {
+    pub(crate) async fn recv(&mut self) -> Result<Msg, Error> {
         let mut ct = read_frame(&mut self.s).await?;
         let plain = self.opener.open_in_place(&mut ct)?;
         match Msg::decode(plain).map_err(|e| Error::RelayProtocol(e.to_string()))? {
@@ -122,12 +124,13 @@ impl RelayLink {
 
 /// Opens an authenticated connection to the relay ("authenticate" and
 /// "authenticate-ack" of seed 000).
-pub(super) async fn relay_link(
+pub(crate) async fn relay_link(
     relay: &RelayClient,
     trust: &RelayTrust,
     me: &Identity,
 ) -> Result<RelayLink, Error> {
     let mut s = relay.connect().await?;
+    let mut seen = String::new();
     let run = async {
         let mut hello = MAGIC.to_vec();
         hello.push(VERSION);
@@ -150,14 +153,22 @@ pub(super) async fn relay_link(
                 let (Some(x25519), Ok(ed25519)) = (hs.remote_static(), <[u8; 32]>::try_from(payload)) else {
                     return Err(Error::RelayProtocol("the relay did not present its keys".into()));
                 };
-                trust.check(relay.addr(), &PublicIdentity { x25519, ed25519 }.fingerprint())
+                let fp = PublicIdentity { x25519, ed25519 }.fingerprint();
+                trust.check(relay.addr(), &fp)?;
+                seen = fp;
+                Ok(())
             },
         )
         .await?;
         Ok::<_, Error>(hs.into_transport()?.split())
     };
     let (sealer, opener) = run.await?;
-    Ok(RelayLink { s, sealer, opener })
+    Ok(RelayLink {
+        s,
+        sealer,
+        opener,
+        fingerprint: seen,
+    })
 }
 
 /// End-to-end Noise XX through the relay's pipe; returns the peer's key.
