@@ -40,7 +40,7 @@ SETTLE_SECS=${SETTLE_SECS:-130}
 # shellcheck source=scripts/bench-install.sh
 . "$ROOT/scripts/bench-install.sh"
 need_commands iperf3:iperf3 wireguard-go:wireguard-go wg:wireguard-tools yggdrasil:yggdrasil tincd:tinc \
-    nebula:nebula nebula-cert:nebula python3:python3
+    nebula:nebula nebula-cert:nebula ping:iputils-ping python3:python3
 [ -n "${BURROW_BIN:-}" ] || (cd "$ROOT" && cargo build --release -q -p burrow-cli)
 (cd "$ROOT" && cargo build --release -q -p burrow-proto --example handshakes)
 HS_BIN="$ROOT/target/release/examples/handshakes"
@@ -158,7 +158,8 @@ echo "under traffic (A pings B once a second): A lists B offline after $DEAD_BUS
 kill "$PING" 2>/dev/null || true
 kill -CONT "$NB"
 for _ in $(seq 1 300); do online "$WORK/ha" "$IDB" && break; sleep 0.2; done
-sleep 2
+# Let the new link go idle (its first node-list exchange and beats).
+sleep 12
 kill -STOP "$NB"; T0=$(date +%s.%N)
 while online "$WORK/ha" "$IDB"; do sleep 0.1; done
 DEAD_IDLE=$(python3 -c "print(f'{$(date +%s.%N) - $T0:.2f}')")

@@ -429,7 +429,14 @@ fn a_paired_nodes_tunnel_carries_curl_and_an_unpaired_one_is_refused() {
     let ids: Vec<String> = h.iter().map(|p| id_of(p)).collect();
     let ns = mesh_ns("m7", 9);
     // A is the exit; its policy lets tunnels reach the web server's range.
-    let _a = node_with(&ns, &h[0], 1, None, 10, &["--allow", "10.92.0.9/32:8080"]);
+    let _a = node_with(
+        &ns,
+        &h[0],
+        1,
+        None,
+        10,
+        &["--allow", "10.92.0.9/32:8080", "--metrics", "10.92.0.1:9101"],
+    );
     let _b = node(&ns, &h[1], 2, Some(1), 10);
     let _c = node(&ns, &h[2], 3, Some(1), 10);
     eventually(Duration::from_secs(10), "A sees B and C", || {
@@ -491,6 +498,26 @@ fn a_paired_nodes_tunnel_carries_curl_and_an_unpaired_one_is_refused() {
         std::fs::read(&got).unwrap() == body,
         "byte-identical through the mesh tunnel"
     );
+    // The exit's metrics count the tunnel and its bytes (the body went out).
+    let m = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "curl", "-s", "--max-time", "5"])
+        .arg("http://10.92.0.1:9101/metrics")
+        .output()
+        .unwrap();
+    let m = String::from_utf8_lossy(&m.stdout);
+    let value = |name: &str| -> u64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in:\n{m}"))
+    };
+    assert_eq!(value("burrow_mesh_tunnels_total"), 1, "{m}");
+    assert_eq!(value("burrow_mesh_tunnels_open"), 1, "{m}");
+    assert!(
+        value("burrow_mesh_tunnel_bytes_out_total") >= body.len() as u64,
+        "{m}"
+    );
+    assert!(value("burrow_mesh_tunnel_bytes_in_total") > 0, "{m}");
     // The exit's policy still holds: a destination outside --allow is refused.
     let out = socks_curl(&ns, 11080, "http://10.92.0.1:9010/", &d.path().join("x"));
     assert!(!out.status.success(), "the node's own port is not a destination");

@@ -308,14 +308,21 @@ async fn drive(
                 }
                 None => {
                     (shared.cfg.log)(format!("tunnel from {name} ({addr})"));
+                    {
+                        let mut st = shared.lock();
+                        st.counters.tunnels += 1;
+                        st.counters.tunnels_open += 1;
+                    }
                     crate::tunnel::serve_mesh_tunnel(
                         stream,
                         (sealer, opener),
                         already,
                         shared.cfg.policy.clone(),
                         shared.cfg.log.clone(),
+                        shared.tunnel_bytes.clone(),
                     )
                     .await;
+                    shared.lock().counters.tunnels_open -= 1;
                     (shared.cfg.log)(format!("tunnel from {name} ended"));
                 }
             }

@@ -144,6 +144,31 @@ pub(crate) fn text(shared: &Shared) -> String {
         c.links_refused_busy.to_string(),
     );
     put(
+        "burrow_mesh_tunnels_total",
+        "counter",
+        "Tunnels paired nodes opened through this node.",
+        c.tunnels.to_string(),
+    );
+    put(
+        "burrow_mesh_tunnels_open",
+        "gauge",
+        "Tunnels open now.",
+        c.tunnels_open.to_string(),
+    );
+    let tb = &shared.tunnel_bytes;
+    put(
+        "burrow_mesh_tunnel_bytes_in_total",
+        "counter",
+        "Bytes received on tunnel connections (records, framing included).",
+        tb.rx.load(std::sync::atomic::Ordering::Relaxed).to_string(),
+    );
+    put(
+        "burrow_mesh_tunnel_bytes_out_total",
+        "counter",
+        "Bytes sent on tunnel connections (records, framing included).",
+        tb.tx.load(std::sync::atomic::Ordering::Relaxed).to_string(),
+    );
+    put(
         "burrow_mesh_link_bytes_in",
         "gauge",
         "Bytes received on the links now open.",

@@ -170,6 +170,8 @@ pub(crate) struct Counters {
     pub records_refused: u64,
     pub records_pushed: u64,
     pub links_refused_busy: u64,
+    pub tunnels: u64,
+    pub tunnels_open: u64,
 }
 
 /// Why a node went offline, for `status`.
@@ -215,6 +217,8 @@ pub(crate) struct Shared {
     pub started: Instant,
     /// What the record says of the relay mailbox (`HOST:PORT#FINGERPRINT`).
     pub relay_claim: Mutex<Option<String>>,
+    /// Bytes of the tunnels paired nodes ran through this node (all of them).
+    pub tunnel_bytes: Arc<crate::tunnel::Meter>,
 }
 
 impl Shared {
@@ -341,6 +345,7 @@ pub async fn run_node(cfg: NodeConfig) -> Result<(), Error> {
         }),
         started: Instant::now(),
         relay_claim: Mutex::new(None),
+        tunnel_bytes: Arc::default(),
         cfg,
     });
     let record = shared.sign_record(seq, now)?;

@@ -173,6 +173,7 @@ pub(crate) async fn serve_mesh_tunnel(
     already: Vec<u8>,
     policy: Arc<Policy>,
     log: Log,
+    meter: Arc<super::session::Meter>,
 ) {
     let log2 = log.clone();
     let on_open: OnOpen = Arc::new(move |t, id, host, port| {
@@ -185,7 +186,7 @@ pub(crate) async fn serve_mesh_tunnel(
         End::Server,
         Some(on_open),
         Duration::from_secs(30),
-        Framing::Mesh { already },
+        Framing::Mesh { already, meter },
     );
     t.ended().await;
 }

@@ -31,6 +31,7 @@ pub(crate) use exit::serve_mesh_tunnel;
 pub use exit::{ExitConfig, run_exit};
 pub use proxy::{Proxy, ProxyConfig, Via};
 pub use relay::RelayTrust;
+pub(crate) use session::Meter;
 
 use exit::shown_host;
 use relay::{end_to_end, relay_link};

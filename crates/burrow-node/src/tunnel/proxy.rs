@@ -111,7 +111,15 @@ impl Proxy {
             Via::Mesh(addrs) => {
                 let (s, sealer, opener, already) =
                     crate::mesh::client::connect(addrs, &self.cfg.me, &self.cfg.exit, false).await?;
-                (s, sealer, opener, Framing::Mesh { already })
+                (
+                    s,
+                    sealer,
+                    opener,
+                    Framing::Mesh {
+                        already,
+                        meter: Arc::default(),
+                    },
+                )
             }
         };
         let t = Tunnel::start(s, sealer, opener, End::Client, None, self.cfg.idle, framing);

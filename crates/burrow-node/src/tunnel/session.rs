@@ -52,10 +52,11 @@ pub(super) struct Tunnel {
     /// Bytes before each mux frame in a record: 0 on a relay session, 1 on
     /// a mesh link (the TUNNEL_REQ / TUNNEL_DATA / TUNNEL_CLOSE id).
     head: usize,
+    meter: Option<Arc<Meter>>,
 }
 
 /// How a tunnel's records carry mux frames.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) enum Framing {
     /// One mux frame per record (the connector's end-to-end session).
     Session,
@@ -64,7 +65,18 @@ pub(crate) enum Framing {
     Mesh {
         /// Read, not yet consumed.
         already: Vec<u8>,
+        /// Where the session's bytes are counted (the node's metrics).
+        meter: Arc<Meter>,
     },
+}
+
+/// Bytes a tunnel's connection carried (records, framing included).
+#[derive(Debug, Default)]
+pub(crate) struct Meter {
+    /// Read from the connection.
+    pub rx: std::sync::atomic::AtomicU64,
+    /// Written to it.
+    pub tx: std::sync::atomic::AtomicU64,
 }
 
 /// The mesh packet id that carries a mux frame (by its type byte).
@@ -361,9 +373,9 @@ impl Tunnel {
         idle: Duration,
         framing: Framing,
     ) -> Arc<Self> {
-        let (head, already) = match framing {
-            Framing::Session => (0, Vec::new()),
-            Framing::Mesh { already } => (1, already),
+        let (head, already, meter) = match framing {
+            Framing::Session => (0, Vec::new(), None),
+            Framing::Mesh { already, meter } => (1, already, Some(meter)),
         };
         let (mut rd, mut wr) = s.into_split();
         let (out, mut out_rx) = mpsc::channel::<Vec<u8>>(OUT_QUEUE);
@@ -378,6 +390,7 @@ impl Tunnel {
             last_rx: Default::default(),
             last_tx: Default::default(),
             head,
+            meter,
         });
         let t1 = t.clone();
         tokio::spawn(async move {
@@ -407,6 +420,10 @@ impl Tunnel {
                 }
                 if write_all_frames(&mut wr, &batch).await.is_err() {
                     break;
+                }
+                if let Some(m) = &t1.meter {
+                    let n: usize = batch.iter().map(Vec::len).sum();
+                    m.tx.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                 }
                 t1.stamp(&t1.last_tx);
                 for f in batch.drain(..) {
@@ -485,6 +502,9 @@ impl Tunnel {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
                         t2.stamp(&t2.last_rx);
+                        if let Some(m) = &t2.meter {
+                            m.rx.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                        }
                         inbox.filled(n);
                     }
                 }

@@ -421,7 +421,7 @@ impl Link {
             self.out.clear();
             self.out_pos = 0;
             // A page of records went out: an idle link keeps little.
-            if self.out.capacity() > 4 * READ_CHUNK {
+            if self.out.capacity() > READ_CHUNK {
                 self.out = Vec::new();
             }
         }

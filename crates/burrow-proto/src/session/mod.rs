@@ -138,15 +138,35 @@ struct X25519 {
     key: Option<aws_lc_rs::agreement::PrivateKey>,
 }
 
+/// The last static key's public half, by a hash of its private half: a
+/// node sets the same static key for every handshake, and its public key
+/// is one fixed-base multiplication (a tenth of an `IK` side) to redo.
+static STATIC_PUBLIC: std::sync::Mutex<Option<([u8; 32], [u8; 32])>> = std::sync::Mutex::new(None);
+
 impl X25519 {
-    fn load(&mut self) {
+    /// Parses the private key; `cached`: look its public key up first (a
+    /// static key), else compute it (an ephemeral one).
+    fn load(&mut self, cached: bool) {
         use aws_lc_rs::agreement::{PrivateKey, X25519 as ALG};
         self.key = PrivateKey::from_private_key(&ALG, &self.privkey[..]).ok();
         self.pubkey = [0; 32];
+        let tag = cached.then(|| *blake3::keyed_hash(&[0x25; 32], &self.privkey[..]).as_bytes());
+        if let Some(t) = tag
+            && let Ok(c) = STATIC_PUBLIC.lock()
+            && let Some((known, public)) = *c
+            && known == t
+            && self.key.is_some()
+        {
+            self.pubkey = public;
+            return;
+        }
         if let Some(pk) = self.key.as_ref().and_then(|k| k.compute_public_key().ok())
             && pk.as_ref().len() == 32
         {
             self.pubkey.copy_from_slice(pk.as_ref());
+            if let (Some(t), Ok(mut c)) = (tag, STATIC_PUBLIC.lock()) {
+                *c = Some((t, self.pubkey));
+            }
         }
     }
 }
@@ -168,12 +188,12 @@ impl snow::types::Dh for X25519 {
         let n = privkey.len().min(32);
         *self.privkey = [0; 32];
         self.privkey[..n].copy_from_slice(&privkey[..n]);
-        self.load();
+        self.load(true);
     }
 
     fn generate(&mut self, rng: &mut dyn snow::types::Random) -> Result<(), snow::Error> {
         rng.try_fill_bytes(&mut self.privkey[..])?;
-        self.load();
+        self.load(false);
         Ok(())
     }
 
