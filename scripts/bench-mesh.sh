@@ -113,6 +113,18 @@ idle_cost() { # key label dev: packets and bytes a minute over IDLE_SECS
     IDLE[$1]=$(python3 -c "print(f'{($p1-$p0)*60/$IDLE_SECS:.0f} packets and {($b1-$b0)*60/$IDLE_SECS:.0f} bytes a minute')")
     printf '%-22s idle link: %s (both directions, IP headers included)\n' "$2" "${IDLE[$1]}"
 }
+declare -A DEAD
+dead_peer() { # key label stop_pid gone_cmd...: stop the peer's daemon under
+    # 1 ping/s (started by the caller), seconds until gone_cmd succeeds (120 s at most)
+    local key=$1 label=$2 pid=$3 t0; shift 3
+    sleep 2
+    kill -STOP "$pid"; t0=$(date +%s.%N)
+    for _ in $(seq 1 1200); do "$@" && break; sleep 0.1; done
+    DEAD[$key]=$(python3 -c "import time; print(f'{time.time() - $t0:.2f}')")
+    "$@" || DEAD[$key]="> 120"
+    printf '%-22s dead peer under 1 ping/s: %s s\n' "$label" "${DEAD[$key]}"
+    kill -CONT "$pid"
+}
 online() { # home id: A lists the node online
     b "$1" node nodes --json | python3 -c "import json,sys; sys.exit(0 if any(n['id']=='$2' and n['online'] for n in json.load(sys.stdin)['nodes']) else 1)"
 }
@@ -149,7 +161,9 @@ echo "                       (peak RSS of the two nodes: ${RSSM[burrow]} MiB; th
 kill "$NP"
 
 echo "-- dead peer (--keepalive 10)"
-b "$WORK/ha" node ping -c 600 "$IDB" > /dev/null 2>&1 & PING=$!
+# (Started directly, not through b(): `f &` would give the subshell's PID.)
+env -u BURROW_RELAY -u BURROW_CONFIG HOME="$WORK/ha" XDG_DATA_HOME="$WORK/ha/data" "$BIN" node ping -c 600 "$IDB" \
+    > /dev/null 2>&1 & PING=$!
 sleep 3
 kill -STOP "$NB"; T0=$(date +%s.%N)
 while online "$WORK/ha" "$IDB"; do sleep 0.1; done
@@ -192,7 +206,8 @@ python3 - <<'PY'
 import json
 for side, listen, peers in (("A", [], ["tcp://10.77.1.2:7000"]), ("B", ["tcp://10.77.1.2:7000"], [])):
     p = f"ygg{side}.json"; c = json.load(open(p))
-    c.update(Listen=listen, Peers=peers, AdminListen="none", IfName=f"bmygg{side}", MulticastInterfaces=[])
+    admin = "unix://" + __import__("os").getcwd() + f"/ygg{side}.sock"
+    c.update(Listen=listen, Peers=peers, AdminListen=admin, IfName=f"bmygg{side}", MulticastInterfaces=[])
     json.dump(c, open(p, "w"))
 PY
 ip netns exec bmA yggdrasil -useconffile yggA.json > ygga.log 2>&1 & PIDS+=($!); YA=$!
@@ -202,6 +217,10 @@ for _ in $(seq 1 100); do inA ping -6 -c1 -W1 "$YADDR" > /dev/null 2>&1 && break
 inB iperf3 -s -D -B "$YADDR" -p 5204 --pidfile "$WORK/iperf-ygg.pid"; sleep 0.3; PIDS+=("$(cat "$WORK/iperf-ygg.pid")")
 one_hop ygg "yggdrasil" bmA "$YADDR" 5204 "$YA" "$YB"
 sleep 5; idle_cost ygg "yggdrasil" bmwa
+ygg_gone() { ! yggdrasilctl -endpoint="unix://$WORK/yggA.sock" getPeers 2>/dev/null | grep -q 10.77.1.2; }
+ip netns exec bmA ping -6 -i 1 "$YADDR" > /dev/null 2>&1 & PG=$!
+dead_peer ygg "yggdrasil" "$YB" ygg_gone
+kill "$PG"
 kill "$YA" "$YB"
 
 # tinc 1.0 (router mode, host files copied between the two: its "pairing")
@@ -216,12 +235,17 @@ for s in A B; do
     tincd -c "$WORK/tinc$s" -K 2048 < /dev/null > /dev/null 2>&1
 done
 cp tincA/hosts/a tincB/hosts/; cp tincB/hosts/b tincA/hosts/
+printf '#!/bin/sh\ndate +%%s.%%N >> %s/tinc-b-down\n' "$WORK" > tincA/hosts/b-down; chmod +x tincA/hosts/b-down
 ip netns exec bmB tincd -c "$WORK/tincB" -D -d0 --pidfile="$WORK/tincB/pid" --logfile="$WORK/tincB/log" & PIDS+=($!); TB=$!
 ip netns exec bmA tincd -c "$WORK/tincA" -D -d0 --pidfile="$WORK/tincA/pid" --logfile="$WORK/tincA/log" & PIDS+=($!); TA=$!
 wait_ping bmA 10.79.0.2
 inB iperf3 -s -D -B 10.79.0.2 -p 5205 --pidfile "$WORK/iperf-tinc.pid"; sleep 0.3; PIDS+=("$(cat "$WORK/iperf-tinc.pid")")
 one_hop tinc "tinc 1.0" bmA 10.79.0.2 5205 "$TA" "$TB"
 sleep 5; idle_cost tinc "tinc 1.0" bmwa
+tinc_gone() { [ -s "$WORK/tinc-b-down" ]; }
+ip netns exec bmA ping -i 1 10.79.0.2 > /dev/null 2>&1 & PG=$!
+dead_peer tinc "tinc 1.0" "$TB" tinc_gone
+kill "$PG"
 kill "$TA" "$TB"
 
 # nebula (B is the lighthouse; certificates from one CA)
@@ -241,7 +265,7 @@ $lh
 listen: {host: 0.0.0.0, port: 4242}
 punchy: {punch: true}
 tun: {dev: bmneb$s, mtu: 1300}
-logging: {level: warning}
+logging: {level: info}
 firewall:
   outbound: [{port: any, proto: any, host: any}]
   inbound: [{port: any, proto: any, host: any}]
@@ -253,6 +277,10 @@ wait_ping bmA 10.80.0.2
 inB iperf3 -s -D -B 10.80.0.2 -p 5206 --pidfile "$WORK/iperf-neb.pid"; sleep 0.3; PIDS+=("$(cat "$WORK/iperf-neb.pid")")
 one_hop neb "nebula" bmA 10.80.0.2 5206 "$EA" "$EB"
 sleep 5; idle_cost neb "nebula" bmwa
+neb_gone() { grep -q "state:dead" "$WORK/neba.log"; }
+ip netns exec bmA ping -i 1 10.80.0.2 > /dev/null 2>&1 & PG=$!
+dead_peer neb "nebula" "$EB" neb_gone
+kill "$PG"
 kill "$EA" "$EB"
 
 # burrow's idle link, settled
@@ -267,8 +295,8 @@ raw, b, *anchors = map(float, sys.argv[1:])
 names = ["wireguard-go", "yggdrasil", "tinc 1.0", "nebula"]
 print(f"burrow {b:.0f} Mb/s = {b/raw:.2f}x raw veth; " + ", ".join(f"{b/a:.2f}x {n} ({a:.0f})" for n, a in zip(names, anchors)))
 PY
-echo "-- dead peer: burrow $DEAD_BUSY s under traffic, $DEAD_IDLE s idle;" \
-    "anchors (MESH.md, cable cut under 5 pings/s): yggdrasil 5.8-5.9 s, nebula 26.8 s, tinc 44.5-61.9 s"
+echo "-- dead peer under 1 ping/s: burrow $DEAD_BUSY s; yggdrasil ${DEAD[ygg]} s, tinc ${DEAD[tinc]} s," \
+    "nebula ${DEAD[neb]} s, wireguard-go: no peer-down state. burrow idle: $DEAD_IDLE s"
 
 fi
 

@@ -84,11 +84,12 @@ wait_for pair.err "^code:"
 cat pair.err >&2
 on laptop pair --mesh home "$(sed -n 's/^code: //p' pair.err)" --name home
 wait "$PP"
-cat pair.err | tail -n +2 >&2
+sed -n '/^waiting/,$p' pair.err | tail -n +2 >&2
 
 echo "== proxy"
 mkdir -p site && head -c 300000 /dev/urandom > site/blob
 (cd site && exec ip netns exec tmhome python3 -m http.server 8000 --bind 10.91.0.1 > /dev/null 2>&1) & PIDS+=($!)
+for _ in $(seq 1 100); do ip netns exec tmhome curl -s -o /dev/null http://10.91.0.1:8000/ && break; sleep 0.05; done
 start laptop proxy.log proxy home --mesh --listen 127.0.0.1:1080
 wait_for proxy.log "proxy listening on"
 echo "[laptop]\$ curl --socks5-hostname 127.0.0.1:1080 http://10.91.0.1:8000/blob -o blob" >&2

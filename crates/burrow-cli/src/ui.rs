@@ -163,6 +163,7 @@ impl Observer for Ui {
                 }
                 Event::Connected { relay, path } => match path {
                     PathKind::Direct => eprintln!("connected directly (relay {relay} not used for data)"),
+                    PathKind::Mesh => eprintln!("connected to the node over the mesh ({relay})"),
                     _ => eprintln!("connected through relay {relay}"),
                 },
                 Event::LocalRelay { port } => eprintln!(

@@ -658,7 +658,7 @@ impl Transfer {
         let obs: transfer::Obs = std::sync::Arc::new(std::sync::Mutex::new(obs));
         transfer::obs_lock(&obs).event(Event::Connected {
             relay: addr,
-            path: PathKind::Direct,
+            path: PathKind::Mesh,
         });
         let mut state = transfer::SendState::default();
         transfer::run_send(link, payload, &obs, self.idle_timeout, self.compress, &mut state)

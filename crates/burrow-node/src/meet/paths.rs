@@ -71,6 +71,9 @@ pub enum PathKind {
     Relay,
     /// A TCP connection straight to the other peer.
     Direct,
+    /// A mesh link to a paired node (`send --to`): direct, or through the
+    /// node's relay mailbox, end to end either way.
+    Mesh,
 }
 
 impl PathKind {
@@ -79,6 +82,7 @@ impl PathKind {
         match self {
             PathKind::Relay => "relay",
             PathKind::Direct => "direct",
+            PathKind::Mesh => "mesh",
         }
     }
 }
