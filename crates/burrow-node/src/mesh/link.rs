@@ -148,7 +148,7 @@ async fn drive(
     let Slot { id, mut rx } = slot;
     let (mut rd, mut wr) = stream.into_split();
     // Control traffic: pages of records and beats, read straight into the
-    // link's own buffer (4 KiB, grown to a frame when one needs it).
+    // link's own buffer (2 KiB, grown to a frame when one needs it).
     let mut peer: Option<NodeId> = None;
     let mut was_up = false;
     let mut closed_by_socket = None;
@@ -300,8 +300,16 @@ async fn drive(
             match shared.cfg.inbox.clone().filter(|_| inbox) {
                 Some(dir) => {
                     let log = shared.cfg.log.clone();
-                    let got =
-                        crate::receive_into_inbox(stream, (sealer, opener), already, dir, name.clone(), log);
+                    // Boxed: a link's task is sized for its largest await,
+                    // and every link would carry the transfer engine's.
+                    let got = Box::pin(crate::receive_into_inbox(
+                        stream,
+                        (sealer, opener),
+                        already,
+                        dir,
+                        name.clone(),
+                        log,
+                    ));
                     if let Err(e) = got.await {
                         (shared.cfg.log)(format!("files from {name} failed: {e}"));
                     }
@@ -313,14 +321,14 @@ async fn drive(
                         st.counters.tunnels += 1;
                         st.counters.tunnels_open += 1;
                     }
-                    crate::tunnel::serve_mesh_tunnel(
+                    Box::pin(crate::tunnel::serve_mesh_tunnel(
                         stream,
                         (sealer, opener),
                         already,
                         shared.cfg.policy.clone(),
                         shared.cfg.log.clone(),
                         shared.tunnel_bytes.clone(),
-                    )
+                    ))
                     .await;
                     shared.lock().counters.tunnels_open -= 1;
                     (shared.cfg.log)(format!("tunnel from {name} ended"));
