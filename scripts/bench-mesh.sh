@@ -23,9 +23,7 @@
 #               a new node until all know it (join), all restarting at once
 #               (restart storm), and the nodes' RSS and private memory.
 #   handshakes  full link handshakes per second on one core (XX and IK).
-# The anchors' dead-peer, join and cold-start figures are quoted from
-# ../shared/design/MESH.md (measured on these machines with the same
-# topology); this script does not rerun them.
+#   tinc 50     the same cold start and join with tinc 1.0 (host-up scripts).
 #
 # Usage: [NODES=50] [IDLE_SECS=60] [SETTLE_SECS=130] [MANY_ONLY=1] scripts/bench-mesh.sh
 # Needs root (ip netns). Installs what it needs if missing: iperf3,
@@ -339,11 +337,12 @@ start_node 0; HOMES+=("$WORK/n0")
 for i in $(seq 1 $((NODES - 1))); do start_node "$i" 10.93.0.1:9010; HOMES+=("$WORK/n$i"); done
 until knows_all "$NODES" 1 "${HOMES[@]}"; do sleep 0.05; done
 COLD=$(python3 -c "print(f'{$(date +%s.%N) - $T0:.2f}')")
-echo "cold start: all $NODES know all after $COLD s (from the first start; tinc 1.0 in MESH.md: 17.8 s)"
+echo "cold start: all $NODES know all after $COLD s (from the first start)"
 T0=$(date +%s.%N)
 start_node "$NODES" 10.93.0.1:9010
 until knows_all $((NODES + 1)) 1 "${HOMES[@]}"; do sleep 0.02; done
-python3 -c "print(f'join: node {$NODES + 1} known to all {$NODES} after {$(date +%s.%N) - $T0:.2f} s (tinc 1.0 in MESH.md: host-up at all 50 within 0.369 s)')"
+JOIN=$(python3 -c "print(f'{$(date +%s.%N) - $T0:.2f}')")
+echo "join: node $((NODES + 1)) known to all $NODES after $JOIN s"
 HOMES+=("$WORK/n$NODES")
 sleep 5
 STEADY=$(for p in "${NPIDS[@]}"; do awk '/VmRSS/ {print $2}' "/proc/$p/status"; done | sort -n)
@@ -375,6 +374,57 @@ print(f"restart storm: all {len(h)} restarted at once know all and have 2+ links
       f"peak RSS max {h[-1] / 1024:.1f} MiB = {h[-1] / med:.2f}x the settled median "
       f"(tinc 1.1 at about 100 nodes: OOM, MESH.md)")
 PY
+
+# The anchor in the same namespace: tinc 1.0 with the same 50 + 1 nodes,
+# each ConnectTo the first, host files copied to and from the first only
+# (MESH.md's setup); "knows" = its host-up script ran for every other node.
+kill "${NPIDS[@]}" 2>/dev/null || true
+for p in "${NPIDS[@]}"; do while kill -0 "$p" 2>/dev/null; do sleep 0.05; done; done
+TDIRS=(); TPIDS=()
+for i in $(seq 0 "$NODES"); do
+    d="$WORK/t$i"; mkdir -p "$d/hosts"; TDIRS+=("$d")
+    { echo "Name = t$i"; echo "Mode = router"; echo "AddressFamily = ipv4"; echo "Port = $((10000 + i))"
+      echo "Interface = bmt$i"; [ "$i" -gt 0 ] && echo "ConnectTo = t0"; } > "$d/tinc.conf"
+    printf 'Address = 127.0.0.1\nPort = %s\nSubnet = 10.79.%s.%s/32\n' "$((10000 + i))" "$((i / 250))" "$((i % 250 + 1))" > "$d/hosts/t$i"
+    printf '#!/bin/sh\necho "$NODE" >> %s/ups\n' "$d" > "$d/host-up"; chmod +x "$d/host-up"
+    tincd -c "$d" -K 1024 < /dev/null > /dev/null 2>&1
+done
+for i in $(seq 1 "$NODES"); do cp "$WORK/t$i/hosts/t$i" "$WORK/t0/hosts/"; cp "$WORK/t0/hosts/t0" "$WORK/t$i/hosts/"; done
+tinc_start() { ip netns exec bmN tincd -c "$WORK/t$1" -D -d0 --pidfile="$WORK/t$1/pid" --logfile="$WORK/t$1/log" & PIDS+=($!); TPIDS+=($!); }
+tinc_all() { # want dirs...: every node saw host-up for want-1 others
+    python3 - "$@" <<'PY'
+import sys
+want = int(sys.argv[1])
+for d in sys.argv[2:]:
+    try:
+        ups = set(open(f"{d}/ups").read().split())
+    except OSError:
+        sys.exit(1)
+    if len(ups) < want - 1:
+        sys.exit(1)
+PY
+}
+T0=$(date +%s.%N)
+for i in $(seq 0 $((NODES - 1))); do tinc_start "$i"; done
+TCOLD="> 120"
+for _ in $(seq 1 2400); do
+    if tinc_all "$NODES" "${TDIRS[@]:0:$NODES}"; then TCOLD=$(python3 -c "print(f'{$(date +%s.%N) - $T0:.2f}')"); break; fi
+    sleep 0.05
+done
+T0=$(date +%s.%N)
+tinc_start "$NODES"
+TJOIN="> 60"
+for _ in $(seq 1 1200); do
+    if tinc_all $((NODES + 1)) "${TDIRS[@]}"; then TJOIN=$(python3 -c "print(f'{$(date +%s.%N) - $T0:.2f}')"); break; fi
+    sleep 0.02
+done
+TRSS=$(for p in "${TPIDS[@]}"; do awk '/VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null; done | sort -n)
+python3 - <<PY
+r = [int(x) for x in """$TRSS""".split()] or [0]
+print(f"tinc 1.0, the same {len(r)} nodes: cold start {'$TCOLD'} s (burrow $COLD s), join {'$TJOIN'} s (burrow $JOIN s), "
+      f"RSS per daemon median {r[len(r) // 2] / 1024:.1f} MiB, max {r[-1] / 1024:.1f} MiB")
+PY
+kill "${TPIDS[@]}" 2>/dev/null || true
 
 echo "-- handshakes (in memory, one core; G9 goal: 5,000 a second per core)"
 "$HS_BIN" 3
