@@ -9,7 +9,7 @@
 //!        | issued:u64 | expires:u64           Unix seconds; expires ≤ issued + MAX_TTL
 //!        | name: len:u8 (≤ 63) + UTF-8        what the owner calls itself (untrusted)
 //!        | addrs: count:u8 (≤ 8) × (kind:u8 4|6, ip:[4|16], port:u16)
-//!        | relay: len:u8 (≤ 128) + ASCII      a relay mailbox the node is reachable through, or empty
+//!        | relay: len:u8 (≤ 128) + printable ASCII (HOST:PORT#FINGERPRINT)   a relay mailbox the node is reachable through, or empty
 //!        | sig:[64]                           Ed25519 over "burrow mesh record v1" ‖ everything before it
 //! ```
 //!
@@ -183,10 +183,10 @@ impl NodeRecord {
             w.u16(a.port());
         }
         let relay = claims.relay.as_deref().unwrap_or("");
-        if !relay.is_ascii() {
+        if !relay.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(DecodeError::Invalid {
                 what: "relay address",
-                reason: "not ASCII",
+                reason: "not printable ASCII",
             }
             .into());
         }
@@ -243,10 +243,11 @@ impl NodeRecord {
             addrs.push(SocketAddr::new(ip, r.u16()?));
         }
         let relay = r.str_u8("relay address", MAX_RELAY)?;
-        if !relay.is_ascii() {
+        // Shown in errors and status: printable ASCII only (no escapes).
+        if !relay.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(DecodeError::Invalid {
                 what: "relay address",
-                reason: "not ASCII",
+                reason: "not printable ASCII",
             });
         }
         let relay = (!relay.is_empty()).then(|| relay.to_owned());
@@ -432,6 +433,16 @@ mod tests {
                 &id,
                 &Claims {
                     relay: Some("é".into()),
+                    ..claims()
+                }
+            )
+            .is_err()
+        ); // A terminal escape in a peer's relay address never gets signed or read.
+        assert!(
+            NodeRecord::sign(
+                &id,
+                &Claims {
+                    relay: Some("r\x1b[2J:1".into()),
                     ..claims()
                 }
             )
