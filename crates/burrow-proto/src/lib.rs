@@ -20,6 +20,7 @@
 //! | [`transfer`] | files, folders, text and streams inside a session: both sides' machines |
 //! | [`tunnel`] | streams over one session (mux), egress policy, SOCKS5 / HTTP CONNECT |
 //! | [`mesh`] | seed 002: node links (handshake, keepalives, rekeying), packets, signed node records |
+//! | [`onion`] | seed 004: circuits (CGO cells, per-hop handshakes), the directory authorities' node list, paths |
 //! | `fuzzing` | entry points of the fuzz targets and their corpus replay (feature `fuzzing`, and tests) |
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
@@ -33,6 +34,7 @@ pub(crate) mod harness;
 pub mod keys;
 pub mod lobby;
 pub mod mesh;
+pub mod onion;
 pub mod random;
 pub mod session;
 pub mod staple;
