@@ -56,6 +56,10 @@ pub const NOISE_XX: &str = "Noise_XX_25519_AESGCM_SHA256";
 /// The Noise protocol between two mesh nodes when the initiator already
 /// knows the responder's static key (from a node record or the peer book).
 pub const NOISE_IK: &str = "Noise_IK_25519_AESGCM_SHA256";
+/// The Noise protocol of one onion hop (seed 004): the client knows the
+/// hop's onion key from the directory and stays anonymous; forward secrecy
+/// from both sides' ephemeral keys.
+pub const NOISE_NK: &str = "Noise_NK_25519_AESGCM_SHA256";
 /// Largest Noise message (ciphertext).
 pub const MAX_RECORD: usize = 65535;
 /// AEAD tag length.
@@ -141,7 +145,10 @@ struct X25519 {
 /// The last static key's public half, by a hash of its private half: a
 /// node sets the same static key for every handshake, and its public key
 /// is one fixed-base multiplication (a tenth of an `IK` side) to redo.
-static STATIC_PUBLIC: std::sync::Mutex<Option<([u8; 32], [u8; 32])>> = std::sync::Mutex::new(None);
+/// Two slots: a node's identity key and its onion key (seed 004).
+static STATIC_PUBLIC: std::sync::Mutex<[StaticSlot; 2]> = std::sync::Mutex::new([None; 2]);
+/// A cached static key: (tag of the private key, public key).
+type StaticSlot = Option<([u8; 32], [u8; 32])>;
 
 impl X25519 {
     /// Parses the private key; `cached`: look its public key up first (a
@@ -153,11 +160,10 @@ impl X25519 {
         let tag = cached.then(|| *blake3::keyed_hash(&[0x25; 32], &self.privkey[..]).as_bytes());
         if let Some(t) = tag
             && let Ok(c) = STATIC_PUBLIC.lock()
-            && let Some((known, public)) = *c
-            && known == t
+            && let Some((_, public)) = c.iter().flatten().find(|(known, _)| *known == t)
             && self.key.is_some()
         {
-            self.pubkey = public;
+            self.pubkey = *public;
             return;
         }
         if let Some(pk) = self.key.as_ref().and_then(|k| k.compute_public_key().ok())
@@ -165,7 +171,9 @@ impl X25519 {
         {
             self.pubkey.copy_from_slice(pk.as_ref());
             if let (Some(t), Ok(mut c)) = (tag, STATIC_PUBLIC.lock()) {
-                *c = Some((t, self.pubkey));
+                // The newest in the first slot, the one before it kept.
+                c[1] = c[0];
+                c[0] = Some((t, self.pubkey));
             }
         }
     }
@@ -243,11 +251,21 @@ impl Handshake {
         rng: &mut dyn Random,
         keys: impl FnOnce(Builder<'b>) -> Result<Builder<'b>, snow::Error>,
     ) -> Result<Self, SessionError> {
+        Self::build_raw(pattern, side, &prologue(context), backend, rng, keys)
+    }
+
+    fn build_raw<'b>(
+        pattern: &str,
+        side: Side,
+        prologue: &[u8],
+        backend: aead::Backend,
+        rng: &mut dyn Random,
+        keys: impl FnOnce(Builder<'b>) -> Result<Builder<'b>, snow::Error>,
+    ) -> Result<Self, SessionError> {
         let params = pattern.parse().map_err(SessionError::Handshake)?;
-        let prologue = prologue(context);
         let resolver = CallerRandom(Mutex::new(Some(Stream::from_random(rng))));
         let b = keys(Builder::with_resolver(params, Box::new(resolver)))
-            .and_then(|b| b.prologue(&prologue))
+            .and_then(|b| b.prologue(prologue))
             .map_err(SessionError::Handshake)?;
         let hs = match side {
             Side::Initiator => b.build_initiator(),
@@ -306,6 +324,47 @@ impl Handshake {
                 (Side::Initiator, None) => Err(snow::Error::Input),
                 (Side::Responder, _) => Ok(b),
             }
+        })
+    }
+
+    /// An `NK` handshake (an onion hop's): the initiator knows the
+    /// responder's static key (`remote_static`) and has none of its own;
+    /// the responder has `local_static`. `prologue` binds both sides to
+    /// the same context (the hop's id and the directory's digest).
+    pub fn nk(
+        side: Side,
+        key: &[u8; 32],
+        prologue: &[u8],
+        rng: &mut dyn Random,
+    ) -> Result<Self, SessionError> {
+        Self::build_raw(
+            NOISE_NK,
+            side,
+            prologue,
+            aead::Backend::detect(),
+            rng,
+            |b| match side {
+                Side::Initiator => b.remote_public_key(key),
+                Side::Responder => b.local_private_key(key),
+            },
+        )
+    }
+
+    /// After the last message: the handshake hash and Noise's two split
+    /// keys (initiator → responder first), for a caller that derives its
+    /// own keys from them (onion hops derive CGO states).
+    pub fn into_raw_keys(mut self) -> Result<RawKeys, SessionError> {
+        if !self.hs.is_handshake_finished() {
+            return Err(SessionError::Handshake(snow::Error::State(
+                snow::error::StateProblem::HandshakeNotFinished,
+            )));
+        }
+        let hash = self.hash();
+        let (k1, k2) = self.hs.dangerously_get_raw_split();
+        Ok(RawKeys {
+            hash,
+            initiator: Zeroizing::new(k1),
+            responder: Zeroizing::new(k2),
         })
     }
 
@@ -387,6 +446,22 @@ impl Handshake {
             send: key(&send)?,
             recv: key(&recv)?,
         })
+    }
+}
+
+/// What a finished handshake leaves for a caller's own key schedule.
+pub struct RawKeys {
+    /// The handshake hash.
+    pub hash: [u8; 32],
+    /// The initiator's sending key.
+    pub initiator: Zeroizing<[u8; 32]>,
+    /// The responder's sending key.
+    pub responder: Zeroizing<[u8; 32]>,
+}
+
+impl std::fmt::Debug for RawKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RawKeys(..)")
     }
 }
 
