@@ -44,10 +44,12 @@ use super::handshake::{ClientHandshake, DIGEST_LEN, HandshakeError, HopKeys, Res
 use crate::keys::NodeId;
 use crate::random::Random;
 
-/// DATA cells one end may send before a SENDME (8 MiB of 8 KiB cells).
-pub const CIRC_WINDOW: u32 = 1024;
+/// DATA cells one end may send before a SENDME (2 MiB of 8 KiB cells:
+/// several times the bandwidth-delay product of a fast circuit, and what
+/// bounds the cells a stalled client can make its hops hold).
+pub const CIRC_WINDOW: u32 = 256;
 /// DATA cells per SENDME.
-pub const SENDME_EVERY: u32 = 128;
+pub const SENDME_EVERY: u32 = 32;
 /// Most SENDME tags an end keeps waiting for (the window's steps).
 const MAX_PENDING_SENDMES: usize = (CIRC_WINDOW / SENDME_EVERY) as usize + 1;
 

@@ -6,9 +6,11 @@
 //! | [`handshake`] | the per-hop `NK` handshake against a node's onion key, its replay cache, the hop keys |
 //! | [`cell`] | the fixed-size cells on a link and the relay messages inside them |
 //! | [`directory`] | seed's main controller: descriptors, authorities' votes, the signed node list (majority of pinned authorities) |
+//! | [`authority`] | one authority's state: registrations, reachability, votes, the consensus and its signatures |
 //! | [`path`] | path selection: exit by policy, guard, middles; no node twice, no shared /16 or family |
 //! | [`circuit`] | the client's circuit machine and a node's relay machine: telescoping builds, layers both ways, windows |
 
+pub mod authority;
 pub mod cell;
 pub mod cgo;
 pub mod circuit;
