@@ -88,6 +88,18 @@ pub enum Command {
         args_conflicts_with_subcommands = true
     )]
     Node(NodeArgs),
+    /// Run one directory authority (seed 004's "main controller"): nodes
+    /// register with it, it checks they are reachable, and with the other
+    /// authorities it signs the node list clients use.
+    #[command(
+        after_help = "Example (three authorities, each naming the other two):\n  burrow directory --listen 0.0.0.0:9030 --peer FP2@10.0.0.2:9030 --peer FP3@10.0.0.3:9030"
+    )]
+    Directory(DirectoryArgs),
+    /// Fetch a web page through an onion circuit of --hops nodes (seed 004).
+    #[command(
+        after_help = "Example:\n  burrow fetch http://example.org/ --hops 3 --directory FP@10.0.0.1:9030 -o page.html"
+    )]
+    Fetch(FetchArgs),
     /// Print this installation's identity fingerprint (creating the identity on first use).
     Id {
         /// Print JSON: fingerprint and key file.
@@ -320,8 +332,26 @@ pub struct ExitArgs {
 /// `burrow proxy`.
 #[derive(Debug, Args)]
 pub struct ProxyArgs {
-    /// The paired exit: its name (see `burrow peers`) or fingerprint.
-    pub exit: String,
+    /// The paired exit: its name (see `burrow peers`) or fingerprint. Not
+    /// with --hops (the circuit's exit is chosen from the node list).
+    #[arg(required_unless_present = "hops")]
+    pub exit: Option<String>,
+
+    /// Send every connection through an onion circuit of N hops (3 or
+    /// more) instead of a paired exit (seed 004).
+    #[arg(long, value_name = "N", conflicts_with_all = ["mesh", "relay"])]
+    pub hops: Option<usize>,
+
+    /// With --hops: the directory authorities (all of them; repeatable or
+    /// comma-separated). Default: `directories` in the config file, or
+    /// BURROW_DIRECTORIES.
+    #[arg(
+        long = "directory",
+        value_name = "FP@HOST:PORT",
+        value_delimiter = ',',
+        requires = "hops"
+    )]
+    pub directories: Vec<String>,
 
     /// Reach the exit over the mesh instead of a relay: a direct link to the
     /// paired node at the addresses the local node (`burrow node`) knows for it.
@@ -350,6 +380,53 @@ pub struct ProxyArgs {
     /// reply and the stream is freed at both ends.
     #[arg(long, default_value_t = 15, value_name = "SECS")]
     pub open_timeout: u64,
+}
+
+/// `burrow directory`.
+#[derive(Debug, Args)]
+pub struct DirectoryArgs {
+    /// Where to listen.
+    #[arg(long, default_value = "0.0.0.0:9030", value_name = "HOST:PORT")]
+    pub listen: String,
+
+    /// Another authority (repeatable or comma-separated): every authority
+    /// lists all the others, and a node list needs more than half of them.
+    #[arg(long = "peer", value_name = "FP@HOST:PORT", value_delimiter = ',')]
+    pub peers: Vec<String>,
+
+    /// Seconds a node list is valid (a new one is due after a third of it).
+    #[arg(long, default_value_t = 1800, value_name = "SECS")]
+    pub lifetime: u64,
+
+    /// Nodes listed per registering address.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub max_per_ip: usize,
+}
+
+/// `burrow fetch`.
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    /// The page, http://HOST[:PORT]/PATH.
+    pub url: String,
+
+    /// Hops of the circuit (3 or more).
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub hops: usize,
+
+    /// The directory authorities (all of them; repeatable or
+    /// comma-separated). Default: `directories` in the config file, or
+    /// BURROW_DIRECTORIES.
+    #[arg(long = "directory", value_name = "FP@HOST:PORT", value_delimiter = ',')]
+    pub directories: Vec<String>,
+
+    /// Write the body here instead of standard output.
+    #[arg(short = 'o', long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Print a JSON report (status, bytes, time to first byte, path) on
+    /// standard error when done.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `burrow relay`.
@@ -460,6 +537,24 @@ pub struct NodeArgs {
     /// link (the relay sees ciphertext only). `#FINGERPRINT` pins the relay.
     #[arg(long, value_name = "HOST:PORT[#FINGERPRINT]")]
     pub relay: Option<String>,
+
+    /// Relay onion circuits (seed 004): register with these directory
+    /// authorities (all of them; repeatable or comma-separated). Default:
+    /// `directories` in the config file, or BURROW_DIRECTORIES.
+    #[arg(long = "directory", value_name = "FP@HOST:PORT", value_delimiter = ',')]
+    pub directories: Vec<String>,
+
+    /// Let circuits leave through this node to the internet, under the
+    /// egress policy (loopback, private and this machine's addresses
+    /// refused after DNS unless --allow; port 25 refused unless
+    /// --exit-ports names it).
+    #[arg(long)]
+    pub exit: bool,
+
+    /// Destination ports an exit accepts, e.g. 80,443,8000-9000 (default:
+    /// every port but 25).
+    #[arg(long, value_name = "PORTS", requires = "exit")]
+    pub exit_ports: Option<String>,
 }
 
 /// What to ask a running node.

@@ -6,6 +6,7 @@
 //! relay = "relay.example.org:9009"
 //! relay_only = false   # true: never connect straight to the other side
 //! verify = false       # true: `receive` hashes every file again (as --verify)
+//! directories = ["FP1@10.0.0.1:9030", "FP2@10.0.0.2:9030", "FP3@10.0.0.3:9030"]   # onion circuits (seed 004)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -23,6 +24,37 @@ pub struct Config {
     pub relay_only: Option<bool>,
     /// Receiver: hash every file again.
     pub verify: Option<bool>,
+    /// Onion directory authorities, `FINGERPRINT@HOST:PORT`.
+    pub directories: Option<Vec<String>>,
+}
+
+impl Config {
+    /// The directory authorities: the flags' if any, else
+    /// BURROW_DIRECTORIES (comma-separated), else the file's.
+    pub fn directories(
+        &self,
+        flags: &[String],
+    ) -> Result<Vec<burrow_node::onion::DirectoryAddr>, burrow_node::Error> {
+        let from_env: Vec<String> = std::env::var("BURROW_DIRECTORIES")
+            .ok()
+            .map(|v| {
+                v.split(',')
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let raw: Vec<String> = if !flags.is_empty() {
+            flags.to_vec()
+        } else if !from_env.is_empty() {
+            from_env
+        } else {
+            self.directories.clone().unwrap_or_default()
+        };
+        raw.iter()
+            .map(|s| s.parse().map_err(burrow_node::Error::Usage))
+            .collect()
+    }
 }
 
 /// The default config path, if a home is known.

@@ -40,7 +40,12 @@ fn main() {
     // gossip, and one thread keeps its memory small (docs/benchmarks.md).
     let single = matches!(
         &cli.command,
-        Command::Exit(_) | Command::Proxy(_) | Command::Send(_) | Command::Receive(_) | Command::Node(_)
+        Command::Exit(_)
+            | Command::Proxy(_)
+            | Command::Send(_)
+            | Command::Receive(_)
+            | Command::Node(_)
+            | Command::Fetch(_)
     );
     let rt = if single {
         tokio::runtime::Builder::new_current_thread().enable_all().build()
@@ -95,7 +100,9 @@ async fn run(cli: Cli) -> Result<(), (String, i32)> {
         Command::Proxy(a) => cmd::tunnel::proxy(a, &cfg).await.map_err(node),
         Command::Peers { json } => cmd::peers(json).map_err(node),
         Command::Unpair { name } => cmd::unpair(&name).map_err(node),
-        Command::Node(a) => cmd::node::run(a).await.map_err(node),
+        Command::Node(a) => cmd::node::run(a, &cfg).await.map_err(node),
+        Command::Directory(a) => cmd::onion::directory(a).await.map_err(node),
+        Command::Fetch(a) => cmd::onion::fetch(a, &cfg).await.map_err(node),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "burrow", &mut std::io::stdout());

@@ -35,6 +35,7 @@
 //! | `transfer` | one task per connection driving the transfer machines, a blocking file worker |
 //! | [`tunnel`] | seed 000: exit and proxy through the relay's connector, the mux driver |
 //! | [`mesh`] | seed 002: `burrow node`, its link tasks, gossip and control socket |
+//! | [`onion`] | seed 004: `burrow directory`, circuit relay and exit in `burrow node`, the circuit client (`burrow fetch`, `burrow proxy --hops`) |
 //! | [`files`] | what a sender offers, where a receiver writes |
 //! | [`platform`] | what the sans-IO core takes from the machine: the OS RNG, the AEAD choice |
 //!
@@ -47,6 +48,7 @@ pub mod files;
 pub mod keys;
 pub mod meet;
 pub mod mesh;
+pub mod onion;
 pub mod platform;
 mod transfer;
 pub mod tunnel;

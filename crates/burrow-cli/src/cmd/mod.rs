@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod node;
+pub mod onion;
 pub mod receive;
 pub mod relay;
 pub mod send;

@@ -24,12 +24,12 @@ fn shown(v: &Value) -> String {
     }
 }
 
-pub async fn run(args: NodeArgs) -> Result<(), Error> {
+pub async fn run(args: NodeArgs, cfg: &crate::config::Config) -> Result<(), Error> {
     match args.ask {
         Some(NodeAsk::Status { json }) => show("status", json, print_status).await,
         Some(NodeAsk::Nodes { json }) => show("nodes", json, print_nodes).await,
         Some(NodeAsk::Ping { node, count, json }) => ping(&node, count.max(1), json).await,
-        None => serve(args).await,
+        None => serve(args, cfg).await,
     }
 }
 
@@ -44,7 +44,7 @@ async fn show(op: &str, json: bool, print: fn(&Value)) -> Result<(), Error> {
     Ok(())
 }
 
-async fn serve(args: NodeArgs) -> Result<(), Error> {
+async fn serve(args: NodeArgs, cfg: &crate::config::Config) -> Result<(), Error> {
     let listen = tokio::net::lookup_host(&args.listen)
         .await
         .ok()
@@ -67,6 +67,24 @@ async fn serve(args: NodeArgs) -> Result<(), Error> {
             burrow_proto::mesh::record::MAX_NAME
         )));
     }
+    let directories = cfg.directories(&args.directories)?;
+    let onion = if directories.is_empty() {
+        if args.exit {
+            return Err(Error::Usage(
+                "--exit relays onion circuits out: it needs --directory".into(),
+            ));
+        }
+        None
+    } else {
+        Some(burrow_node::onion::OnionNodeConfig {
+            directories,
+            exit: args.exit,
+            exit_ports: match &args.exit_ports {
+                Some(p) => parse_ports(p)?,
+                None => burrow_node::onion::default_exit_ports(),
+            },
+        })
+    };
     run_node(NodeConfig {
         me: Arc::new(super::my_identity()?),
         name,
@@ -86,8 +104,39 @@ async fn serve(args: NodeArgs) -> Result<(), Error> {
         target_links: args.links.max(1),
         max_links: 256.max(args.links * 4),
         relay: args.relay.filter(|r| !r.trim().is_empty()),
+        onion,
     })
     .await
+}
+
+/// `80,443,8000-9000` as inclusive ranges.
+fn parse_ports(text: &str) -> Result<Vec<(u16, u16)>, Error> {
+    let bad = || {
+        Error::Usage(format!(
+            "--exit-ports {text:?}: expected ports like 80,443,8000-9000"
+        ))
+    };
+    let mut out = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (lo, hi) = match part.split_once('-') {
+            Some((a, b)) => (
+                a.trim().parse::<u16>().map_err(|_| bad())?,
+                b.trim().parse::<u16>().map_err(|_| bad())?,
+            ),
+            None => {
+                let p = part.parse::<u16>().map_err(|_| bad())?;
+                (p, p)
+            }
+        };
+        if lo == 0 || hi < lo {
+            return Err(bad());
+        }
+        out.push((lo, hi));
+    }
+    if out.is_empty() || out.len() > burrow_proto::onion::directory::MAX_EXIT_RANGES {
+        return Err(bad());
+    }
+    Ok(out)
 }
 
 fn print_status(v: &Value) {

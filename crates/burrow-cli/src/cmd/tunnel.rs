@@ -74,13 +74,17 @@ fn host_port(s: &str) -> Result<(Host, u16), Error> {
 
 /// `burrow proxy NAME`.
 pub async fn proxy(args: ProxyArgs, cfg: &Config) -> Result<(), Error> {
+    if let Some(hops) = args.hops {
+        return super::onion::proxy(args, hops, cfg).await;
+    }
+    let exit_name = args.exit.clone().unwrap_or_default();
     let book = super::book()?;
     let exit = book
-        .find(&args.exit)
+        .find(&exit_name)
         .ok_or_else(|| {
             Error::Usage(format!(
                 "no paired peer {}: see `burrow peers` (a mesh node must be paired first: `burrow pair --mesh`)",
-                burrow_proto::transfer::escape_display(&args.exit)
+                burrow_proto::transfer::escape_display(&exit_name)
             ))
         })?
         .key;
@@ -116,7 +120,7 @@ pub async fn proxy(args: ProxyArgs, cfg: &Config) -> Result<(), Error> {
         eprintln!(
             "forwarding {} to {target} through {}",
             l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-            args.exit
+            exit_name
         );
         tasks.spawn(proxy.clone().forward(l, host, port));
     }
@@ -124,7 +128,7 @@ pub async fn proxy(args: ProxyArgs, cfg: &Config) -> Result<(), Error> {
     eprintln!(
         "proxy listening on {} (SOCKS5 and HTTP CONNECT) through {}",
         l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-        args.exit
+        exit_name
     );
     tasks.spawn(proxy.serve(l));
     while tasks.join_next().await.is_some() {}

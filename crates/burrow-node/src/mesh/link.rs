@@ -111,11 +111,13 @@ fn collect(into: &mut Vec<Vec<u8>>) -> impl FnMut(Packet<'_>) + '_ {
 pub(crate) struct Slot {
     id: u64,
     rx: mpsc::Receiver<Cmd>,
+    cells: mpsc::UnboundedReceiver<Vec<u8>>,
 }
 
 /// Registers a link about to start.
 pub(crate) fn register(shared: &Shared, dir: Direction, addr: SocketAddr, relayed: bool) -> Slot {
     let (tx, rx) = mpsc::channel::<Cmd>(256);
+    let (cells_tx, cells) = mpsc::unbounded_channel::<Vec<u8>>();
     let mut st = shared.lock();
     let id = st.next_link;
     st.next_link += 1;
@@ -130,12 +132,13 @@ pub(crate) fn register(shared: &Shared, dir: Direction, addr: SocketAddr, relaye
             since: Instant::now(),
             stats: Default::default(),
             tx,
+            cells: cells_tx,
             keys: None,
             hash: None,
             relayed,
         },
     );
-    Slot { id, rx }
+    Slot { id, rx, cells }
 }
 
 async fn drive(
@@ -145,7 +148,12 @@ async fn drive(
     mut link: Link,
     slot: Slot,
 ) -> (Option<NodeId>, bool) {
-    let Slot { id, mut rx } = slot;
+    let Slot {
+        id,
+        mut rx,
+        mut cells,
+    } = slot;
+    let mut onion_client = false;
     let (mut rd, mut wr) = stream.into_split();
     // Control traffic: pages of records and beats, read straight into the
     // link's own buffer (2 KiB, grown to a frame when one needs it).
@@ -181,6 +189,21 @@ async fn drive(
                         l.hash = Some(handshake_hash);
                     }
                     let flags = NodeRecord::decode(&record).map(|r| r.flags).unwrap_or_default();
+                    if flags.has(Flags::CLIENT) && flags.has(Flags::ONION_CLIENT) {
+                        // An onion client (or an authority checking that
+                        // this node is reachable), under a fresh key: only
+                        // circuit cells, from anyone, if this node relays.
+                        peer = None;
+                        match shared.onion.get() {
+                            Some(o) => {
+                                onion_client = true;
+                                let _ = o.tx.send(crate::onion::relay::OnionCmd::ClientLink(id, addr));
+                                let _ = link.send(&Packet::TunnelData(Frame::Ping));
+                            }
+                            None => link.close(Reason::Other, "this node relays no circuits"),
+                        }
+                        continue;
+                    }
                     if !flags.has(Flags::CLIENT) {
                         on_up(&shared, id, &mut link, keys.id(), &record);
                         continue;
@@ -241,6 +264,11 @@ async fn drive(
         if link.state() == LinkState::Closed || closed_by_socket.is_some() || client.is_some() {
             break;
         }
+        // Events above may have queued packets (an onion client's
+        // acceptance): out they go before waiting for the peer.
+        if !link.output().is_empty() {
+            continue;
+        }
         let deadline = link
             .poll_timeout()
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
@@ -262,8 +290,24 @@ async fn drive(
                                 link.close(Reason::Busy, why);
                                 break;
                             }
+                            // An onion client gets circuit cells, nothing of the mesh.
+                            if onion_client && !matches!(p, Packet::Data { kind: DataKind::Cell, .. }) {
+                                continue;
+                            }
                             handle(&shared, id, &mut link, p);
                         }
+                    }
+                }
+            }
+            Some(cell) = cells.recv() => {
+                let _ = link.send(&Packet::Data { kind: DataKind::Cell, payload: &cell });
+                // Take what else is waiting: one write for many cells.
+                while link.queued() < 256 * 1024 {
+                    match cells.try_recv() {
+                        Ok(c) => {
+                            let _ = link.send(&Packet::Data { kind: DataKind::Cell, payload: &c });
+                        }
+                        Err(_) => break,
                     }
                 }
             }
@@ -358,6 +402,9 @@ async fn drive(
     }
     let _ = wr.shutdown().await;
     shared.lock().links.remove(&id);
+    if let Some(o) = shared.onion.get() {
+        let _ = o.tx.send(crate::onion::relay::OnionCmd::LinkClosed(id));
+    }
     (peer, was_up)
 }
 
@@ -646,8 +693,14 @@ fn handle(shared: &Arc<Shared>, id: u64, link: &mut Link, p: Packet<'_>) {
             }
         }
         Packet::Data {
-            kind: DataKind::Cell, ..
-        } => {}
+            kind: DataKind::Cell,
+            payload,
+        } => {
+            if let Some(o) = shared.onion.get() {
+                let _ =
+                    o.tx.send(crate::onion::relay::OnionCmd::Cell(id, payload.to_vec()));
+            }
+        }
         Packet::TunnelReq(Frame::Open { stream, .. }) => {
             let _ = link.send(&Packet::TunnelClose(Frame::Reset {
                 stream,

@@ -81,6 +81,9 @@ pub struct NodeConfig {
     /// A relay to keep a mailbox on (`HOST:PORT[#FINGERPRINT]`), for a
     /// node that accepts no inbound connections.
     pub relay: Option<String>,
+    /// Relay onion circuits (seed 004): the directory authorities, and
+    /// whether this node is an exit.
+    pub onion: Option<crate::onion::relay::OnionNodeConfig>,
 }
 
 /// Where the control socket lives by default: beside the identity.
@@ -150,6 +153,8 @@ pub(crate) struct LinkInfo {
     pub since: Instant,
     pub stats: LinkStats,
     pub tx: mpsc::Sender<Cmd>,
+    /// Circuit cells to send on this link (bounded by the circuits' windows).
+    pub cells: mpsc::UnboundedSender<Vec<u8>>,
     /// The peer's keys and the handshake hash, once up.
     pub keys: Option<burrow_proto::keys::PublicIdentity>,
     pub hash: Option<[u8; 32]>,
@@ -219,6 +224,8 @@ pub(crate) struct Shared {
     pub relay_claim: Mutex<Option<String>>,
     /// Bytes of the tunnels paired nodes ran through this node (all of them).
     pub tunnel_bytes: Arc<crate::tunnel::Meter>,
+    /// The circuit relay, when the node has directories configured.
+    pub onion: std::sync::OnceLock<crate::onion::relay::OnionShared>,
 }
 
 impl Shared {
@@ -346,6 +353,7 @@ pub async fn run_node(cfg: NodeConfig) -> Result<(), Error> {
         started: Instant::now(),
         relay_claim: Mutex::new(None),
         tunnel_bytes: Arc::default(),
+        onion: std::sync::OnceLock::new(),
         cfg,
     });
     let record = shared.sign_record(seq, now)?;
@@ -371,6 +379,9 @@ pub async fn run_node(cfg: NodeConfig) -> Result<(), Error> {
         },
         shared.cfg.control.display()
     ));
+    if let Some(c) = shared.cfg.onion.clone() {
+        crate::onion::relay::start(&shared, c);
+    }
     tokio::spawn(control::serve(shared.clone(), control));
     if let Some(l) = metrics {
         tokio::spawn(metrics::serve(shared.clone(), l));
@@ -418,6 +429,50 @@ pub async fn run_node(cfg: NodeConfig) -> Result<(), Error> {
         let slot = link::register(&shared, Direction::Inbound, addr, false);
         tokio::spawn(link::run_inbound(shared.clone(), stream, addr, slot));
     }
+}
+
+/// Dials `node` for a circuit's EXTEND (unless a link to it comes up
+/// meanwhile) and waits up to `wait` for the link: its id and whether
+/// this node dialled it.
+pub(crate) async fn dial_node(
+    shared: &Arc<Shared>,
+    node: NodeId,
+    x25519: [u8; 32],
+    addrs: Vec<SocketAddr>,
+    wait: Duration,
+) -> Option<(u64, bool)> {
+    let linked = |shared: &Shared| {
+        let st = shared.lock();
+        st.by_node
+            .get(&node)
+            .and_then(|l| st.links.get(l).map(|i| (*l, i.dir == Direction::Outbound)))
+    };
+    if let Some(l) = linked(shared) {
+        return Some(l);
+    }
+    let first = shared.lock().dialing.insert(node);
+    if first {
+        let s = shared.clone();
+        tokio::spawn(async move {
+            if let Ok(r) = relayed::dial_any(&addrs, None, false, &s.cfg.me, &x25519).await {
+                let s2 = s.clone();
+                // The link lives on in its own task; this one only waits for it.
+                tokio::spawn(async move {
+                    link::run_outbound(s2, r.stream, r.addr, Some(x25519), r.relayed).await
+                });
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            s.lock().dialing.remove(&node);
+        });
+    }
+    let deadline = Instant::now() + wait;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        if let Some(l) = linked(shared) {
+            return Some(l);
+        }
+    }
+    None
 }
 
 /// Keeps a link to one bootstrap address: dials, and after the link ends

@@ -51,6 +51,12 @@ fn find_head_end(buf: &[u8]) -> Option<usize> {
 
 /// Parses a request head from the start of `buf`; `Ok(None)` means "need more bytes".
 pub fn parse_request_head(buf: &[u8]) -> Result<Option<RequestHead>, HeadError> {
+    parse_request_head_limited(buf, MAX_BODY)
+}
+
+/// [`parse_request_head`] for a server whose bodies may be up to
+/// `max_body` bytes (the onion directory takes votes of megabytes).
+pub fn parse_request_head_limited(buf: &[u8], max_body: usize) -> Result<Option<RequestHead>, HeadError> {
     let Some(head_len) = find_head_end(&buf[..buf.len().min(MAX_HEAD + 4)]) else {
         return if buf.len() >= MAX_HEAD {
             Err(HeadError::HeadTooLarge)
@@ -89,7 +95,7 @@ pub fn parse_request_head(buf: &[u8]) -> Result<Option<RequestHead>, HeadError> 
         ("POST", None) => return Err(HeadError::LengthRequired),
         (_, None) => 0,
     };
-    if content_length > MAX_BODY {
+    if content_length > max_body {
         return Err(HeadError::BodyTooLarge);
     }
     Ok(Some(RequestHead {
@@ -111,7 +117,12 @@ pub struct Response<'a> {
 
 /// Parses a complete response.
 pub fn parse_response(buf: &[u8]) -> Result<Response<'_>, HeadError> {
-    if buf.len() > MAX_RESPONSE {
+    parse_response_limited(buf, MAX_RESPONSE)
+}
+
+/// [`parse_response`] for responses of up to `max` bytes.
+pub fn parse_response_limited(buf: &[u8], max: usize) -> Result<Response<'_>, HeadError> {
+    if buf.len() > max {
         return Err(HeadError::BodyTooLarge);
     }
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];

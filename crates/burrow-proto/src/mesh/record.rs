@@ -4,7 +4,7 @@
 //! ```text
 //! record = version:u8 (1)
 //!        | ed25519:[32] | x25519:[32]         the node's keys (its id is their fingerprint)
-//!        | flags:u8                           Flags: 1 exit, 2 onion relay, 4 behind NAT, 8 client, 16 inbox client (unknown bits kept)
+//!        | flags:u8                           Flags: 1 exit, 2 onion relay, 4 behind NAT, 8 client, 16 inbox client, 32 onion client (unknown bits kept)
 //!        | seq:u64                            grows with every change the owner signs
 //!        | issued:u64 | expires:u64           Unix seconds; expires ≤ issued + MAX_TTL
 //!        | name: len:u8 (≤ 63) + UTF-8        what the owner calls itself (untrusted)
@@ -64,6 +64,10 @@ impl Flags {
     /// With [`Flags::CLIENT`]: the client sends files to the node's inbox
     /// (`burrow send --to`), not tunnels.
     pub const INBOX: u8 = 16;
+    /// With [`Flags::CLIENT`]: an onion client (seed 004) or a directory
+    /// authority checking reachability, under a fresh key: only circuit
+    /// cells, from anyone, at a node that relays circuits.
+    pub const ONION_CLIENT: u8 = 32;
 
     /// Whether `bit` is set.
     pub fn has(self, bit: u8) -> bool {

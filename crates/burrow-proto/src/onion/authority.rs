@@ -243,7 +243,13 @@ impl Authority {
         if !stale && self.last_vote.as_ref() == Some(&summary) {
             return None;
         }
-        let raw = Vote::sign(identity, now, entries).ok()?;
+        // Strictly later than this authority's last vote: peers keep only
+        // newer votes, and several changes may come within one second.
+        let published = match mine {
+            Some(t) if t >= now => t + 1,
+            _ => now,
+        };
+        let raw = Vote::sign(identity, published, entries).ok()?;
         let vote = Vote::verify(&raw, &self.authorities).ok()?;
         self.votes.insert(self.me, vote);
         self.last_vote = Some(summary);
@@ -404,6 +410,24 @@ mod tests {
         assert!(lists[0].lookup(&nodes[3].public().id()).is_none());
         // Nothing changed: no new vote, no new list.
         assert!(auths[0].vote(&ids[0], NOW + 1).is_none());
+        // Two changes within one second: the second vote is still newer,
+        // and every authority follows it.
+        let n = Identity::generate(&mut seeded(70));
+        let raw = super::super::directory::Descriptor::sign(&n, &claims(9)).unwrap();
+        for a in auths.iter_mut() {
+            let id = a.register(&raw, IpAddr::from([10, 9, 0, 1]), NOW).unwrap();
+            a.reachable(&id, true, NOW);
+        }
+        gossip(&ids, &mut auths, NOW);
+        let lists: Vec<NodeList> = auths
+            .iter()
+            .map(|a| NodeList::verify(a.list().unwrap(), &pinned, NOW).unwrap())
+            .collect();
+        assert!(
+            lists.iter().all(|l| l.entries.len() == 4),
+            "{:?}",
+            lists.iter().map(|l| l.entries.len()).collect::<Vec<_>>()
+        );
     }
 
     #[test]

@@ -496,6 +496,8 @@ pub struct RelayStats {
     pub created: u64,
     /// Handshakes refused (bad, replayed, skewed).
     pub refused: u64,
+    /// Of those, against a node list this node does not have (yet).
+    pub unknown_list: u64,
     /// Circuits destroyed because a cell was recognised by no hop.
     pub tampered: u64,
     /// Cells forwarded either way.
@@ -648,6 +650,9 @@ impl Relay {
             }
             Err(e) => {
                 self.stats.refused += 1;
+                if matches!(e, HandshakeError::UnknownDigest) {
+                    self.stats.unknown_list += 1;
+                }
                 let reason = match e {
                     HandshakeError::Busy => Reason::ResourceLimit,
                     _ => Reason::Handshake,

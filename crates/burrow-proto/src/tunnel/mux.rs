@@ -540,6 +540,11 @@ impl Mux {
         self.streams.len()
     }
 
+    /// Whether `stream` is open (not both ways finished, not reset).
+    pub fn contains(&self, stream: u32) -> bool {
+        self.streams.contains_key(&stream)
+    }
+
     /// Whether no stream is open.
     pub fn is_empty(&self) -> bool {
         self.streams.is_empty()
@@ -576,6 +581,15 @@ impl Mux {
             .get(&stream)
             .filter(|s| !s.sent_fin)
             .map_or(0, |s| s.credit.min(MAX_DATA as u64) as usize)
+    }
+
+    /// All the credit of `stream` (what [`Mux::credit`] caps at one frame's
+    /// worth): what a reader may take in before the next `Window`.
+    pub fn credit_total(&self, stream: u32) -> u64 {
+        self.streams
+            .get(&stream)
+            .filter(|s| !s.sent_fin)
+            .map_or(0, |s| s.credit)
     }
 
     /// A `Data` frame for `bytes` (at most [`Mux::credit`]).

@@ -1,0 +1,303 @@
+//! Streams over one circuit, both ends: a [`Mux`] whose frames travel in
+//! relay DATA cells, each stream tied to a TCP socket by a reader and a
+//! writer task. The exit opens sockets for `Open` frames; the client ties
+//! SOCKS connections to streams it opened.
+//!
+//! Flow control is the mux's per stream: a reader may read only the
+//! credit the other end granted (an atomic counter the owner tops up), a
+//! writer reports what it wrote so the window can be granted again. So
+//! what a circuit holds is bounded by the mux pool, whatever the peer or
+//! the socket does.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{Notify, mpsc};
+
+use burrow_proto::onion::cell::MAX_RELAY_DATA;
+use burrow_proto::tunnel::mux::{End, Event, Host, Limits, Mux, ResetReason};
+
+/// Largest data in one stream frame that fits a cell.
+pub(crate) const CHUNK: usize = MAX_RELAY_DATA - Mux::DATA_HEADER;
+/// What one circuit's streams may hold, all together (windows granted and
+/// data not yet written).
+pub(crate) const CIRCUIT_POOL: u64 = 8 * 1024 * 1024;
+/// Streams per circuit at most.
+pub(crate) const MAX_STREAMS: usize = 256;
+
+/// What a stream's tasks report to the circuit's owner.
+#[derive(Debug)]
+pub(crate) enum StreamEvent {
+    /// Bytes read from the socket (within the credit).
+    Read(u32, Vec<u8>),
+    /// The socket's read side ended.
+    Eof(u32),
+    /// This many bytes were written to the socket.
+    Wrote(u32, usize),
+    /// The socket failed.
+    Failed(u32, String),
+}
+
+/// Tagged with the circuit they belong to.
+pub(crate) type Tagged<K> = (K, StreamEvent);
+
+struct Attached {
+    credit: Arc<AtomicUsize>,
+    notify: Arc<Notify>,
+    /// Credit handed to the reader, and bytes it sent back as frames.
+    granted: usize,
+    used: usize,
+    to_socket: mpsc::UnboundedSender<Option<Vec<u8>>>,
+    dead: Arc<AtomicBool>,
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        self.dead.store(true, Ordering::Relaxed);
+        self.notify.notify_one();
+        let _ = self.to_socket.send(None);
+    }
+}
+
+/// What the owner must do after a frame came in.
+#[derive(Debug)]
+pub(crate) enum Action {
+    /// Send this frame back through the circuit.
+    Send(Vec<u8>),
+    /// The other end asks for a stream (exit side): connect, then
+    /// [`Streams::attach`] or [`Streams::refuse`].
+    Open(u32, Host, u16),
+    /// A stream this end opened was accepted (client side).
+    Opened(u32),
+    /// A stream ended with an error (the client tells its application).
+    Reset(u32, ResetReason, String),
+}
+
+/// The streams of one circuit end.
+pub(crate) struct Streams<K: Copy + Send + 'static> {
+    key: K,
+    pub(crate) mux: Mux,
+    attached: HashMap<u32, Attached>,
+    /// Bytes for streams still connecting (the first request rides with
+    /// the open); at most the stream's first window each.
+    early: HashMap<u32, Vec<Vec<u8>>>,
+    events: mpsc::UnboundedSender<Tagged<K>>,
+}
+
+impl<K: Copy + Send + 'static> Streams<K> {
+    /// The streams of circuit `key`; their tasks report on `events`.
+    pub(crate) fn new(key: K, end: End, events: mpsc::UnboundedSender<Tagged<K>>) -> Self {
+        Self {
+            key,
+            mux: Mux::new(
+                end,
+                Limits {
+                    pool: CIRCUIT_POOL,
+                    max_streams: MAX_STREAMS,
+                },
+            ),
+            attached: HashMap::new(),
+            early: HashMap::new(),
+            events,
+        }
+    }
+
+    /// Ties `stream` to `socket`: its reader may read what the mux allows.
+    pub(crate) fn attach<S: AsyncRead + AsyncWrite + Send + 'static>(&mut self, stream: u32, socket: S) {
+        let (mut rd, mut wr) = tokio::io::split(socket);
+        let credit = Arc::new(AtomicUsize::new(0));
+        let notify = Arc::new(Notify::new());
+        let dead = Arc::new(AtomicBool::new(false));
+        let (to_socket, mut from_owner) = mpsc::unbounded_channel::<Option<Vec<u8>>>();
+        let key = self.key;
+        let events = self.events.clone();
+        {
+            let (credit, notify, dead, events) =
+                (credit.clone(), notify.clone(), dead.clone(), events.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; CHUNK];
+                loop {
+                    if dead.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let c = credit.load(Ordering::Acquire);
+                    if c == 0 {
+                        notify.notified().await;
+                        continue;
+                    }
+                    let want = c.min(CHUNK);
+                    match rd.read(&mut buf[..want]).await {
+                        Ok(0) => {
+                            let _ = events.send((key, StreamEvent::Eof(stream)));
+                            return;
+                        }
+                        Ok(n) => {
+                            credit.fetch_sub(n, Ordering::AcqRel);
+                            if events
+                                .send((key, StreamEvent::Read(stream, buf[..n].to_vec())))
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            let _ = events.send((key, StreamEvent::Failed(stream, e.to_string())));
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+        tokio::spawn(async move {
+            while let Some(Some(bytes)) = from_owner.recv().await {
+                if bytes.is_empty() {
+                    let _ = wr.shutdown().await;
+                    continue;
+                }
+                if let Err(e) = wr.write_all(&bytes).await {
+                    let _ = events.send((key, StreamEvent::Failed(stream, e.to_string())));
+                    return;
+                }
+                if events
+                    .send((key, StreamEvent::Wrote(stream, bytes.len())))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        if let Some(early) = self.early.remove(&stream) {
+            for b in early {
+                let _ = to_socket.send(Some(b));
+            }
+        }
+        self.attached.insert(
+            stream,
+            Attached {
+                credit,
+                notify,
+                granted: 0,
+                used: 0,
+                to_socket,
+                dead,
+            },
+        );
+        self.grant(stream);
+    }
+
+    /// Refuses a stream the other end asked for: the Reset frame to send.
+    pub(crate) fn refuse(&mut self, stream: u32, reason: ResetReason, message: &str) -> Vec<u8> {
+        self.attached.remove(&stream);
+        self.early.remove(&stream);
+        self.mux.reset(stream, reason, message)
+    }
+
+    /// Tops the reader's credit up to what the mux allows now.
+    fn grant(&mut self, stream: u32) {
+        let credit = usize::try_from(self.mux.credit_total(stream)).unwrap_or(usize::MAX);
+        if let Some(a) = self.attached.get_mut(&stream) {
+            let outstanding = a.granted - a.used;
+            if credit > outstanding {
+                let more = credit - outstanding;
+                a.granted += more;
+                a.credit.fetch_add(more, Ordering::AcqRel);
+                a.notify.notify_one();
+            }
+        }
+    }
+
+    /// A frame from the other end.
+    pub(crate) fn on_frame(&mut self, frame: &[u8]) -> Result<Vec<Action>, String> {
+        let ev = self.mux.handle(frame).map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        match ev {
+            Event::Open { stream, host, port } => out.push(Action::Open(stream, host, port)),
+            Event::Opened { stream } => out.push(Action::Opened(stream)),
+            Event::Data { stream, bytes } => match self.attached.get(&stream) {
+                Some(a) => {
+                    let _ = a.to_socket.send(Some(bytes.to_vec()));
+                }
+                None if self.mux.contains(stream) => {
+                    // Still connecting: kept for the socket (within the
+                    // stream's window, so bounded).
+                    self.early.entry(stream).or_default().push(bytes.to_vec());
+                }
+                None => {
+                    // A stream no longer open: count it consumed so the
+                    // pool is not held.
+                    let n = bytes.len();
+                    if let Some(w) = self.mux.consumed(stream, n) {
+                        out.push(Action::Send(w));
+                    }
+                }
+            },
+            Event::Writable { stream } => self.grant(stream),
+            Event::Fin { stream } => {
+                match self.attached.get(&stream) {
+                    Some(a) => {
+                        let _ = a.to_socket.send(Some(Vec::new()));
+                    }
+                    // Still connecting: the half-close waits with the data.
+                    None => self.early.entry(stream).or_default().push(Vec::new()),
+                }
+                if !self.mux.contains(stream) {
+                    // Both ways finished: the writer drains what it holds, then ends.
+                    self.attached.remove(&stream);
+                }
+            }
+            Event::Reset {
+                stream,
+                reason,
+                message,
+            } => {
+                self.attached.remove(&stream);
+                self.early.remove(&stream);
+                out.push(Action::Reset(stream, reason, message));
+            }
+            Event::Refused { reset, .. } => out.push(Action::Send(reset)),
+            Event::Nothing => {}
+        }
+        Ok(out)
+    }
+
+    /// An event from one of this circuit's stream tasks: the frames to send.
+    pub(crate) fn on_event(&mut self, ev: StreamEvent) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        match ev {
+            StreamEvent::Read(stream, bytes) => {
+                if let Some(a) = self.attached.get_mut(&stream) {
+                    a.used += bytes.len();
+                }
+                if let Ok(f) = self.mux.data(stream, &bytes) {
+                    out.push(f);
+                }
+            }
+            StreamEvent::Eof(stream) => {
+                if let Some(f) = self.mux.fin(stream) {
+                    out.push(f);
+                }
+                if !self.mux.contains(stream) {
+                    self.attached.remove(&stream);
+                }
+            }
+            StreamEvent::Wrote(stream, n) => {
+                if let Some(w) = self.mux.consumed(stream, n) {
+                    out.push(w);
+                }
+            }
+            StreamEvent::Failed(stream, why) => {
+                self.attached.remove(&stream);
+                out.push(self.mux.reset(stream, ResetReason::Failure, &why));
+            }
+        }
+        out
+    }
+
+    /// Drops a stream's socket (it was reset).
+    pub(crate) fn detach(&mut self, stream: u32) {
+        self.attached.remove(&stream);
+        self.early.remove(&stream);
+    }
+}

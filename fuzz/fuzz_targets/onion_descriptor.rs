@@ -1,0 +1,3 @@
+#![no_main]
+//! Fuzz target: see `burrow_proto::fuzzing::onion_descriptor`.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| burrow_proto::fuzzing::onion_descriptor(data));
