@@ -715,58 +715,8 @@ async fn proxy_client(client: OnionClient, mut s: tokio::net::TcpStream) {
     use burrow_proto::tunnel::socks;
     use tokio::io::AsyncWriteExt;
     let _ = s.set_nodelay(true);
-    let mut buf = Vec::with_capacity(512);
-    if !read_more(&mut s, &mut buf).await {
+    let Some((target, is_socks, buf)) = crate::tunnel::proxy::read_target(&mut s).await else {
         return;
-    }
-    let (target, is_socks) = if buf[0] == 5 {
-        let (answer, used) = loop {
-            match socks::greeting(&buf) {
-                Ok(Some(x)) => break x,
-                Ok(None) if read_more(&mut s, &mut buf).await => {}
-                Ok(None) => return,
-                Err(_) => {
-                    let _ = s.write_all(&[5, 0xff]).await;
-                    return;
-                }
-            }
-        };
-        if s.write_all(&answer).await.is_err() {
-            return;
-        }
-        buf.drain(..used);
-        let (t, used) = loop {
-            match socks::request(&buf) {
-                Ok(Some(x)) => break x,
-                Ok(None) if read_more(&mut s, &mut buf).await => {}
-                Ok(None) => return,
-                Err(e) => {
-                    let _ = s.write_all(&socks::reply(e.reply_code())).await;
-                    return;
-                }
-            }
-        };
-        buf.drain(..used);
-        (t, true)
-    } else {
-        let (t, used) = loop {
-            match socks::http_connect(&buf) {
-                Ok(Some(x)) => break x,
-                Ok(None) if read_more(&mut s, &mut buf).await => {}
-                Ok(None) => return,
-                Err(e) => {
-                    let body = e.to_string();
-                    let head = format!(
-                        "HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = s.write_all(head.as_bytes()).await;
-                    return;
-                }
-            }
-        };
-        buf.drain(..used);
-        (t, false)
     };
     match client.open_stream(target.host, target.port, &buf).await {
         Ok(mut stream) => {
@@ -788,22 +738,6 @@ async fn proxy_client(client: OnionClient, mut s: tokio::net::TcpStream) {
             };
             let _ = s.write_all(&fail).await;
         }
-    }
-}
-
-/// Reads more of a client's request (bounded in size and time).
-async fn read_more(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> bool {
-    use tokio::io::AsyncReadExt;
-    if buf.len() > 8 * 1024 {
-        return false;
-    }
-    let mut chunk = [0u8; 1024];
-    match tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk)).await {
-        Ok(Ok(n)) if n > 0 => {
-            buf.extend_from_slice(&chunk[..n]);
-            true
-        }
-        _ => false,
     }
 }
 

@@ -27,7 +27,6 @@ use burrow_proto::onion::circuit::{CircuitKey, Relay, RelayOut};
 use burrow_proto::onion::directory::{Descriptor, DescriptorClaims, NodeList};
 use burrow_proto::onion::handshake::Responder;
 use burrow_proto::tunnel::mux::{End, Host, ResetReason};
-use burrow_proto::tunnel::policy::Policy;
 
 use super::directory::{DirectoryAddr, fetch_keys, fetch_list, whoami};
 use super::http::{request, share_of};
@@ -381,7 +380,7 @@ impl Task {
         self.bump(|s| s.exit_streams += 1);
         let (policy, tx) = (self.shared.cfg.policy.clone(), self.tx.clone());
         tokio::spawn(async move {
-            let r = connect_checked(&host, port, &policy).await;
+            let r = crate::tunnel::exit::connect_checked(&host, port, &policy).await;
             let _ = tx.send(OnionCmd::Connected(circuit, stream, r));
         });
     }
@@ -453,45 +452,6 @@ impl Task {
             g.forwarded = s.forwarded;
         });
     }
-}
-
-/// Resolves `host`, checks every address against the egress policy after
-/// resolution, and connects to the first allowed one that answers.
-pub(crate) async fn connect_checked(
-    host: &Host,
-    port: u16,
-    policy: &Policy,
-) -> Result<TcpStream, (ResetReason, String)> {
-    const CONNECT: Duration = Duration::from_secs(10);
-    let addrs: Vec<SocketAddr> = match host {
-        Host::Ip(ip) => vec![SocketAddr::new(*ip, port)],
-        Host::Name(n) => {
-            match tokio::time::timeout(CONNECT, tokio::net::lookup_host((n.as_str(), port))).await {
-                Ok(Ok(a)) => a.collect(),
-                _ => Vec::new(),
-            }
-        }
-    };
-    let mut last = (
-        ResetReason::HostUnreachable,
-        "the name did not resolve".to_owned(),
-    );
-    let own = crate::meet::paths::local_addresses();
-    for a in addrs {
-        if let Err(why) = policy.check_with(a, &own) {
-            last = (ResetReason::NotAllowed, format!("{a}: {why}"));
-            continue;
-        }
-        match tokio::time::timeout(CONNECT, TcpStream::connect(a)).await {
-            Ok(Ok(s)) => {
-                let _ = s.set_nodelay(true);
-                return Ok(s);
-            }
-            Ok(Err(e)) => last = (ResetReason::ConnectionRefused, format!("{a}: {e}")),
-            Err(_) => last = (ResetReason::TimedOut, format!("{a}: timed out")),
-        }
-    }
-    Err(last)
 }
 
 /// Registers with every authority and keeps the node list fresh.

@@ -211,9 +211,15 @@ pub(super) fn shown_host(host: &Host, port: u16) -> String {
     }
 }
 
-async fn exit_stream(t: Arc<Tunnel>, id: u32, host: Host, port: u16, policy: Arc<Policy>, log: Log) {
-    let (inflow, writable) = t.register(id, None);
-    let addrs: Vec<SocketAddr> = match &host {
+/// Resolves `host`, checks every address against the egress policy after
+/// resolution (a name may point anywhere), and connects to the first
+/// allowed one that answers; or why not.
+pub(crate) async fn connect_checked(
+    host: &Host,
+    port: u16,
+    policy: &Policy,
+) -> Result<TcpStream, (ResetReason, String)> {
+    let addrs: Vec<SocketAddr> = match host {
         Host::Ip(ip) => vec![SocketAddr::new(*ip, port)],
         // A resolver that never answers must not hold the stream past the
         // proxy's patience.
@@ -228,38 +234,43 @@ async fn exit_stream(t: Arc<Tunnel>, id: u32, host: Host, port: u16, policy: Arc
         ResetReason::HostUnreachable,
         "the name did not resolve".to_owned(),
     );
-    let mut conn = None;
     // The host's addresses now, not only at start: one added since is ours too.
     let own = crate::meet::paths::local_addresses();
     for a in addrs {
-        // Every address, after resolution: a name may point anywhere.
         if let Err(why) = policy.check_with(a, &own) {
             last = (ResetReason::NotAllowed, format!("{a}: {why}"));
             continue;
         }
         match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(a)).await {
             Ok(Ok(s)) => {
-                conn = Some(s);
-                break;
+                let _ = s.set_nodelay(true);
+                return Ok(s);
             }
             Ok(Err(e)) => last = (reset_for(&e), format!("{a}: {e}")),
             Err(_) => last = (ResetReason::TimedOut, format!("{a}: timed out")),
         }
     }
-    let Some(s) = conn else {
-        if last.0 == ResetReason::NotAllowed {
-            log(format!(
-                "refused a stream to {}: {}",
-                shown_host(&host, port),
-                last.1
-            ));
+    Err(last)
+}
+
+async fn exit_stream(t: Arc<Tunnel>, id: u32, host: Host, port: u16, policy: Arc<Policy>, log: Log) {
+    let (inflow, writable) = t.register(id, None);
+    let s = match connect_checked(&host, port, &policy).await {
+        Ok(s) => s,
+        Err(last) => {
+            if last.0 == ResetReason::NotAllowed {
+                log(format!(
+                    "refused a stream to {}: {}",
+                    shown_host(&host, port),
+                    last.1
+                ));
+            }
+            lock(&t.streams).remove(&id);
+            let r = lock(&t.mux).reset(id, last.0, &last.1);
+            t.send(r).await;
+            return;
         }
-        lock(&t.streams).remove(&id);
-        let r = lock(&t.mux).reset(id, last.0, &last.1);
-        t.send(r).await;
-        return;
     };
-    let _ = s.set_nodelay(true);
     let opened = lock(&t.mux).opened(id);
     t.send(opened).await;
     t.pump(id, s, inflow, writable).await;

@@ -19,8 +19,8 @@
 //! | `exit.rs` | `burrow exit`: the mailbox, sessions, destination connects under the policy |
 //! | `proxy.rs` | `burrow proxy`: the local SOCKS5 / HTTP CONNECT listener and its tunnel |
 
-mod exit;
-mod proxy;
+pub(crate) mod exit;
+pub(crate) mod proxy;
 pub(crate) mod relay;
 mod session;
 

@@ -187,58 +187,8 @@ impl Proxy {
     }
 
     async fn client(&self, mut s: TcpStream) {
-        let mut buf = Vec::with_capacity(512);
-        if !read_more(&mut s, &mut buf).await {
+        let Some((target, is_socks, buf)) = read_target(&mut s).await else {
             return;
-        }
-        let (target, is_socks) = if buf[0] == 5 {
-            let (answer, used) = loop {
-                match socks::greeting(&buf) {
-                    Ok(Some(x)) => break x,
-                    Ok(None) if read_more(&mut s, &mut buf).await => {}
-                    Ok(None) => return,
-                    Err(_) => {
-                        let _ = s.write_all(&[5, 0xff]).await;
-                        return;
-                    }
-                }
-            };
-            if s.write_all(&answer).await.is_err() {
-                return;
-            }
-            buf.drain(..used);
-            let (t, used) = loop {
-                match socks::request(&buf) {
-                    Ok(Some(x)) => break x,
-                    Ok(None) if read_more(&mut s, &mut buf).await => {}
-                    Ok(None) => return,
-                    Err(e) => {
-                        let _ = s.write_all(&socks::reply(e.reply_code())).await;
-                        return;
-                    }
-                }
-            };
-            buf.drain(..used);
-            (t, true)
-        } else {
-            let (t, used) = loop {
-                match socks::http_connect(&buf) {
-                    Ok(Some(x)) => break x,
-                    Ok(None) if read_more(&mut s, &mut buf).await => {}
-                    Ok(None) => return,
-                    Err(e) => {
-                        let body = e.to_string();
-                        let head = format!(
-                            "HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                            body.len()
-                        );
-                        let _ = s.write_all(head.as_bytes()).await;
-                        return;
-                    }
-                }
-            };
-            buf.drain(..used);
-            (t, false)
         };
         let shown = shown_host(&target.host, target.port);
         match self.open(target.host, target.port).await {
@@ -272,6 +222,64 @@ impl Proxy {
                 let _ = s.write_all(&fail).await;
             }
         }
+    }
+}
+
+/// Reads a SOCKS5 or HTTP CONNECT request (answering the SOCKS greeting,
+/// or the reason a request is refused): the target, whether it was SOCKS,
+/// and the bytes the client sent after it. `None`: the client is gone or
+/// was refused.
+pub(crate) async fn read_target(s: &mut TcpStream) -> Option<(socks::Target, bool, Vec<u8>)> {
+    let mut buf = Vec::with_capacity(512);
+    if !read_more(s, &mut buf).await {
+        return None;
+    }
+    if buf[0] == 5 {
+        let (answer, used) = loop {
+            match socks::greeting(&buf) {
+                Ok(Some(x)) => break x,
+                Ok(None) if read_more(s, &mut buf).await => {}
+                Ok(None) => return None,
+                Err(_) => {
+                    let _ = s.write_all(&[5, 0xff]).await;
+                    return None;
+                }
+            }
+        };
+        s.write_all(&answer).await.ok()?;
+        buf.drain(..used);
+        let (t, used) = loop {
+            match socks::request(&buf) {
+                Ok(Some(x)) => break x,
+                Ok(None) if read_more(s, &mut buf).await => {}
+                Ok(None) => return None,
+                Err(e) => {
+                    let _ = s.write_all(&socks::reply(e.reply_code())).await;
+                    return None;
+                }
+            }
+        };
+        buf.drain(..used);
+        Some((t, true, buf))
+    } else {
+        let (t, used) = loop {
+            match socks::http_connect(&buf) {
+                Ok(Some(x)) => break x,
+                Ok(None) if read_more(s, &mut buf).await => {}
+                Ok(None) => return None,
+                Err(e) => {
+                    let body = e.to_string();
+                    let head = format!(
+                        "HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = s.write_all(head.as_bytes()).await;
+                    return None;
+                }
+            }
+        };
+        buf.drain(..used);
+        Some((t, false, buf))
     }
 }
 
