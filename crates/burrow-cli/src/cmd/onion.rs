@@ -42,12 +42,13 @@ pub async fn directory(args: DirectoryArgs) -> Result<(), Error> {
     .await
 }
 
-async fn client(hops: usize, flags: &[String], cfg: &Config) -> Result<OnionClient, Error> {
+async fn client(hops: usize, flags: &[String], cfg: &Config, announce: bool) -> Result<OnionClient, Error> {
     let directories = cfg.directories(flags)?;
     OnionClient::start(OnionClientConfig {
         directories,
         hops,
         log: log(),
+        announce,
     })
     .await
 }
@@ -56,7 +57,7 @@ async fn client(hops: usize, flags: &[String], cfg: &Config) -> Result<OnionClie
 pub async fn fetch(args: FetchArgs, cfg: &Config) -> Result<(), Error> {
     // The URL first: a typo fails before any network.
     burrow_node::onion::parse_http_url(&args.url)?;
-    let c = client(args.hops, &args.directories, cfg).await?;
+    let c = client(args.hops, &args.directories, cfg, false).await?;
     let tty = std::io::stderr().is_terminal() && args.output.is_some();
     let bar = tty.then(|| {
         let b = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
@@ -115,7 +116,7 @@ pub async fn proxy(args: ProxyArgs, hops: usize, cfg: &Config) -> Result<(), Err
     let l = tokio::net::TcpListener::bind(&args.listen)
         .await
         .map_err(|e| Error::Usage(format!("cannot listen on {}: {e}", args.listen)))?;
-    let c = client(hops, &args.directories, cfg).await?;
+    let c = client(hops, &args.directories, cfg, true).await?;
     let n = c.list().map(|l| l.entries.len()).unwrap_or(0);
     eprintln!(
         "SOCKS5 and HTTP CONNECT on {}: every connection through a {hops}-hop circuit ({n} nodes in the list)",

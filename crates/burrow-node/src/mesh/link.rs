@@ -253,7 +253,11 @@ async fn drive(
                     text,
                     by_peer,
                 } => {
-                    on_closed(&shared, id, peer, &link, reason, &text, by_peer);
+                    // An onion client's link ends unlogged: a node keeps
+                    // no record of its clients' addresses.
+                    if !onion_client {
+                        on_closed(&shared, id, peer, &link, reason, &text, by_peer);
+                    }
                 }
             }
         }
@@ -392,6 +396,7 @@ async fn drive(
     }
     if let Some(text) = closed_by_socket
         && link.state() != LinkState::Closed
+        && !onion_client
     {
         let reason = if link.state() == LinkState::Up {
             Reason::Other

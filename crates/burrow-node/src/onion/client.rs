@@ -49,6 +49,8 @@ pub struct OnionClientConfig {
     pub hops: usize,
     /// Lines for the user.
     pub log: Log,
+    /// Say so when a circuit is built (its path and build time).
+    pub announce: bool,
 }
 
 /// A ready circuit as the client holds it.
@@ -205,7 +207,9 @@ impl OnionClient {
                     match r {
                         Ok(circ) => lock(&c.inner.ready).push_back(circ),
                         Err(e) => {
-                            (c.inner.cfg.log)(format!("building a circuit failed: {e}"));
+                            if c.inner.cfg.announce {
+                                (c.inner.cfg.log)(format!("building a circuit failed: {e}"));
+                            }
                             tokio::time::sleep(Duration::from_millis(200)).await;
                         }
                     }
@@ -337,7 +341,16 @@ impl OnionClient {
             .map_err(|_| Error::Timeout(format!("building a {}-hop circuit took over 10 s", path.len())))?;
         match r {
             Ok((tx, dead)) => {
-                lock(&self.inner.builds).push(started.elapsed());
+                let took = started.elapsed();
+                lock(&self.inner.builds).push(took);
+                if self.inner.cfg.announce {
+                    let hops: Vec<String> = path.iter().map(|e| e.id().to_string()).collect();
+                    (self.inner.cfg.log)(format!(
+                        "circuit ready: {} ({:.1} ms)",
+                        hops.join(" > "),
+                        took.as_secs_f64() * 1000.0
+                    ));
+                }
                 let exit = path[path.len() - 1].clone();
                 let c = Circuit {
                     tx,
@@ -434,7 +447,7 @@ async fn run_circuit(
     let d = dead.clone();
     tokio::spawn(async move {
         if let Err(e) = serve(&mut link, &mut c, rx).await {
-            log(format!("circuit closed: {e}"));
+            log(format!("circuit {:?} closed: {e}", c.path()));
         }
         d.store(true, std::sync::atomic::Ordering::Relaxed);
     });
@@ -636,8 +649,14 @@ pub async fn fetch(
     let mut head = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut first_byte = None;
+    // Silence this long means the circuit or the server stalled.
+    const STALL: Duration = Duration::from_secs(30);
+    let stalled = || Error::Timeout(format!("nothing from {shown_host} for 30 s"));
     let (status, total, mut got) = loop {
-        let n = s.read(&mut buf).await.map_err(Error::ConnectionLost)?;
+        let n = tokio::time::timeout(STALL, s.read(&mut buf))
+            .await
+            .map_err(|_| stalled())?
+            .map_err(Error::ConnectionLost)?;
         if n == 0 {
             return Err(Error::PeerClosed(format!(
                 "{shown_host} closed the connection before an HTTP answer"
@@ -675,7 +694,10 @@ pub async fn fetch(
         if total.is_some_and(|t| got >= t) {
             break;
         }
-        let n = s.read(&mut buf).await.map_err(Error::ConnectionLost)?;
+        let n = tokio::time::timeout(STALL, s.read(&mut buf))
+            .await
+            .map_err(|_| stalled())?
+            .map_err(Error::ConnectionLost)?;
         if n == 0 {
             break;
         }

@@ -149,7 +149,35 @@ struct ExitCircuit {
     queued_bytes: usize,
 }
 
+/// A hostile hop, for the tests only (debug builds): from the N-th RELAY
+/// cell this node sends on, flip a bit in each, send each twice, or swap
+/// each pair (`BURROW_TEST_TAMPER=flip:N`, `replay:N` or `reorder:N`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tamper {
+    Flip(u64),
+    Replay(u64),
+    Reorder(u64),
+}
+
+fn tamper_from_env() -> Option<Tamper> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    let v = std::env::var("BURROW_TEST_TAMPER").ok()?;
+    let (mode, n) = v.split_once(':')?;
+    let n: u64 = n.parse().ok()?;
+    match mode {
+        "flip" => Some(Tamper::Flip(n)),
+        "replay" => Some(Tamper::Replay(n)),
+        "reorder" => Some(Tamper::Reorder(n)),
+        _ => None,
+    }
+}
+
 struct Task {
+    tamper: Option<Tamper>,
+    relayed: u64,
+    held_back: Option<(u64, Cell)>,
     shared: Arc<Shared>,
     relay: Relay,
     exit: bool,
@@ -173,6 +201,9 @@ async fn run(
 ) {
     let (events, mut events_rx) = mpsc::unbounded_channel::<Tagged<CircuitKey>>();
     let mut t = Task {
+        tamper: tamper_from_env(),
+        relayed: 0,
+        held_back: None,
         shared,
         relay,
         exit,
@@ -197,7 +228,13 @@ async fn run(
                     t.on_stream_event(circuit, ev);
                 }
             }
-            _ = tick.tick() => t.publish_stats(),
+            _ = tick.tick() => {
+                t.publish_stats();
+                // The test hook's held cell goes out late rather than never.
+                if let Some((l, c)) = t.held_back.take() {
+                    t.deliver(l, c);
+                }
+            }
         }
         t.drain();
     }
@@ -283,7 +320,33 @@ impl Task {
         }
     }
 
-    fn send(&self, link: u64, cell: Cell) {
+    fn send(&mut self, link: u64, mut cell: Cell) {
+        if let Some(t) = self.tamper
+            && cell.cmd() == Command::Relay
+        {
+            self.relayed += 1;
+            let n = self.relayed;
+            match t {
+                Tamper::Flip(at) if n >= at => cell.body_mut()[100] ^= 1,
+                Tamper::Replay(at) if n >= at => self.deliver(link, cell.clone()),
+                Tamper::Reorder(at) if n >= at => match self.held_back.take() {
+                    None => {
+                        self.held_back = Some((link, cell));
+                        return;
+                    }
+                    Some((l, c)) => {
+                        self.deliver(link, cell);
+                        self.deliver(l, c);
+                        return;
+                    }
+                },
+                _ => {}
+            }
+        }
+        self.deliver(link, cell);
+    }
+
+    fn deliver(&self, link: u64, cell: Cell) {
         let st = self.shared.lock();
         if let Some(l) = st.links.get(&link) {
             let _ = l.cells.send(cell.into_bytes());

@@ -46,6 +46,8 @@ pub(crate) type Tagged<K> = (K, StreamEvent);
 struct Attached {
     credit: Arc<AtomicUsize>,
     notify: Arc<Notify>,
+    /// Ends the reader (blocked in a read the peer will never answer).
+    kill: Arc<Notify>,
     /// Credit handed to the reader, and bytes it sent back as frames.
     granted: usize,
     used: usize,
@@ -57,6 +59,7 @@ impl Drop for Attached {
     fn drop(&mut self) {
         self.dead.store(true, Ordering::Relaxed);
         self.notify.notify_one();
+        self.kill.notify_one();
         let _ = self.to_socket.send(None);
     }
 }
@@ -110,6 +113,7 @@ impl<K: Copy + Send + 'static> Streams<K> {
         let credit = Arc::new(AtomicUsize::new(0));
         let notify = Arc::new(Notify::new());
         let dead = Arc::new(AtomicBool::new(false));
+        let kill = Arc::new(Notify::new());
         let (to_socket, mut from_owner) = mpsc::unbounded_channel::<Option<Vec<u8>>>();
         let key = self.key;
         let events = self.events.clone();
@@ -178,6 +182,7 @@ impl<K: Copy + Send + 'static> Streams<K> {
             Attached {
                 credit,
                 notify,
+                kill,
                 granted: 0,
                 used: 0,
                 to_socket,
@@ -299,5 +304,25 @@ impl<K: Copy + Send + 'static> Streams<K> {
     pub(crate) fn detach(&mut self, stream: u32) {
         self.attached.remove(&stream);
         self.early.remove(&stream);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A circuit that dies takes its streams' sockets with it: the
+    /// application reads EOF instead of waiting forever.
+    #[tokio::test]
+    async fn dropping_the_streams_closes_their_sockets() {
+        let (events, _rx) = mpsc::unbounded_channel();
+        let mut s: Streams<u32> = Streams::new(0, End::Client, events);
+        let (id, _open) = s.mux.open(Host::Name("x".into()), 80).unwrap();
+        let (mut app, theirs) = tokio::io::duplex(1024);
+        s.attach(id, theirs);
+        drop(s);
+        let mut b = [0u8; 8];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(2), app.read(&mut b)).await;
+        assert!(matches!(n, Ok(Ok(0))), "{n:?}");
     }
 }
