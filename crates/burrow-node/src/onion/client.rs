@@ -574,6 +574,8 @@ pub struct FetchReport {
     pub total_ms: f64,
     /// The circuit's path (node fingerprints, entry first).
     pub path: Vec<String>,
+    /// How long building the first circuit of this client took.
+    pub circuit_build_ms: Option<f64>,
 }
 
 /// A URL `burrow fetch` takes: `http://HOST[:PORT][/PATH]`.
@@ -721,6 +723,7 @@ pub async fn fetch(
         first_byte_ms: first_byte.unwrap_or_default().as_secs_f64() * 1000.0,
         total_ms: started.elapsed().as_secs_f64() * 1000.0,
         path: path_ids,
+        circuit_build_ms: client.build_times().first().map(|d| d.as_secs_f64() * 1000.0),
     })
 }
 

@@ -12,7 +12,7 @@
 //! | `GET /onion/digest` | that list's digest, hex (nodes poll it, and fetch the list when it changed) |
 //! | `GET /onion/node/FINGERPRINT` | the seed's lookup: address and keys of one node, JSON (for operators) |
 //! | `POST /onion/vote` | a peer authority's signed vote |
-//! | `POST /onion/sig` | a peer's signature: authority id:[15] ‖ digest:[32] ‖ sig:[64] |
+//! | `POST /onion/sig` | a peer's signature: `authority id:[15] ‖ digest:[32] ‖ sig:[64]` |
 //!
 //! Bounded like the relay: connections in all and per address, requests
 //! per second per address, body sizes per route; a bad request gets its

@@ -22,10 +22,10 @@
 //!
 //! | rcmd | name | data |
 //! |---|---|---|
-//! | 1 | EXTEND | node id:[15], CREATE bytes for it |
+//! | 1 | EXTEND | `node id:[15]`, then CREATE bytes for it |
 //! | 2 | EXTENDED | CREATED bytes from it |
 //! | 3 | DATA | one stream frame ([`crate::tunnel::mux`]): the exit's streams |
-//! | 4 | SENDME | tag:[16] of the cell that completed the window step |
+//! | 4 | SENDME | `tag:[16]` of the cell that completed the window step |
 //! | 5 | DROP | padding, ignored |
 //!
 //! The command byte is CGO's associated data: a hop that turns RELAY into
