@@ -61,9 +61,19 @@ struct Circuit {
     exit: Entry,
     built: Instant,
     dead: Arc<std::sync::atomic::AtomicBool>,
+    /// Why it ended, once it did.
+    why: Arc<Mutex<Option<String>>>,
 }
 
 impl Circuit {
+    /// Why the circuit ended, if it did.
+    fn ended(&self) -> Option<String> {
+        if !self.dead.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        Some(lock(&self.why).clone().unwrap_or_else(|| "closed".into()))
+    }
+
     fn usable_for(&self, port: u16) -> bool {
         !self.dead.load(std::sync::atomic::Ordering::Relaxed)
             && self.built.elapsed() < MAX_DIRTY
@@ -268,11 +278,21 @@ impl OnionClient {
         port: u16,
         early: &[u8],
     ) -> Result<tokio::io::DuplexStream, (ResetReason, String)> {
-        use tokio::io::AsyncWriteExt;
         let c = self
             .circuit(port)
             .await
             .map_err(|e| (ResetReason::Failure, e.to_string()))?;
+        Self::open_on(&c, host, port, early).await
+    }
+
+    /// [`OnionClient::open_stream`] on a given circuit.
+    async fn open_on(
+        c: &Circuit,
+        host: Host,
+        port: u16,
+        early: &[u8],
+    ) -> Result<tokio::io::DuplexStream, (ResetReason, String)> {
+        use tokio::io::AsyncWriteExt;
         let (mut mine, theirs) = tokio::io::duplex(256 * 1024);
         if !early.is_empty() {
             mine.write_all(early)
@@ -340,7 +360,7 @@ impl OnionClient {
             .await
             .map_err(|_| Error::Timeout(format!("building a {}-hop circuit took over 10 s", path.len())))?;
         match r {
-            Ok((tx, dead)) => {
+            Ok((tx, dead, why)) => {
                 let took = started.elapsed();
                 lock(&self.inner.builds).push(took);
                 if self.inner.cfg.announce {
@@ -358,6 +378,7 @@ impl OnionClient {
                     exit,
                     built: Instant::now(),
                     dead: dead.clone(),
+                    why,
                 };
                 // When it dies: avoid its middle and exit for a while, and
                 // build a replacement at once.
@@ -402,6 +423,13 @@ fn circuit_error(e: CircuitError) -> Error {
     }
 }
 
+/// A served circuit: its command sender, the flag set when it dies, and why.
+type Served = (
+    mpsc::UnboundedSender<CircCmd>,
+    Arc<std::sync::atomic::AtomicBool>,
+    Arc<Mutex<Option<String>>>,
+);
+
 /// Builds the circuit over `link` through `path`, then serves it in a
 /// task: its command sender, and a flag set when it dies.
 async fn run_circuit(
@@ -409,7 +437,7 @@ async fn run_circuit(
     path: &[Entry],
     digest: [u8; 32],
     log: Log,
-) -> Result<(mpsc::UnboundedSender<CircCmd>, Arc<std::sync::atomic::AtomicBool>), Error> {
+) -> Result<Served, Error> {
     let hop = |e: &Entry| HopInfo {
         id: e.id(),
         onion_key: e.descriptor.claims.onion_key,
@@ -444,14 +472,16 @@ async fn run_circuit(
     }
     let (tx, rx) = mpsc::unbounded_channel();
     let dead = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let d = dead.clone();
+    let why = Arc::new(Mutex::new(None));
+    let (d, w) = (dead.clone(), why.clone());
     tokio::spawn(async move {
         if let Err(e) = serve(&mut link, &mut c, rx).await {
             log(format!("circuit {:?} closed: {e}", c.path()));
+            *lock(&w) = Some(e.to_string());
         }
         d.store(true, std::sync::atomic::Ordering::Relaxed);
     });
-    Ok((tx, dead))
+    Ok((tx, dead, why))
 }
 
 async fn send(link: &CellLink, cell: Cell) -> Result<(), Error> {
@@ -639,8 +669,7 @@ pub async fn fetch(
     let circuit = client.circuit(port).await?;
     let path_ids: Vec<String> = circuit.path.iter().map(|n| n.to_string()).collect();
     let started = Instant::now();
-    let mut s = client
-        .open_stream(host_of(&host), port, request.as_bytes())
+    let mut s = OnionClient::open_on(&circuit, host_of(&host), port, request.as_bytes())
         .await
         .map_err(|(_, why)| {
             Error::PeerClosed(format!(
@@ -660,6 +689,11 @@ pub async fn fetch(
             .map_err(|_| stalled())?
             .map_err(Error::ConnectionLost)?;
         if n == 0 {
+            if let Some(why) = circuit.ended() {
+                return Err(Error::PeerClosed(format!(
+                    "the circuit closed before an HTTP answer: {why}"
+                )));
+            }
             return Err(Error::PeerClosed(format!(
                 "{shown_host} closed the connection before an HTTP answer"
             )));
@@ -713,6 +747,11 @@ pub async fn fetch(
     if let Some(t) = total
         && got < t
     {
+        if let Some(why) = circuit.ended() {
+            return Err(Error::PeerClosed(format!(
+                "the circuit closed after {got} of {t} bytes: {why}"
+            )));
+        }
         return Err(Error::PeerClosed(format!(
             "{shown_host} sent {got} of {t} bytes, then closed"
         )));

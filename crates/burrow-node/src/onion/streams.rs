@@ -118,8 +118,13 @@ impl<K: Copy + Send + 'static> Streams<K> {
         let key = self.key;
         let events = self.events.clone();
         {
-            let (credit, notify, dead, events) =
-                (credit.clone(), notify.clone(), dead.clone(), events.clone());
+            let (credit, notify, dead, kill, events) = (
+                credit.clone(),
+                notify.clone(),
+                dead.clone(),
+                kill.clone(),
+                events.clone(),
+            );
             tokio::spawn(async move {
                 let mut buf = vec![0u8; CHUNK];
                 loop {
@@ -128,11 +133,19 @@ impl<K: Copy + Send + 'static> Streams<K> {
                     }
                     let c = credit.load(Ordering::Acquire);
                     if c == 0 {
-                        notify.notified().await;
-                        continue;
+                        tokio::select! {
+                            _ = notify.notified() => continue,
+                            _ = kill.notified() => return,
+                        }
                     }
                     let want = c.min(CHUNK);
-                    match rd.read(&mut buf[..want]).await {
+                    // A read the peer never answers must not keep the
+                    // socket open after the stream is gone.
+                    let r = tokio::select! {
+                        r = rd.read(&mut buf[..want]) => r,
+                        _ = kill.notified() => return,
+                    };
+                    match r {
                         Ok(0) => {
                             let _ = events.send((key, StreamEvent::Eof(stream)));
                             return;
