@@ -571,3 +571,20 @@ fn a_tampering_hop_breaks_the_circuit_and_nothing_altered_arrives() {
         assert!(body.starts_with(&got), "{mode}: altered bytes reached the file");
     }
 }
+
+/// One authority of three dead from the start: the other two still take
+/// registrations and sign a list clients accept (two of three is more
+/// than half), and a page comes through.
+#[test]
+fn two_authorities_of_three_are_enough() {
+    let site = tempfile::tempdir().unwrap();
+    std::fs::write(site.path().join("p.html"), b"two of three").unwrap();
+    let mut procs = Vec::new();
+    let o = onion("m2", 3, 3, 1, &[], &mut procs);
+    let _ = procs[2].child.kill();
+    procs.push(web(o.net.m(o.web), site.path()));
+    let out = o.client().home.join("p.html");
+    let (_, took) = o.fetch_until_ok("http://10.60.0.1:8000/p.html", &out, Duration::from_secs(30));
+    eprintln!("with one authority dead: first page after {took:?}");
+    assert_eq!(std::fs::read(&out).unwrap(), b"two of three");
+}

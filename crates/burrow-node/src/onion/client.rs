@@ -173,15 +173,9 @@ impl OnionClient {
     }
 
     async fn refresh_list(&self) -> Result<Arc<NodeList>, Error> {
-        let mut pinned = self.inner.pinned.clone();
-        // Authorities that did not answer still count towards the majority.
-        while pinned.len() < self.inner.cfg.directories.len() {
-            pinned.push(PublicIdentity {
-                x25519: [0; 32],
-                ed25519: [0; 32],
-            });
-        }
-        let (list, _) = fetch_list(&self.inner.cfg.directories, &pinned).await?;
+        // Authorities that did not answer still count towards the
+        // majority (fetch_list counts every configured one).
+        let (list, _) = fetch_list(&self.inner.cfg.directories, &self.inner.pinned).await?;
         let list = Arc::new(list);
         *lock(&self.inner.list) = Some(list.clone());
         Ok(list)

@@ -389,32 +389,41 @@ async fn check_reachable(dir: &Arc<Dir>, id: NodeId) {
 
 /// Learns the peers' keys, then votes, recomputes and sends what changed.
 async fn maintain(dir: Arc<Dir>) {
-    // Every peer's keys first: the consensus counts all authorities.
+    // The peers' keys: a majority of all authorities (this one counted)
+    // is enough to start; the rest are learned while running.
+    let total = dir.peers.len() + 1;
     loop {
-        let mut missing = 0;
-        for p in &dir.peers {
-            if lock(&dir.peer_keys).contains_key(&p.id) {
-                continue;
-            }
-            match fetch_keys(p).await {
-                Ok(k) => {
-                    lock(&dir.peer_keys).insert(p.id, k);
-                }
-                Err(_) => missing += 1,
-            }
-        }
-        if missing == 0 {
+        fetch_peer_keys(&dir).await;
+        let known = lock(&dir.peer_keys).len() + 1;
+        if known * 2 > total {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut keys: Vec<PublicIdentity> = lock(&dir.peer_keys).values().copied().collect();
     keys.push(dir.me.public());
-    *lock(&dir.auth) = Some(Authority::new(dir.me.public().id(), keys, dir.cfg));
+    let known = keys.len();
+    *lock(&dir.auth) = Some(Authority::with_total(dir.me.public().id(), keys, total, dir.cfg));
     (dir.log)(format!(
-        "reached all {} peer authorities; taking registrations",
+        "reached {} of {} peer authorities; taking registrations",
+        known - 1,
         dir.peers.len()
     ));
+    // The others, when they come up (a dead one must not hold the votes).
+    let d = dir.clone();
+    tokio::spawn(async move {
+        while lock(&d.peer_keys).len() < d.peers.len() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            fetch_peer_keys(&d).await;
+            let keys: Vec<PublicIdentity> = lock(&d.peer_keys).values().copied().collect();
+            if let Some(a) = lock(&d.auth).as_mut() {
+                for k in keys {
+                    a.learn_authority(k);
+                }
+            }
+            d.changed.notify_one();
+        }
+    });
     let mut last_check = Instant::now();
     loop {
         let _ = tokio::time::timeout(Duration::from_millis(500), dir.changed.notified()).await;
@@ -462,6 +471,18 @@ async fn maintain(dir: Arc<Dir>) {
     }
 }
 
+/// Asks every peer whose key is not known yet for it.
+async fn fetch_peer_keys(dir: &Arc<Dir>) {
+    for p in &dir.peers {
+        if lock(&dir.peer_keys).contains_key(&p.id) {
+            continue;
+        }
+        if let Ok(k) = fetch_keys(p).await {
+            lock(&dir.peer_keys).insert(p.id, k);
+        }
+    }
+}
+
 /// Sends each peer the vote and signature it has not taken yet.
 async fn send_outbox(dir: &Arc<Dir>) {
     let (vote, sig, pending) = {
@@ -505,11 +526,15 @@ pub(crate) async fn fetch_list(
     dirs: &[DirectoryAddr],
     keys: &[PublicIdentity],
 ) -> Result<(burrow_proto::onion::directory::NodeList, Vec<u8>), Error> {
+    // Every configured authority counts towards the majority, whether its
+    // key is known or not.
+    let total = dirs.len();
     let mut last = Error::NotFound("no directory configured".into());
     for d in dirs {
         match request(&d.addr, "GET", "/onion/list", None).await {
             Ok(r) if r.status == 200 => {
-                match burrow_proto::onion::directory::NodeList::verify(&r.body, keys, unix_now()) {
+                match burrow_proto::onion::directory::NodeList::verify_among(&r.body, keys, total, unix_now())
+                {
                     Ok(l) => return Ok((l, r.body)),
                     Err(e) => {
                         last = Error::Integrity(format!("the node list from {} was refused: {e}", d.addr))

@@ -523,7 +523,9 @@ async fn directory_client(shared: Arc<Shared>, cfg: OnionNodeConfig, onion_key: 
     // The authorities' keys, checked against the pinned fingerprints.
     let mut keys: HashMap<NodeId, PublicIdentity> = HashMap::new();
     let mut wait = Duration::from_millis(50);
-    while keys.len() < cfg.directories.len() {
+    // A majority of them is enough to go on (a list needs more than half
+    // of all the authorities' signatures; the others count as silent).
+    while keys.len() * 2 <= cfg.directories.len() {
         for d in &cfg.directories {
             if keys.contains_key(&d.id) {
                 continue;
@@ -532,7 +534,7 @@ async fn directory_client(shared: Arc<Shared>, cfg: OnionNodeConfig, onion_key: 
                 keys.insert(d.id, k);
             }
         }
-        if keys.len() < cfg.directories.len() {
+        if keys.len() * 2 <= cfg.directories.len() {
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(5));
         }

@@ -86,8 +86,10 @@ struct Registered {
 #[derive(Debug)]
 pub struct Authority {
     me: NodeId,
-    /// Every authority's key, this one's included.
+    /// The authorities' keys known so far, this one's included.
     authorities: Vec<PublicIdentity>,
+    /// Authorities configured (a majority is of all of them, known or not).
+    total: usize,
     cfg: AuthorityConfig,
     nodes: HashMap<NodeId, Registered>,
     votes: HashMap<NodeId, Vote>,
@@ -109,10 +111,24 @@ type Consensus = (Vec<u8>, [u8; DIGEST_LEN], Vec<(NodeId, [u8; 64])>);
 
 impl Authority {
     /// An authority with identity `me` among `authorities` (which must
-    /// include it).
+    /// include it); all of them are known.
     pub fn new(me: NodeId, authorities: Vec<PublicIdentity>, cfg: AuthorityConfig) -> Self {
+        let total = authorities.len();
+        Self::with_total(me, authorities, total, cfg)
+    }
+
+    /// An authority that knows the keys of some of the `total` configured
+    /// authorities (a majority is enough to start): the others' keys come
+    /// with [`Authority::learn_authority`].
+    pub fn with_total(
+        me: NodeId,
+        authorities: Vec<PublicIdentity>,
+        total: usize,
+        cfg: AuthorityConfig,
+    ) -> Self {
         Self {
             me,
+            total: total.max(authorities.len()),
             authorities,
             cfg,
             nodes: HashMap::new(),
@@ -124,9 +140,17 @@ impl Authority {
         }
     }
 
-    /// Authorities configured, this one included.
+    /// Authorities whose keys are known, this one included.
     pub fn authorities(&self) -> &[PublicIdentity] {
         &self.authorities
+    }
+
+    /// Another authority's key, learned late (its votes and signatures
+    /// count from now on).
+    pub fn learn_authority(&mut self, key: PublicIdentity) {
+        if !self.authorities.contains(&key) && self.authorities.len() < self.total {
+            self.authorities.push(key);
+        }
     }
 
     /// A node registers `raw` from address `seen`. On success, check that
@@ -277,7 +301,7 @@ impl Authority {
         if votes.is_empty() {
             return None;
         }
-        let (body, digest) = consensus(&votes, self.authorities.len(), self.cfg.lifetime);
+        let (body, digest) = consensus(&votes, self.total, self.cfg.lifetime);
         if self.current.as_ref().is_some_and(|c| c.1 == digest) {
             return None;
         }
@@ -323,7 +347,7 @@ impl Authority {
 
     fn publish(&mut self) {
         if let Some((body, _, sigs)) = &self.current
-            && sigs.len() * 2 > self.authorities.len()
+            && sigs.len() * 2 > self.total
         {
             self.published = Some(encode_list(body, sigs));
         }
@@ -428,6 +452,31 @@ mod tests {
             "{:?}",
             lists.iter().map(|l| l.entries.len()).collect::<Vec<_>>()
         );
+    }
+
+    /// Two of three authorities up: they publish a list the client
+    /// accepts (two of three signed); the third joins later and follows.
+    #[test]
+    fn a_majority_of_authorities_is_enough_to_start() {
+        let (ids, _) = setup(3);
+        let keys: Vec<PublicIdentity> = ids.iter().map(Identity::public).collect();
+        let mut auths: Vec<Authority> = (0..2)
+            .map(|i| Authority::with_total(keys[i].id(), keys[..2].to_vec(), 3, AuthorityConfig::default()))
+            .collect();
+        let n = Identity::generate(&mut seeded(80));
+        let raw = super::super::directory::Descriptor::sign(&n, &claims(1)).unwrap();
+        for a in auths.iter_mut() {
+            let id = a.register(&raw, IpAddr::from([10, 1, 0, 1]), NOW).unwrap();
+            a.reachable(&id, true, NOW);
+        }
+        gossip(&ids[..2], &mut auths, NOW);
+        let list = NodeList::verify(auths[0].list().unwrap(), &keys, NOW).unwrap();
+        assert_eq!(list.entries.len(), 1);
+        // The third's key arrives: its votes count from then on.
+        auths[0].learn_authority(keys[2]);
+        assert_eq!(auths[0].authorities().len(), 3);
+        auths[0].learn_authority(keys[2]);
+        assert_eq!(auths[0].authorities().len(), 3, "once");
     }
 
     #[test]

@@ -524,6 +524,19 @@ impl NodeList {
     /// `authorities` (the client's pinned keys) signed its body, and it is
     /// valid at `now`.
     pub fn verify(b: &[u8], authorities: &[PublicIdentity], now: u64) -> Result<Self, DirError> {
+        Self::verify_among(b, authorities, authorities.len(), now)
+    }
+
+    /// [`NodeList::verify`] when only some of the `total` pinned
+    /// authorities' keys are known: more than half of `total` must have
+    /// signed (an authority whose key is unknown signs nothing).
+    pub fn verify_among(
+        b: &[u8],
+        authorities: &[PublicIdentity],
+        total: usize,
+        now: u64,
+    ) -> Result<Self, DirError> {
+        let total = total.max(authorities.len());
         let mut r = Reader::new(b);
         let len = r.u32()? as usize;
         if len > MAX_LIST_LEN {
@@ -551,10 +564,10 @@ impl NodeList {
             }
         }
         r.finish()?;
-        if signed.len() * 2 <= authorities.len() {
+        if signed.len() * 2 <= total {
             return Err(DirError::NoMajority {
                 got: signed.len(),
-                pinned: authorities.len(),
+                pinned: total,
             });
         }
         let mut br = Reader::new(body);
@@ -800,6 +813,32 @@ pub(crate) mod tests {
             NodeList::verify(&d.list(&votes, &[0, 1]), &pinned, NOW + 3600),
             Err(DirError::NotValidNow("node list"))
         );
+    }
+
+    /// Three pinned, one key unknown (its authority is down): two
+    /// signatures still make a majority of three, one does not, and a
+    /// "signature" for the unknown one counts for nothing (no placeholder
+    /// key it could verify under).
+    #[test]
+    fn a_majority_counts_every_pinned_authority_known_or_not() {
+        let d = Dir::new(3, 2);
+        let votes = [d.vote(0, &[0, 1]), d.vote(1, &[0, 1])];
+        let known = &d.pinned()[..2];
+        assert!(NodeList::verify_among(&d.list(&votes, &[0, 1]), known, 3, NOW).is_ok());
+        assert_eq!(
+            NodeList::verify_among(&d.list(&votes, &[0]), known, 3, NOW),
+            Err(DirError::NoMajority { got: 1, pinned: 3 })
+        );
+        let (body, digest) = consensus(&votes, 3, 3600);
+        let one = (
+            d.authorities[0].public().id(),
+            sign_digest(&d.authorities[0], &digest),
+        );
+        let forged = (d.authorities[2].public().id(), [0u8; 64]);
+        assert!(matches!(
+            NodeList::verify_among(&encode_list(&body, &[one, forged]), known, 3, NOW),
+            Err(DirError::NoMajority { got: 1, .. })
+        ));
     }
 
     #[test]
