@@ -28,6 +28,16 @@ struct Net {
     machines: Vec<Machine>,
     hub: Netns,
     _dir: tempfile::TempDir,
+    /// /etc/netns folders this test made.
+    etc: Vec<PathBuf>,
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for d in &self.etc {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
 }
 
 impl Net {
@@ -39,6 +49,7 @@ impl Net {
             machines: Vec::new(),
             hub,
             _dir: tempfile::tempdir().unwrap(),
+            etc: Vec::new(),
         }
     }
 
@@ -177,6 +188,7 @@ struct Onion {
 /// pushed to `procs`. `env` goes to the nodes (the tamper hook).
 fn onion(
     tag: &str,
+    hosts: Option<&str>,
     a: usize,
     n: usize,
     exits: usize,
@@ -192,6 +204,16 @@ fn onion(
         .collect();
     let client = net.add(&format!("{tag}c"), 50);
     let web_m = net.add(&format!("{tag}w"), 60);
+    // Names the exits resolve: /etc/netns/NS/hosts is what `ip netns exec`
+    // shows a process as /etc/hosts, read when it starts (so: before).
+    if let Some(h) = hosts {
+        for &i in &nodes {
+            let d = Path::new("/etc/netns").join(&net.m(i).ns.name);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("hosts"), h).unwrap();
+            net.etc.push(d);
+        }
+    }
     let fps: Vec<String> = auths.iter().map(|&i| fingerprint(&net.m(i).home)).collect();
     let dirs: Vec<String> = auths
         .iter()
@@ -315,32 +337,16 @@ fn three_hops_carry_a_page_and_64_mib_and_no_hop_learns_more_than_its_neighbours
     std::fs::write(site.path().join("page.html"), &page).unwrap();
     std::fs::write(site.path().join("big.bin"), pseudo_random(64 << 20, "onion-big")).unwrap();
     let mut procs = Vec::new();
-    let o = onion("o1", 3, 7, 3, &[], &mut procs);
-    // The exits resolve the web server's name (/etc/netns/NS/hosts is what
-    // `ip netns exec` shows a process as /etc/hosts).
     let name = "web.burrow.test";
-    let hosts_dirs: Vec<PathBuf> = o
-        .nodes
-        .iter()
-        .map(|&i| Path::new("/etc/netns").join(&o.net.m(i).ns.name))
-        .collect();
-    for d in &hosts_dirs {
-        std::fs::create_dir_all(d).unwrap();
-        std::fs::write(
-            d.join("hosts"),
-            format!("127.0.0.1 localhost\n10.60.0.1 {name}\n"),
-        )
-        .unwrap();
-    }
-    struct Clean(Vec<PathBuf>);
-    impl Drop for Clean {
-        fn drop(&mut self) {
-            for d in &self.0 {
-                let _ = std::fs::remove_dir_all(d);
-            }
-        }
-    }
-    let _clean = Clean(hosts_dirs);
+    let o = onion(
+        "o1",
+        Some(&format!("127.0.0.1 localhost\n10.60.0.1 {name}\n")),
+        3,
+        7,
+        3,
+        &[],
+        &mut procs,
+    );
     procs.push(web(o.net.m(o.web), site.path()));
     let out = o.client().home.join("page.html");
     let url = format!("http://{name}:8000/page.html");
@@ -548,6 +554,7 @@ fn a_tampering_hop_breaks_the_circuit_and_nothing_altered_arrives() {
         // the entry or the middle does.
         let o = onion(
             &format!("t{k}"),
+            None,
             1,
             3,
             1,
@@ -580,7 +587,7 @@ fn two_authorities_of_three_are_enough() {
     let site = tempfile::tempdir().unwrap();
     std::fs::write(site.path().join("p.html"), b"two of three").unwrap();
     let mut procs = Vec::new();
-    let o = onion("m2", 3, 3, 1, &[], &mut procs);
+    let o = onion("m2", None, 3, 3, 1, &[], &mut procs);
     let _ = procs[2].child.kill();
     procs.push(web(o.net.m(o.web), site.path()));
     let out = o.client().home.join("p.html");

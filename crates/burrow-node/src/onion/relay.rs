@@ -536,7 +536,7 @@ async fn directory_client(shared: Arc<Shared>, cfg: OnionNodeConfig, onion_key: 
         }
         if keys.len() * 2 <= cfg.directories.len() {
             tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_secs(5));
+            wait = (wait * 2).min(Duration::from_secs(1));
         }
     }
     let pinned: Vec<PublicIdentity> = keys.values().copied().collect();
@@ -653,7 +653,8 @@ async fn directory_client(shared: Arc<Shared>, cfg: OnionNodeConfig, onion_key: 
                     Duration::from_millis(200)
                 };
             }
-            Err(_) => list_wait = (list_wait * 2).clamp(Duration::from_millis(100), Duration::from_secs(5)),
+            // No list yet (authorities starting): keep looking, at most a second apart.
+            Err(_) => list_wait = (list_wait * 2).clamp(Duration::from_millis(100), Duration::from_secs(1)),
         }
         let o = shared.onion.get();
         let wanted = async {
