@@ -211,6 +211,23 @@ pub(super) fn shown_host(host: &Host, port: u16) -> String {
     }
 }
 
+/// This host's addresses, at most a second old: not only those at start
+/// (one added since is ours too), but not a netlink dump per stream either
+/// (that was a fifth of an onion stream's time to first byte).
+fn own_addresses() -> Arc<Vec<std::net::IpAddr>> {
+    static CACHE: std::sync::Mutex<Option<(std::time::Instant, Arc<Vec<std::net::IpAddr>>)>> =
+        std::sync::Mutex::new(None);
+    let mut c = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    match &*c {
+        Some((at, addrs)) if at.elapsed() < Duration::from_secs(1) => addrs.clone(),
+        _ => {
+            let addrs = Arc::new(crate::meet::paths::local_addresses());
+            *c = Some((std::time::Instant::now(), addrs.clone()));
+            addrs
+        }
+    }
+}
+
 /// Resolves `host`, checks every address against the egress policy after
 /// resolution (a name may point anywhere), and connects to the first
 /// allowed one that answers; or why not.
@@ -234,8 +251,7 @@ pub(crate) async fn connect_checked(
         ResetReason::HostUnreachable,
         "the name did not resolve".to_owned(),
     );
-    // The host's addresses now, not only at start: one added since is ours too.
-    let own = crate::meet::paths::local_addresses();
+    let own = own_addresses();
     for a in addrs {
         if let Err(why) = policy.check_with(a, &own) {
             last = (ResetReason::NotAllowed, format!("{a}: {why}"));
