@@ -42,9 +42,7 @@
 //! ([`super::cell`]).
 
 use aes::Aes128;
-use aes::cipher::{
-    BlockDecrypt, BlockEncrypt, InnerIvInit, KeyInit, StreamCipher, StreamCipherCoreWrapper, StreamCipherSeek,
-};
+use aes::cipher::{BlockDecrypt, BlockEncrypt, InnerIvInit, KeyInit, StreamCipherCore, StreamCipherSeekCore};
 use polyval::Polyval;
 use polyval::universal_hash::UniversalHash;
 use zeroize::{Zeroize, Zeroizing};
@@ -134,22 +132,49 @@ impl Prf {
         }
     }
 
-    /// XORs the key stream, from byte `offset`, into `out`.
+    /// XORs the key stream, from byte `offset` (a whole number of
+    /// blocks: 0 for the payload, C·16 for `UPDATE`), into `out`.
+    ///
+    /// The key stream is written a batch of blocks at a time (AES-NI
+    /// encrypts eight in parallel) and XORed a block at a time as one
+    /// 128-bit word: the stream cipher's own `apply_keystream` XORs byte
+    /// by byte, which was a third of a bulk download's CPU.
     fn apply(&self, tweak: &Block, offset: usize, out: &mut [u8]) {
+        debug_assert_eq!(offset % BLOCK, 0, "the PRF is read from block boundaries");
         let mut uh = self.b.clone();
         uh.update(&[(*tweak).into()]);
         let mut iv = Zeroizing::new(u128::from_be_bytes(uh.finalize().into()));
         *iv &= !((1u128 << self.counter_bits) - 1);
         let iv = Zeroizing::new(iv.to_be_bytes());
-        let core =
+        let mut core =
             ctr::CtrCore::<Aes128, ctr::flavors::Ctr128BE>::inner_iv_init(self.k.clone(), (&*iv).into());
-        let mut ctr = StreamCipherCoreWrapper::from_core(core);
-        if offset > 0 {
-            ctr.seek(offset as u64);
+        core.set_block_pos((offset / BLOCK) as u128);
+        let mut stream = [aes::Block::default(); KEYSTREAM_BATCH];
+        for chunk in out.chunks_mut(KEYSTREAM_BATCH * BLOCK) {
+            let blocks = &mut stream[..chunk.len().div_ceil(BLOCK)];
+            core.write_keystream_blocks(blocks);
+            for (bytes, key) in chunk.chunks_mut(BLOCK).zip(blocks.iter()) {
+                if let (Ok(whole), Ok(key)) = (
+                    <&mut Block>::try_from(&mut *bytes),
+                    <&Block>::try_from(key.as_slice()),
+                ) {
+                    let x = u128::from_ne_bytes(*whole) ^ u128::from_ne_bytes(*key);
+                    *whole = x.to_ne_bytes();
+                } else {
+                    for (o, k) in bytes.iter_mut().zip(key.iter()) {
+                        *o ^= k;
+                    }
+                }
+            }
         }
-        ctr.apply_keystream(out);
+        for block in stream.iter_mut() {
+            block.as_mut_slice().zeroize();
+        }
     }
 }
+
+/// Key-stream blocks generated per batch (a multiple of AES-NI's eight).
+const KEYSTREAM_BATCH: usize = 32;
 
 /// UIV+: the wide-block cipher one direction of one hop uses, with its
 /// key update.
