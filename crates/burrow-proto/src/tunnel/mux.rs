@@ -504,8 +504,10 @@ impl Mux {
     }
 
     /// Grants `stream` more window, up to [`TARGET_WINDOW`] as the pool
-    /// allows, when that is worth a frame (a quarter of the target, or the
-    /// stream is short of its reservation).
+    /// allows, when that is worth a frame: a quarter of the target, or the
+    /// stream has used half its first window. A short request (an HTTP
+    /// GET) costs no frame: through a circuit every frame is a cell each
+    /// hop handles, and that one went ahead of the reply.
     fn top_up(&mut self, stream: u32) -> Option<Vec<u8>> {
         let free = self.limits.pool.saturating_sub(self.pool_used);
         let s = self.streams.get_mut(&stream)?;
@@ -519,7 +521,7 @@ impl Mux {
             .max(u64::from(START_WINDOW));
         let grant = most.saturating_sub(outstanding).min(u64::from(u32::MAX));
         let worth =
-            grant >= u64::from(TARGET_WINDOW / 4) || (grant > 0 && s.window < u64::from(START_WINDOW));
+            grant >= u64::from(TARGET_WINDOW / 4) || (grant > 0 && s.window <= u64::from(START_WINDOW / 2));
         if !worth {
             return None;
         }
