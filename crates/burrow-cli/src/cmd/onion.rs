@@ -49,6 +49,7 @@ async fn client(hops: usize, flags: &[String], cfg: &Config, announce: bool) -> 
         hops,
         log: log(),
         announce,
+        bind: None,
     })
     .await
 }

@@ -19,14 +19,14 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 
 use burrow_proto::keys::{NodeId, PublicIdentity};
-use burrow_proto::onion::cell::{Cell, OUTBOUND_BIT};
+use burrow_proto::onion::cell::Cell;
 use burrow_proto::onion::circuit::{CircuitError, ClientCircuit, ClientEvent, HopInfo};
 use burrow_proto::onion::directory::{Entry, NodeList};
 use burrow_proto::onion::path::{self, PathRules};
 use burrow_proto::tunnel::mux::{End, Host, ResetReason};
 
 use super::directory::{DirectoryAddr, fetch_keys, fetch_list};
-use super::link::CellLink;
+use super::link::{CellLink, Channel, ChannelCircuit};
 use super::streams::{Action, StreamEvent, Streams, Tagged};
 use crate::error::Error;
 use crate::mesh::unix_now;
@@ -51,6 +51,9 @@ pub struct OnionClientConfig {
     pub log: Log,
     /// Say so when a circuit is built (its path and build time).
     pub announce: bool,
+    /// The local address links to entry nodes leave from (`None`: the
+    /// system picks).
+    pub bind: Option<std::net::IpAddr>,
 }
 
 /// A ready circuit as the client holds it.
@@ -86,7 +89,24 @@ pub(crate) trait Socket: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Socket for T {}
 
 /// Where a stream open's outcome goes: connected, or why not.
-type OpenReply = oneshot::Sender<Result<(), (ResetReason, String)>>;
+type OpenReply = oneshot::Sender<Result<(), OpenError>>;
+
+/// Why a stream did not open.
+enum OpenError {
+    /// The exit or the destination refused it (or it could not be asked).
+    Refused(ResetReason, String),
+    /// The circuit failed under it: another circuit may do.
+    Circuit(String),
+}
+
+impl From<OpenError> for (ResetReason, String) {
+    fn from(e: OpenError) -> Self {
+        match e {
+            OpenError::Refused(r, why) => (r, why),
+            OpenError::Circuit(why) => (ResetReason::Failure, why),
+        }
+    }
+}
 
 enum CircCmd {
     Open {
@@ -108,6 +128,8 @@ struct Inner {
     changed: tokio::sync::Notify,
     /// Build times of the circuits so far (for `--json` and benchmarks).
     builds: Mutex<Vec<Duration>>,
+    /// The open link to each entry node, shared by its circuits.
+    channels: tokio::sync::Mutex<HashMap<NodeId, Channel>>,
 }
 
 /// A circuit client.
@@ -164,6 +186,7 @@ impl OnionClient {
                 building: Mutex::new(0),
                 changed: tokio::sync::Notify::new(),
                 builds: Mutex::new(Vec::new()),
+                channels: tokio::sync::Mutex::new(HashMap::new()),
             }),
         };
         client.refresh_list().await?;
@@ -272,11 +295,36 @@ impl OnionClient {
         port: u16,
         early: &[u8],
     ) -> Result<tokio::io::DuplexStream, (ResetReason, String)> {
-        let c = self
-            .circuit(port)
-            .await
-            .map_err(|e| (ResetReason::Failure, e.to_string()))?;
-        Self::open_on(&c, host, port, early).await
+        // A circuit that dies under the open (a hop just went away) is
+        // replaced and the stream tried once more on another.
+        let mut tries = 0;
+        loop {
+            let c = self
+                .circuit(port)
+                .await
+                .map_err(|e| (ResetReason::Failure, e.to_string()))?;
+            match Self::open_on(&c, host.clone(), port, early).await {
+                Ok(s) => return Ok(s),
+                Err(OpenError::Circuit(why)) if tries == 0 => {
+                    tries += 1;
+                    self.retire(&c);
+                    if self.inner.cfg.announce {
+                        (self.inner.cfg.log)(format!(
+                            "a stream's circuit failed ({}); trying another",
+                            burrow_proto::transfer::escape_display(&why)
+                        ));
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Takes a circuit that failed a stream out of use.
+    fn retire(&self, c: &Circuit) {
+        c.dead.store(true, std::sync::atomic::Ordering::Relaxed);
+        lock(&self.inner.ready).retain(|r| !r.dead.load(std::sync::atomic::Ordering::Relaxed));
+        self.inner.changed.notify_waiters();
     }
 
     /// [`OnionClient::open_stream`] on a given circuit.
@@ -285,13 +333,13 @@ impl OnionClient {
         host: Host,
         port: u16,
         early: &[u8],
-    ) -> Result<tokio::io::DuplexStream, (ResetReason, String)> {
+    ) -> Result<tokio::io::DuplexStream, OpenError> {
         use tokio::io::AsyncWriteExt;
         let (mut mine, theirs) = tokio::io::duplex(256 * 1024);
         if !early.is_empty() {
             mine.write_all(early)
                 .await
-                .map_err(|e| (ResetReason::Failure, e.to_string()))?;
+                .map_err(|e| OpenError::Refused(ResetReason::Failure, e.to_string()))?;
         }
         let (tx, rx) = oneshot::channel();
         c.tx.send(CircCmd::Open {
@@ -300,15 +348,54 @@ impl OnionClient {
             socket: Box::new(theirs),
             opened: tx,
         })
-        .map_err(|_| (ResetReason::Failure, "the circuit closed".to_owned()))?;
+        .map_err(|_| OpenError::Circuit("the circuit closed".to_owned()))?;
         match rx.await {
             Ok(Ok(())) => Ok(mine),
             Ok(Err(e)) => Err(e),
-            Err(_) => Err((
-                ResetReason::Failure,
+            Err(_) => Err(OpenError::Circuit(
                 "the circuit closed before the exit answered".to_owned(),
             )),
         }
+    }
+
+    /// A new circuit's place on the link to `entry`: on the open link, or
+    /// on a new one. Links to other entries that carry no circuit are
+    /// closed.
+    async fn channel(
+        &self,
+        entry: NodeId,
+        addr: std::net::SocketAddr,
+        keys: &PublicIdentity,
+    ) -> Result<ChannelCircuit, Error> {
+        let mut channels = self.inner.channels.lock().await;
+        channels.retain(|id, c| c.alive() && (*id == entry || c.circuits() > 0));
+        if let Some(c) = channels.get(&entry).and_then(Channel::circuit) {
+            return Ok(c);
+        }
+        let ch = Channel::new(super::link::connect(addr, keys, self.inner.cfg.bind).await?);
+        let c = ch
+            .circuit()
+            .ok_or_else(|| Error::PeerClosed(format!("{addr} closed the link at once")))?;
+        channels.insert(entry, ch);
+        Ok(c)
+    }
+
+    /// Builds one more circuit to an exit allowing `port` and keeps it
+    /// ready (beyond the two kept ahead of need), for a caller that knows
+    /// a burst of streams is coming: the circuit's path.
+    pub async fn prebuild(&self, port: u16) -> Result<Vec<NodeId>, Error> {
+        let c = self.build(port).await?;
+        let path = c.path.clone();
+        lock(&self.inner.ready).push_back(c);
+        Ok(path)
+    }
+
+    /// Circuits built and not yet dead or retired.
+    pub fn ready(&self) -> usize {
+        let r = lock(&self.inner.ready);
+        r.iter()
+            .filter(|c| !c.dead.load(std::sync::atomic::Ordering::Relaxed))
+            .count()
     }
 
     /// Builds a circuit to an exit allowing `port`.
@@ -347,14 +434,14 @@ impl OnionClient {
             .first()
             .ok_or_else(|| Error::NotFound("the entry node has no address".into()))?;
         let go = async {
-            let link = super::link::connect(addr, &entry.descriptor.keys).await?;
-            run_circuit(link, &path, list.digest, self.inner.cfg.log.clone()).await
+            let on_link = self.channel(entry.id(), addr, &entry.descriptor.keys).await?;
+            run_circuit(on_link, &path, list.digest, self.inner.cfg.log.clone()).await
         };
         let r = tokio::time::timeout(BUILD_TIMEOUT, go)
             .await
             .map_err(|_| Error::Timeout(format!("building a {}-hop circuit took over 10 s", path.len())))?;
         match r {
-            Ok((tx, dead, why)) => {
+            Ok((tx, dead, why, done)) => {
                 let took = started.elapsed();
                 lock(&self.inner.builds).push(took);
                 if self.inner.cfg.announce {
@@ -379,9 +466,7 @@ impl OnionClient {
                 let me = self.clone();
                 let hops = c.path.clone();
                 tokio::spawn(async move {
-                    while !dead.load(std::sync::atomic::Ordering::Relaxed) {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
+                    let _ = done.await;
                     {
                         let mut avoid = lock(&me.inner.avoid);
                         for h in &hops[1..] {
@@ -422,12 +507,13 @@ type Served = (
     mpsc::UnboundedSender<CircCmd>,
     Arc<std::sync::atomic::AtomicBool>,
     Arc<Mutex<Option<String>>>,
+    oneshot::Receiver<()>,
 );
 
 /// Builds the circuit over `link` through `path`, then serves it in a
 /// task: its command sender, and a flag set when it dies.
 async fn run_circuit(
-    mut link: CellLink,
+    on_link: ChannelCircuit,
     path: &[Entry],
     digest: [u8; 32],
     log: Log,
@@ -436,9 +522,11 @@ async fn run_circuit(
         id: e.id(),
         onion_key: e.descriptor.claims.onion_key,
     };
-    let mut b = [0u8; 4];
-    crate::platform::random(&mut b);
-    let circ = (u32::from_be_bytes(b) | OUTBOUND_BIT).max(OUTBOUND_BIT | 1);
+    let ChannelCircuit {
+        circ,
+        mut link,
+        registered,
+    } = on_link;
     let (mut c, create) = ClientCircuit::start(circ, &hop(&path[0]), digest, unix_now(), &mut OsRandom)
         .map_err(circuit_error)?;
     send(&link, create).await?;
@@ -468,14 +556,18 @@ async fn run_circuit(
     let dead = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let why = Arc::new(Mutex::new(None));
     let (d, w) = (dead.clone(), why.clone());
+    let (done_tx, done_rx) = oneshot::channel();
     tokio::spawn(async move {
+        // The circuit's id stays taken on the link until it is done.
+        let _registered = registered;
         if let Err(e) = serve(&mut link, &mut c, rx).await {
             log(format!("circuit {:?} closed: {e}", c.path()));
             *lock(&w) = Some(e.to_string());
         }
         d.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = done_tx.send(());
     });
-    Ok((tx, dead, why))
+    Ok((tx, dead, why, done_rx))
 }
 
 async fn send(link: &CellLink, cell: Cell) -> Result<(), Error> {
@@ -485,7 +577,10 @@ async fn send(link: &CellLink, cell: Cell) -> Result<(), Error> {
         .map_err(|_| Error::PeerClosed("the link to the entry node closed".into()))
 }
 
-/// Serves a built circuit: streams opened on it, cells both ways.
+/// Serves a built circuit: streams opened on it, cells both ways. Once
+/// nobody can open streams on it any more (the client retired it: too old,
+/// or it failed a stream), it lives on until its last stream ends, then
+/// is destroyed.
 async fn serve(
     link: &mut CellLink,
     c: &mut ClientCircuit,
@@ -496,7 +591,12 @@ async fn serve(
     let mut pending: HashMap<u32, OpenReply> = HashMap::new();
     // Frames waiting for the circuit's window.
     let mut queued: VecDeque<Vec<u8>> = VecDeque::new();
+    let mut retired = false;
     loop {
+        if retired && streams.mux.is_empty() && queued.is_empty() {
+            let _ = send(link, c.destroy()).await;
+            return Ok(());
+        }
         let mut out: Vec<Vec<u8>> = Vec::new();
         tokio::select! {
             bytes = link.from_node.recv() => {
@@ -508,7 +608,7 @@ async fn serve(
                     Ok(_) => None,
                     Err(e) => {
                         for (_, p) in pending.drain() {
-                            let _ = p.send(Err((ResetReason::Failure, e.to_string())));
+                            let _ = p.send(Err(OpenError::Circuit(e.to_string())));
                         }
                         return Err(circuit_error(e));
                     }
@@ -529,7 +629,7 @@ async fn serve(
                             Action::Reset(s, reason, why) => {
                                 streams.detach(s);
                                 if let Some(p) = pending.remove(&s) {
-                                    let _ = p.send(Err((reason, why)));
+                                    let _ = p.send(Err(OpenError::Refused(reason, why)));
                                 }
                             }
                             Action::Open(s, ..) => out.push(streams.refuse(s, ResetReason::NotAllowed, "clients take no streams")),
@@ -537,7 +637,7 @@ async fn serve(
                     }
                 }
             }
-            cmd = cmds.recv() => match cmd {
+            cmd = cmds.recv(), if !retired => match cmd {
                 Some(CircCmd::Open { host, port, socket, opened }) => match streams.mux.open(host, port) {
                     Ok((id, frame)) => {
                         out.push(frame);
@@ -546,13 +646,10 @@ async fn serve(
                         pending.insert(id, opened);
                     }
                     Err(e) => {
-                        let _ = opened.send(Err((ResetReason::Failure, e.to_string())));
+                        let _ = opened.send(Err(OpenError::Refused(ResetReason::Failure, e.to_string())));
                     }
                 },
-                None => {
-                    let _ = send(link, c.destroy()).await;
-                    return Ok(());
-                }
+                None => retired = true,
             },
             ev = events_rx.recv() => {
                 if let Some((_, ev)) = ev {
@@ -660,17 +757,32 @@ pub async fn fetch(
         },
         env!("CARGO_PKG_VERSION")
     );
-    let circuit = client.circuit(port).await?;
+    let mut tries = 0;
+    let (circuit, started, mut s) = loop {
+        let circuit = client.circuit(port).await?;
+        let started = Instant::now();
+        match OnionClient::open_on(&circuit, host_of(&host), port, request.as_bytes()).await {
+            Ok(s) => break (circuit, started, s),
+            // The circuit died under the open: once more on another.
+            Err(OpenError::Circuit(_)) if tries == 0 => {
+                tries += 1;
+                client.retire(&circuit);
+            }
+            Err(OpenError::Circuit(why)) => {
+                return Err(Error::PeerClosed(format!(
+                    "the circuit broke before the exit answered: {}",
+                    burrow_proto::transfer::escape_display(&why)
+                )));
+            }
+            Err(OpenError::Refused(_, why)) => {
+                return Err(Error::PeerClosed(format!(
+                    "the exit could not reach {shown_host}:{port}: {}",
+                    burrow_proto::transfer::escape_display(&why)
+                )));
+            }
+        }
+    };
     let path_ids: Vec<String> = circuit.path.iter().map(|n| n.to_string()).collect();
-    let started = Instant::now();
-    let mut s = OnionClient::open_on(&circuit, host_of(&host), port, request.as_bytes())
-        .await
-        .map_err(|(_, why)| {
-            Error::PeerClosed(format!(
-                "the exit could not reach {shown_host}:{port}: {}",
-                burrow_proto::transfer::escape_display(&why)
-            ))
-        })?;
     let mut head = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut first_byte = None;
@@ -789,6 +901,12 @@ async fn proxy_client(client: OnionClient, mut s: tokio::net::TcpStream) {
             let _ = tokio::io::copy_bidirectional_with_sizes(&mut s, &mut stream, 64 * 1024, 64 * 1024).await;
         }
         Err((reason, msg)) => {
+            if client.inner.cfg.announce {
+                (client.inner.cfg.log)(format!(
+                    "a stream failed: {}",
+                    burrow_proto::transfer::escape_display(&msg)
+                ));
+            }
             let fail = if is_socks {
                 socks::reply_for(Some(reason)).to_vec()
             } else {

@@ -376,7 +376,7 @@ async fn check_reachable(dir: &Arc<Dir>, id: NodeId) {
     let Some(addr) = d.claims.addrs.first().copied() else {
         return;
     };
-    let r = super::link::connect(addr, &d.keys).await;
+    let r = super::link::connect(addr, &d.keys, None).await;
     let ok = r.is_ok();
     if let Err(e) = r {
         (dir.log)(format!("node {id} is not reachable at {addr}: {e}"));
