@@ -20,36 +20,16 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN="${BURROW_BIN:-$ROOT/target/release/burrow}"
 WORK=$(mktemp -d /dev/shm/burrow-onion.XXXXXX)
 PIDS=()
-MACHINES="a1 a2 a3 n1 n2 n3 n4 n5 n6 n7 client web"
+. "$ROOT/scripts/onion-net.sh"
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    for m in $MACHINES hub; do ip netns del "to$m" 2>/dev/null || true; done
+    onion_net_down to
     rm -rf "$WORK"
 }
 trap cleanup EXIT
 cd "$WORK"
-ip netns add tohub
-ip -n tohub link add br0 type bridge
-ip -n tohub link set br0 up
-addr_of() {
-    case $1 in
-        a*) echo "10.${1#a}.0.1" ;;
-        n*) echo "10.1${1#n}.0.1" ;;
-        client) echo "10.50.0.1" ;;
-        web) echo "10.60.0.1" ;;
-    esac
-}
-for m in $MACHINES; do
-    ip netns add "to$m"
-    ip -n "to$m" link set lo up
-    ip link add "to$m" netns "to$m" type veth peer name "v$m" netns tohub
-    ip -n "to$m" link set "to$m" name eth0
-    ip -n "to$m" addr add "$(addr_of "$m")/8" dev eth0
-    ip -n "to$m" link set eth0 up
-    ip -n tohub link set "v$m" master br0 up
-    mkdir -p "$WORK/$m"
-done
+onion_net_up to "$WORK"
 
 on() { # machine command...: the user's shell on that machine
     local m=$1; shift
