@@ -394,6 +394,7 @@ async fn drive(
             _ => break,
         }
     }
+    let we_closed = closed_by_socket.is_none();
     if let Some(text) = closed_by_socket
         && link.state() != LinkState::Closed
         && !onion_client
@@ -406,12 +407,40 @@ async fn drive(
         on_closed(&shared, id, peer, &link, reason, &text, true);
     }
     let _ = wr.shutdown().await;
+    if we_closed {
+        // We closed with a reason while the peer may still be sending:
+        // closing the socket on unread bytes would reset the connection and
+        // could destroy the DISCONNECT in flight. Read and drop what comes,
+        // bounded in time and bytes, off this task.
+        tokio::spawn(linger(rd));
+    }
     shared.lock().links.remove(&id);
     if let Some(o) = shared.onion.get() {
         let _ = o.tx.send(crate::onion::relay::OnionCmd::LinkClosed(id));
     }
     (peer, was_up)
 }
+
+/// Drains a closed link's read side for at most [`LINGER`] or
+/// [`LINGER_BYTES`], so the peer reads our DISCONNECT before the socket goes.
+async fn linger(mut rd: tokio::net::tcp::OwnedReadHalf) {
+    let mut scratch = [0u8; 4096];
+    let mut taken = 0usize;
+    let _ = tokio::time::timeout(LINGER, async {
+        while taken < LINGER_BYTES {
+            match rd.read(&mut scratch).await {
+                Ok(n) if n > 0 => taken += n,
+                _ => break,
+            }
+        }
+    })
+    .await;
+}
+
+/// How long a node keeps reading a link it closed with a reason.
+const LINGER: Duration = Duration::from_secs(1);
+/// How much it reads from it meanwhile, at most.
+const LINGER_BYTES: usize = 4 << 20;
 
 /// What a beat carries of a node-list digest.
 fn digest_tag(d: &[u8; 32]) -> u64 {
