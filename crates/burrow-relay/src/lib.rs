@@ -35,4 +35,4 @@ mod server;
 mod staple;
 
 pub use connector::RelayKey;
-pub use server::{Relay, RelayConfig, RelayHandle};
+pub use server::{Relay, RelayConfig, RelayHandle, drain_for};

@@ -475,17 +475,27 @@ pub(crate) fn fill(b: &mut [u8]) {
 /// unread bytes does not reset the connection before the peer read the reason.
 pub(crate) async fn linger(stream: &mut TcpStream) {
     let _ = stream.shutdown().await;
+    drain_for(stream, 256 * 1024, Duration::from_millis(500)).await;
+}
+
+/// Reads and drops what a peer still sends, until it closes, `max_bytes` have
+/// come or `max_time` has passed: the read half of a connection we closed
+/// with a reason, kept open so that the reason is not lost to a reset.
+pub async fn drain_for<R>(rd: &mut R, max_bytes: usize, max_time: Duration)
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
     let drain = async {
         let mut buf = [0u8; 8192];
-        let mut left: usize = 256 * 1024;
+        let mut left = max_bytes;
         while left > 0 {
-            match stream.read(&mut buf).await {
+            match rd.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => left = left.saturating_sub(n),
             }
         }
     };
-    let _ = tokio::time::timeout(Duration::from_millis(500), drain).await;
+    let _ = tokio::time::timeout(max_time, drain).await;
 }
 
 impl std::fmt::Debug for Relay {

@@ -412,29 +412,14 @@ async fn drive(
         // closing the socket on unread bytes would reset the connection and
         // could destroy the DISCONNECT in flight. Read and drop what comes,
         // bounded in time and bytes, off this task.
-        tokio::spawn(linger(rd));
+        let mut rd = rd;
+        tokio::spawn(async move { burrow_relay::drain_for(&mut rd, LINGER_BYTES, LINGER).await });
     }
     shared.lock().links.remove(&id);
     if let Some(o) = shared.onion.get() {
         let _ = o.tx.send(crate::onion::relay::OnionCmd::LinkClosed(id));
     }
     (peer, was_up)
-}
-
-/// Drains a closed link's read side for at most [`LINGER`] or
-/// [`LINGER_BYTES`], so the peer reads our DISCONNECT before the socket goes.
-async fn linger(mut rd: tokio::net::tcp::OwnedReadHalf) {
-    let mut scratch = [0u8; 4096];
-    let mut taken = 0usize;
-    let _ = tokio::time::timeout(LINGER, async {
-        while taken < LINGER_BYTES {
-            match rd.read(&mut scratch).await {
-                Ok(n) if n > 0 => taken += n,
-                _ => break,
-            }
-        }
-    })
-    .await;
 }
 
 /// How long a node keeps reading a link it closed with a reason.
