@@ -595,3 +595,108 @@ fn two_authorities_of_three_are_enough() {
     eprintln!("with one authority dead: first page after {took:?}");
     assert_eq!(std::fs::read(&out).unwrap(), b"two of three");
 }
+
+/// `curl` in `m`'s namespace: the HTTP status of `url` ("000" when it
+/// did not answer).
+fn http_status(m: &Machine, url: &str) -> String {
+    let o = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &m.ns.name,
+            "curl",
+            "-s",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            url,
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+/// One rogue authority cannot add a node: a node (an exit, so paths would
+/// pick it often) registers with the third authority only. That authority
+/// takes it, checks it, and lists it in its vote; the other two never
+/// hear of it. The list every authority signs names a node only when more
+/// than half of the authorities vote for it, so clients, which accept
+/// only a list a majority signed, never route through it.
+#[test]
+fn one_rogue_authority_cannot_add_a_node() {
+    let site = tempfile::tempdir().unwrap();
+    std::fs::write(site.path().join("p.html"), b"honest list").unwrap();
+    let mut procs = Vec::new();
+    let mut o = onion("ra", None, 3, 3, 1, &[], &mut procs);
+    procs.push(web(o.net.m(o.web), site.path()));
+    // The extra node, with the third authority only.
+    let x = o.net.add("rax", 40);
+    let rogue = o.dirs.split(',').nth(2).unwrap().to_owned();
+    let rogue_addr = rogue.split('@').nth(1).unwrap().to_owned();
+    let honest_addr = o
+        .dirs
+        .split('@')
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .to_owned();
+    {
+        let m = o.net.m(x);
+        let mut c = m.ns.burrow(&m.home);
+        c.args([
+            "node",
+            "--listen",
+            &format!("{}:9010", m.ip),
+            "--name",
+            "rogue-listed",
+            "--directory",
+            &rogue,
+            "--bootstrap",
+            &format!("{}:9010", o.net.m(o.nodes[0]).ip),
+            "--exit",
+            "--allow",
+            "10.60.0.0/16",
+        ]);
+        procs.push(spawn(c));
+    }
+    let x_fp = fingerprint(&o.net.m(x).home);
+    let out = o.client().home.join("p.html");
+    o.fetch_until_ok("http://10.60.0.1:8000/p.html", &out, Duration::from_secs(30));
+    // The rogue authority has the node; the honest ones do not.
+    let t0 = Instant::now();
+    while http_status(o.client(), &format!("http://{rogue_addr}/onion/node/{x_fp}")) != "200" {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the node never registered with its one authority"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        http_status(o.client(), &format!("http://{honest_addr}/onion/node/{x_fp}")),
+        "404"
+    );
+    // Time for the rogue's vote with the node in it to reach the others.
+    std::thread::sleep(Duration::from_secs(2));
+    let mut exits = HashSet::new();
+    for _ in 0..12 {
+        let (report, _) = o.fetch_until_ok("http://10.60.0.1:8000/p.html", &out, Duration::from_secs(10));
+        let path: Vec<&str> = report["path"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert!(
+            !path.contains(&x_fp.as_str()),
+            "a circuit went through the node only the rogue authority listed: {path:?}"
+        );
+        exits.insert(path[2].to_owned());
+        assert_eq!(std::fs::read(&out).unwrap(), b"honest list");
+    }
+    eprintln!("12 fetches, exits used: {exits:?}; {x_fp} never in a path");
+}
