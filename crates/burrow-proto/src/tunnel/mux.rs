@@ -44,6 +44,9 @@ pub const START_WINDOW: u32 = 64 * 1024;
 /// the exit ran out of credit and the tunnel moved 30% less
 /// (`docs/benchmarks.md`).
 pub const TARGET_WINDOW: u32 = 4 * 1024 * 1024;
+/// Bytes a stream takes in before its window grows past [`START_WINDOW`]
+/// (a stream that moves less never costs a `Window` frame).
+const FIRST_GROWTH: u64 = 8 * 1024;
 /// Largest `Data` payload (fits one session record with its header).
 pub const MAX_DATA: usize = crate::session::MAX_PLAINTEXT - 5;
 /// Longest host name in `Open`.
@@ -437,6 +440,8 @@ struct Stream {
     held: u64,
     sent_fin: bool,
     got_fin: bool,
+    /// Whether a `Window` was sent for this stream yet.
+    grown: bool,
 }
 
 impl Stream {
@@ -504,10 +509,12 @@ impl Mux {
     }
 
     /// Grants `stream` more window, up to [`TARGET_WINDOW`] as the pool
-    /// allows, when that is worth a frame: a quarter of the target, or the
-    /// stream has used half its first window. A short request (an HTTP
-    /// GET) costs no frame: through a circuit every frame is a cell each
-    /// hop handles, and that one went ahead of the reply.
+    /// allows, when that is worth a frame: a quarter of the target (once
+    /// the stream has taken in [`FIRST_GROWTH`], or was grown before), or
+    /// the stream has used half its first window. A short request or
+    /// answer (an HTTP GET, a small page) costs no frame: through a circuit
+    /// every frame is a cell each hop handles, and the exit's went ahead of
+    /// the reply.
     fn top_up(&mut self, stream: u32) -> Option<Vec<u8>> {
         let free = self.limits.pool.saturating_sub(self.pool_used);
         let s = self.streams.get_mut(&stream)?;
@@ -520,11 +527,13 @@ impl Mux {
             .min(u64::from(TARGET_WINDOW))
             .max(u64::from(START_WINDOW));
         let grant = most.saturating_sub(outstanding).min(u64::from(u32::MAX));
-        let worth =
-            grant >= u64::from(TARGET_WINDOW / 4) || (grant > 0 && s.window <= u64::from(START_WINDOW / 2));
+        let busy = s.grown || s.window + FIRST_GROWTH <= u64::from(START_WINDOW);
+        let worth = (busy && grant >= u64::from(TARGET_WINDOW / 4))
+            || (grant > 0 && s.window <= u64::from(START_WINDOW / 2));
         if !worth {
             return None;
         }
+        s.grown = true;
         s.window += grant;
         let after = s.reserved();
         self.pool_used = self.pool_used - before + after;
@@ -559,6 +568,7 @@ impl Mux {
             held: 0,
             sent_fin: false,
             got_fin: false,
+            grown: false,
         }
     }
 
@@ -889,6 +899,31 @@ mod tests {
         }
         assert_eq!(sent, START_WINDOW as usize);
         assert!(c.data_in_place(id, &mut frame).is_err());
+    }
+
+    /// A short request and its answer cost no `Window` frame either way
+    /// (through a circuit each is a cell every hop handles, ahead of the
+    /// reply); a stream that moves more grows its window at once.
+    #[test]
+    fn short_exchanges_send_no_window_and_bulk_grows_at_once() {
+        let (mut c, mut s) = (Mux::new(End::Client, limits(8)), Mux::new(End::Server, limits(8)));
+        let (id, open) = c.open(Host::Name("h".into()), 80).unwrap();
+        s.handle(&open).unwrap();
+        c.handle(&s.opened(id)).unwrap();
+        // An 84-byte GET, written out by the exit: no frame back.
+        s.handle(&c.data(id, &[b'G'; 84]).unwrap()).unwrap();
+        assert_eq!(s.consumed(id, 84), None);
+        // A 1,278-byte answer, taken by the application: none either.
+        c.handle(&s.data(id, &[b'a'; 1278]).unwrap()).unwrap();
+        assert_eq!(c.consumed(id, 1278), None);
+        // Past FIRST_GROWTH taken in, the window grows to the target.
+        let more = vec![b'b'; FIRST_GROWTH as usize];
+        c.handle(&s.data(id, &more).unwrap()).unwrap();
+        let w = c.consumed(id, more.len()).expect("the window grows");
+        assert!(matches!(
+            Frame::decode(&w).unwrap(),
+            Frame::Window { credit, .. } if u64::from(credit) >= u64::from(TARGET_WINDOW / 4)
+        ));
     }
 
     #[test]
