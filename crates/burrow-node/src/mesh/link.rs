@@ -285,7 +285,17 @@ async fn drive(
                     }
                     Ok(n) => {
                         let mut got = Vec::new();
-                        link.filled(n, Instant::now(), &mut collect(&mut got));
+                        // Circuit cells go straight to the relay (one copy,
+                        // no re-decoding); the rest is handled below, where
+                        // the link may answer.
+                        let onion = shared.onion.get();
+                        link.filled(n, Instant::now(), &mut |p| match (p, onion) {
+                            (Packet::Data { kind: DataKind::Cell, payload }, Some(o)) => {
+                                let _ = o.tx.send(crate::onion::relay::OnionCmd::Cell(id, payload.to_vec()));
+                            }
+                            (Packet::Data { kind: DataKind::Cell, .. }, None) => {}
+                            (p, _) => collect(&mut got)(p),
+                        });
                         for bytes in &got {
                             // The link handed over only packets that decode.
                             let Ok(p) = Packet::decode(bytes) else { continue };
@@ -711,15 +721,10 @@ fn handle(shared: &Arc<Shared>, id: u64, link: &mut Link, p: Packet<'_>) {
                 }
             }
         }
+        // Circuit cells went to the relay as they were read.
         Packet::Data {
-            kind: DataKind::Cell,
-            payload,
-        } => {
-            if let Some(o) = shared.onion.get() {
-                let _ =
-                    o.tx.send(crate::onion::relay::OnionCmd::Cell(id, payload.to_vec()));
-            }
-        }
+            kind: DataKind::Cell, ..
+        } => {}
         Packet::TunnelReq(Frame::Open { stream, .. }) => {
             let _ = link.send(&Packet::TunnelClose(Frame::Reset {
                 stream,

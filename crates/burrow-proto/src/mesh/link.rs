@@ -72,10 +72,15 @@ use crate::wire::{DecodeError, EncodeError};
 const CONTEXT: &str = "mesh link 1";
 /// Records a direction seals before it rekeys, whatever the time.
 pub const REKEY_AFTER_RECORDS: u64 = 1 << 32;
-/// The read buffer's size: it grows to a whole frame when one needs it and
-/// comes back to this once drained (links carry control traffic: most
+/// The read buffer's size at rest: links carry control traffic (most
 /// records are tens of bytes, a page of node records tens of KiB).
 const READ_CHUNK: usize = 4 * 1024;
+/// What the read buffer grows to once a frame needs more than
+/// [`READ_CHUNK`] (circuit cells are 8 KiB): several frames a read. Both
+/// buffers keep what they grew to while the link is busy (no allocation
+/// and copy per frame) and come back to [`READ_CHUNK`] or nothing at the
+/// link's next timer with nothing in them ([`Link::handle_timeout`]).
+const BUSY_CHUNK: usize = 32 * 1024;
 /// Largest frame (prefix included).
 const MAX_FRAME: usize = LEN_PREFIX + u16::MAX as usize;
 
@@ -420,10 +425,20 @@ impl Link {
         if self.out_pos == self.out.len() {
             self.out.clear();
             self.out_pos = 0;
-            // A page of records went out: an idle link keeps little.
-            if self.out.capacity() > READ_CHUNK {
-                self.out = Vec::new();
-            }
+        }
+    }
+
+    /// Gives back what the buffers grew to while busy, if they are empty
+    /// (an idle link keeps little).
+    fn trim(&mut self) {
+        if self.out_pos == self.out.len() && self.out.capacity() > READ_CHUNK {
+            self.out = Vec::new();
+            self.out_pos = 0;
+        }
+        if self.start == self.valid && self.inbuf.len() > READ_CHUNK {
+            self.inbuf = vec![0; READ_CHUNK];
+            self.start = 0;
+            self.valid = 0;
         }
     }
 
@@ -438,9 +453,6 @@ impl Link {
         if self.start == self.valid {
             self.start = 0;
             self.valid = 0;
-            if self.inbuf.len() > READ_CHUNK {
-                self.inbuf = vec![0; READ_CHUNK];
-            }
         }
         // A whole frame must fit after `start`: move a partial one to the
         // front when it would not, and grow only as far as one frame needs.
@@ -453,7 +465,12 @@ impl Link {
             self.valid -= self.start;
             self.start = 0;
         }
-        let want = (self.start + need).max(READ_CHUNK).min(self.start + MAX_FRAME);
+        let want = if self.start + need > READ_CHUNK {
+            (self.start + need).max(BUSY_CHUNK)
+        } else {
+            READ_CHUNK
+        }
+        .min(self.start + MAX_FRAME);
         if self.inbuf.len() < want {
             self.inbuf.resize(want, 0);
         }
@@ -568,6 +585,7 @@ impl Link {
     /// Runs the timers due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.clock = self.clock.max(now);
+        self.trim();
         match self.phase {
             Phase::Closed => {}
             Phase::Up => self.up_timers(now),
