@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 
 use burrow_proto::keys::{NodeId, PublicIdentity};
-use burrow_proto::onion::cell::Cell;
+use burrow_proto::onion::cell::{Cell, Reason};
 use burrow_proto::onion::circuit::{CircuitError, ClientCircuit, ClientEvent, HopInfo};
 use burrow_proto::onion::directory::{Entry, NodeList};
 use burrow_proto::onion::path::{self, PathRules};
@@ -478,10 +478,10 @@ impl OnionClient {
                 });
                 Ok(c)
             }
-            Err(e) => {
+            Err(BuildFailed(e, reason)) => {
                 // A hop that could not be reached is avoided for a while;
                 // a refused handshake (a node behind on the list) is not.
-                if e.to_string().contains("went away")
+                if reason == Some(Reason::HopGone)
                     && let Some(middle) = path.get(1)
                 {
                     lock(&self.inner.avoid).insert(middle.id(), Instant::now());
@@ -490,6 +490,24 @@ impl OnionClient {
             }
         }
     }
+}
+
+/// Why a build failed, with the reason of the DESTROY that ended it, if
+/// a hop sent one.
+struct BuildFailed(Error, Option<Reason>);
+
+impl From<Error> for BuildFailed {
+    fn from(e: Error) -> Self {
+        Self(e, None)
+    }
+}
+
+fn build_failed(e: CircuitError) -> BuildFailed {
+    let reason = match &e {
+        CircuitError::Destroyed(r) => Some(*r),
+        _ => None,
+    };
+    BuildFailed(circuit_error(e), reason)
 }
 
 fn circuit_error(e: CircuitError) -> Error {
@@ -517,7 +535,7 @@ async fn run_circuit(
     path: &[Entry],
     digest: [u8; 32],
     log: Log,
-) -> Result<Served, Error> {
+) -> Result<Served, BuildFailed> {
     let hop = |e: &Entry| HopInfo {
         id: e.id(),
         onion_key: e.descriptor.claims.onion_key,
@@ -528,7 +546,7 @@ async fn run_circuit(
         registered,
     } = on_link;
     let (mut c, create) = ClientCircuit::start(circ, &hop(&path[0]), digest, unix_now(), &mut OsRandom)
-        .map_err(circuit_error)?;
+        .map_err(build_failed)?;
     send(&link, create).await?;
     loop {
         let bytes = link
@@ -537,18 +555,16 @@ async fn run_circuit(
             .await
             .ok_or_else(|| Error::PeerClosed("the entry node closed the link".into()))?;
         let mut cell = Cell::decode(bytes).map_err(|e| Error::Protocol(e.to_string()))?;
-        match c.on_cell(&mut cell, unix_now()).map_err(circuit_error)? {
+        match c.on_cell(&mut cell, unix_now()).map_err(build_failed)? {
             ClientEvent::Extended(n) if n == path.len() => break,
             ClientEvent::Extended(n) => {
                 let next = c
                     .extend(&hop(&path[n]), unix_now(), &mut OsRandom)
-                    .map_err(circuit_error)?;
+                    .map_err(build_failed)?;
                 send(&link, next).await?;
             }
             _ => {
-                return Err(Error::Protocol(
-                    "a cell out of place while building the circuit".into(),
-                ));
+                return Err(Error::Protocol("a cell out of place while building the circuit".into()).into());
             }
         }
     }
