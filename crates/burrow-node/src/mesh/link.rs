@@ -500,6 +500,7 @@ fn on_up(shared: &Arc<Shared>, id: u64, link: &mut Link, peer: NodeId, record: &
         }
     }
     st.by_node.insert(peer, id);
+    shared.link_up.notify_waiters();
     st.retry.remove(&peer);
     st.gone.remove(&peer);
     if let Some(l) = st.links.get_mut(&id) {

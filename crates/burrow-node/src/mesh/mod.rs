@@ -226,6 +226,8 @@ pub(crate) struct Shared {
     pub tunnel_bytes: Arc<crate::tunnel::Meter>,
     /// The circuit relay, when the node has directories configured.
     pub onion: std::sync::OnceLock<crate::onion::relay::OnionShared>,
+    /// Woken whenever a link comes up (those waiting for one to a node).
+    pub link_up: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -354,6 +356,7 @@ pub async fn run_node(cfg: NodeConfig) -> Result<(), Error> {
         relay_claim: Mutex::new(None),
         tunnel_bytes: Arc::default(),
         onion: std::sync::OnceLock::new(),
+        link_up: tokio::sync::Notify::new(),
         cfg,
     });
     let record = shared.sign_record(seq, now)?;
@@ -465,14 +468,20 @@ pub(crate) async fn dial_node(
             s.lock().dialing.remove(&node);
         });
     }
-    let deadline = Instant::now() + wait;
-    while Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    // Told when a link comes up (registered before each look, so one that
+    // comes up in between is not missed).
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let up = shared.link_up.notified();
+        tokio::pin!(up);
+        up.as_mut().enable();
         if let Some(l) = linked(shared) {
             return Some(l);
         }
+        if tokio::time::timeout_at(deadline, up).await.is_err() {
+            return None;
+        }
     }
-    None
 }
 
 /// Keeps a link to one bootstrap address: dials, and after the link ends
