@@ -27,7 +27,7 @@ use burrow_proto::tunnel::mux::{End, Host, ResetReason};
 
 use super::directory::{DirectoryAddr, fetch_keys, fetch_list};
 use super::link::{CellLink, Channel, ChannelCircuit};
-use super::streams::{Action, StreamEvent, Streams, Tagged};
+use super::streams::{Action, CHUNK, StreamEvent, Streams, Tagged};
 use crate::error::Error;
 use crate::mesh::unix_now;
 use crate::platform::OsRandom;
@@ -88,8 +88,8 @@ impl Circuit {
 pub(crate) trait Socket: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Socket for T {}
 
-/// Where a stream open's outcome goes: connected, or why not.
-type OpenReply = oneshot::Sender<Result<(), OpenError>>;
+/// Where a stream open's outcome goes: connected (its id), or why not.
+type OpenReply = oneshot::Sender<Result<u32, OpenError>>;
 
 /// Why a stream did not open.
 enum OpenError {
@@ -109,12 +109,48 @@ impl From<OpenError> for (ResetReason, String) {
 }
 
 enum CircCmd {
+    /// A new stream. With a socket, tied to it at once (its first bytes
+    /// already in it); without, `early` rides with the open and the
+    /// socket comes once the exit accepted ([`CircCmd::Attach`]).
     Open {
         host: Host,
         port: u16,
-        socket: Box<dyn Socket>,
+        socket: Option<Box<dyn Socket>>,
+        early: Vec<u8>,
         opened: OpenReply,
     },
+    /// The socket of a stream opened without one.
+    Attach { stream: u32, socket: Box<dyn Socket> },
+    /// A stream opened without a socket that will get none.
+    Abandon { stream: u32 },
+}
+
+/// A stream the exit accepted, waiting for its socket; dropped without
+/// one, the stream is reset.
+pub(crate) struct OpenStream {
+    tx: mpsc::UnboundedSender<CircCmd>,
+    stream: u32,
+    attached: bool,
+}
+
+impl OpenStream {
+    /// Ties the stream to `socket`: what the exit sends is written to it
+    /// and what it reads goes to the exit, with no copy in between.
+    pub(crate) fn attach(mut self, socket: impl Socket) {
+        self.attached = true;
+        let _ = self.tx.send(CircCmd::Attach {
+            stream: self.stream,
+            socket: Box::new(socket),
+        });
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        if !self.attached {
+            let _ = self.tx.send(CircCmd::Abandon { stream: self.stream });
+        }
+    }
 }
 
 struct Inner {
@@ -287,14 +323,14 @@ impl OnionClient {
     }
 
     /// Opens a stream to `host:port` through a circuit: `early` bytes go
-    /// with the open (the first request does not wait a round trip), and
-    /// the returned stream is the other end, once the exit connected.
-    pub async fn open_stream(
+    /// with the open (the first request does not wait a round trip); once
+    /// the exit connected, the caller attaches its socket.
+    pub(crate) async fn open_stream(
         &self,
         host: Host,
         port: u16,
         early: &[u8],
-    ) -> Result<tokio::io::DuplexStream, (ResetReason, String)> {
+    ) -> Result<OpenStream, (ResetReason, String)> {
         // A circuit that dies under the open (a hop just went away) is
         // replaced and the stream tried once more on another.
         let mut tries = 0;
@@ -303,7 +339,7 @@ impl OnionClient {
                 .circuit(port)
                 .await
                 .map_err(|e| (ResetReason::Failure, e.to_string()))?;
-            match Self::open_on(&c, host.clone(), port, early).await {
+            match Self::open_bare(&c, host.clone(), port, early).await {
                 Ok(s) => return Ok(s),
                 Err(OpenError::Circuit(why)) if tries == 0 => {
                     tries += 1;
@@ -341,17 +377,41 @@ impl OnionClient {
                 .await
                 .map_err(|e| OpenError::Refused(ResetReason::Failure, e.to_string()))?;
         }
+        Self::open_with(c, host, port, Some(Box::new(theirs)), Vec::new())
+            .await
+            .map(|_| mine)
+    }
+
+    /// [`OnionClient::open_stream`] on a given circuit: the stream, open,
+    /// without a socket yet.
+    async fn open_bare(c: &Circuit, host: Host, port: u16, early: &[u8]) -> Result<OpenStream, OpenError> {
+        let stream = Self::open_with(c, host, port, None, early.to_vec()).await?;
+        Ok(OpenStream {
+            tx: c.tx.clone(),
+            stream,
+            attached: false,
+        })
+    }
+
+    /// Asks `c` for a stream and waits for the exit's answer.
+    async fn open_with(
+        c: &Circuit,
+        host: Host,
+        port: u16,
+        socket: Option<Box<dyn Socket>>,
+        early: Vec<u8>,
+    ) -> Result<u32, OpenError> {
         let (tx, rx) = oneshot::channel();
         c.tx.send(CircCmd::Open {
             host,
             port,
-            socket: Box::new(theirs),
+            socket,
+            early,
             opened: tx,
         })
         .map_err(|_| OpenError::Circuit("the circuit closed".to_owned()))?;
         match rx.await {
-            Ok(Ok(())) => Ok(mine),
-            Ok(Err(e)) => Err(e),
+            Ok(r) => r,
             Err(_) => Err(OpenError::Circuit(
                 "the circuit closed before the exit answered".to_owned(),
             )),
@@ -618,9 +678,9 @@ async fn serve(
             bytes = link.from_node.recv() => {
                 let bytes = bytes.ok_or_else(|| Error::PeerClosed("the entry node closed the link".into()))?;
                 let mut cell = Cell::decode(bytes).map_err(|e| Error::Protocol(e.to_string()))?;
-                let ev = c.on_cell(&mut cell, unix_now());
-                let frame = match ev {
-                    Ok(ClientEvent::Data(f)) => Some(f.to_vec()),
+                // The frame is read where it was decrypted, in the cell.
+                let frame = match c.on_cell(&mut cell, unix_now()) {
+                    Ok(ClientEvent::Data(f)) => Some(f),
                     Ok(_) => None,
                     Err(e) => {
                         for (_, p) in pending.drain() {
@@ -629,17 +689,14 @@ async fn serve(
                         return Err(circuit_error(e));
                     }
                 };
-                while let Some(s) = c.take_sendme() {
-                    send(link, s).await?;
-                }
                 if let Some(f) = frame {
-                    let actions = streams.on_frame(&f).map_err(Error::Protocol)?;
+                    let actions = streams.on_frame(f).map_err(Error::Protocol)?;
                     for a in actions {
                         match a {
                             Action::Send(f) => out.push(f),
                             Action::Opened(s) => {
                                 if let Some(p) = pending.remove(&s) {
-                                    let _ = p.send(Ok(()));
+                                    let _ = p.send(Ok(s));
                                 }
                             }
                             Action::Reset(s, reason, why) => {
@@ -652,19 +709,49 @@ async fn serve(
                         }
                     }
                 }
+                while let Some(s) = c.take_sendme() {
+                    send(link, s).await?;
+                }
             }
             cmd = cmds.recv(), if !retired => match cmd {
-                Some(CircCmd::Open { host, port, socket, opened }) => match streams.mux.open(host, port) {
+                Some(CircCmd::Open { host, port, socket, early, opened }) => match streams.mux.open(host, port) {
                     Ok((id, frame)) => {
                         out.push(frame);
-                        // Tied at once: the first bytes ride with the open.
-                        streams.attach(id, socket);
-                        pending.insert(id, opened);
+                        match socket {
+                            // Tied at once: the first bytes ride with the open.
+                            Some(socket) => {
+                                streams.attach(id, socket);
+                                pending.insert(id, opened);
+                            }
+                            // Its first bytes ride with the open now, its
+                            // socket comes once the exit accepted.
+                            None => match early_frames(&mut streams, id, &early) {
+                                Ok(frames) => {
+                                    out.extend(frames);
+                                    pending.insert(id, opened);
+                                }
+                                Err(why) => {
+                                    out.push(streams.refuse(id, ResetReason::Failure, &why));
+                                    let _ = opened.send(Err(OpenError::Refused(ResetReason::Failure, why)));
+                                }
+                            },
+                        }
                     }
                     Err(e) => {
                         let _ = opened.send(Err(OpenError::Refused(ResetReason::Failure, e.to_string())));
                     }
                 },
+                Some(CircCmd::Attach { stream, socket }) => {
+                    // (A stream reset meanwhile: its socket just closes.)
+                    if streams.mux.contains(stream) {
+                        streams.attach(stream, socket);
+                    }
+                }
+                Some(CircCmd::Abandon { stream }) => {
+                    if streams.mux.contains(stream) {
+                        out.push(streams.refuse(stream, ResetReason::Failure, "the application went away"));
+                    }
+                }
                 None => retired = true,
             },
             ev = events_rx.recv() => {
@@ -688,6 +775,20 @@ async fn serve(
             }
         }
     }
+}
+
+/// The data frames of the bytes a stream carries before its socket is
+/// tied (within its first window), or why not.
+fn early_frames(streams: &mut Streams<u32>, id: u32, early: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    early
+        .chunks(CHUNK)
+        .map(|chunk| {
+            streams
+                .mux
+                .data(id, chunk)
+                .map_err(|e| format!("too many bytes before the stream opened: {e}"))
+        })
+        .collect()
 }
 
 /// The address a SOCKS client asked for, as a stream host.
@@ -905,16 +1006,17 @@ async fn proxy_client(client: OnionClient, mut s: tokio::net::TcpStream) {
         return;
     };
     match client.open_stream(target.host, target.port, &buf).await {
-        Ok(mut stream) => {
+        Ok(stream) => {
             let ok = if is_socks {
                 socks::reply_for(None).to_vec()
             } else {
                 socks::http_reply(None)
             };
-            if s.write_all(&ok).await.is_err() {
-                return;
-            }
-            let _ = tokio::io::copy_bidirectional_with_sizes(&mut s, &mut stream, 64 * 1024, 64 * 1024).await;
+            // The reply goes out before the stream's first bytes can (they
+            // wait for the socket); a client gone meanwhile fails the
+            // stream's reader, which resets it.
+            let _ = s.write_all(&ok).await;
+            stream.attach(s);
         }
         Err((reason, msg)) => {
             if client.inner.cfg.announce {

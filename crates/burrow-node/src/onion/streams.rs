@@ -30,7 +30,8 @@ pub(crate) const MAX_STREAMS: usize = 256;
 /// What a stream's tasks report to the circuit's owner.
 #[derive(Debug)]
 pub(crate) enum StreamEvent {
-    /// Bytes read from the socket (within the credit).
+    /// Bytes read from the socket (within the credit), after
+    /// [`Mux::DATA_HEADER`] bytes of room: the frame is built in place.
     Read(u32, Vec<u8>),
     /// The socket's read side ended.
     Eof(u32),
@@ -62,6 +63,31 @@ impl Drop for Attached {
         self.kill.notify_one();
         let _ = self.to_socket.send(None);
     }
+}
+
+/// Bytes a stream's writer gathers for one write at most.
+const WRITE_BATCH: usize = 64 * 1024;
+
+/// Writes every chunk of `batch`, in order, with as few writes as the
+/// socket takes.
+async fn write_batch<W: AsyncWrite + Unpin>(wr: &mut W, batch: &[Vec<u8>]) -> std::io::Result<()> {
+    if let [one] = batch {
+        return wr.write_all(one).await;
+    }
+    let mut slices: Vec<std::io::IoSlice<'_>> = batch
+        .iter()
+        .filter(|b| !b.is_empty())
+        .map(|b| std::io::IoSlice::new(b))
+        .collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        let n = wr.write_vectored(rest).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        std::io::IoSlice::advance_slices(&mut rest, n);
+    }
+    Ok(())
 }
 
 /// What the owner must do after a frame came in.
@@ -126,7 +152,7 @@ impl<K: Copy + Send + 'static> Streams<K> {
                 events.clone(),
             );
             tokio::spawn(async move {
-                let mut buf = vec![0u8; CHUNK];
+                use bytes::BufMut;
                 loop {
                     if dead.load(Ordering::Relaxed) {
                         return;
@@ -139,10 +165,14 @@ impl<K: Copy + Send + 'static> Streams<K> {
                         }
                     }
                     let want = c.min(CHUNK);
-                    // A read the peer never answers must not keep the
+                    // Read into the frame itself (no zeroing, no copy);
+                    // a read the peer never answers must not keep the
                     // socket open after the stream is gone.
+                    let mut frame = Vec::with_capacity(Mux::DATA_HEADER + want);
+                    frame.extend_from_slice(&[0; Mux::DATA_HEADER]);
+                    let mut room = (&mut frame).limit(want);
                     let r = tokio::select! {
-                        r = rd.read(&mut buf[..want]) => r,
+                        r = rd.read_buf(&mut room) => r,
                         _ = kill.notified() => return,
                     };
                     match r {
@@ -152,10 +182,7 @@ impl<K: Copy + Send + 'static> Streams<K> {
                         }
                         Ok(n) => {
                             credit.fetch_sub(n, Ordering::AcqRel);
-                            if events
-                                .send((key, StreamEvent::Read(stream, buf[..n].to_vec())))
-                                .is_err()
-                            {
+                            if events.send((key, StreamEvent::Read(stream, frame))).is_err() {
                                 return;
                             }
                         }
@@ -168,19 +195,45 @@ impl<K: Copy + Send + 'static> Streams<K> {
             });
         }
         tokio::spawn(async move {
-            while let Some(Some(bytes)) = from_owner.recv().await {
-                if bytes.is_empty() {
-                    let _ = wr.shutdown().await;
-                    continue;
-                }
-                if let Err(e) = wr.write_all(&bytes).await {
-                    let _ = events.send((key, StreamEvent::Failed(stream, e.to_string())));
+            // What is queued goes out in one write (up to WRITE_BATCH): a
+            // cell's data at a time would cost a syscall and a wake-up of
+            // the application per 8 KiB. An empty chunk is the peer's FIN,
+            // `None` the end.
+            loop {
+                let Some(Some(first)) = from_owner.recv().await else {
                     return;
+                };
+                let mut fin = first.is_empty();
+                let mut batch = vec![first];
+                let mut queued = batch[0].len();
+                let mut end = false;
+                while !fin && queued < WRITE_BATCH {
+                    match from_owner.try_recv() {
+                        Ok(Some(b)) if b.is_empty() => fin = true,
+                        Ok(Some(b)) => {
+                            queued += b.len();
+                            batch.push(b);
+                        }
+                        Ok(None) => {
+                            end = true;
+                            break;
+                        }
+                        Err(_) => break,
+                    }
                 }
-                if events
-                    .send((key, StreamEvent::Wrote(stream, bytes.len())))
-                    .is_err()
-                {
+                if queued > 0 {
+                    if let Err(e) = write_batch(&mut wr, &batch).await {
+                        let _ = events.send((key, StreamEvent::Failed(stream, e.to_string())));
+                        return;
+                    }
+                    if events.send((key, StreamEvent::Wrote(stream, queued))).is_err() {
+                        return;
+                    }
+                }
+                if fin {
+                    let _ = wr.shutdown().await;
+                }
+                if end {
                     return;
                 }
             }
@@ -284,12 +337,12 @@ impl<K: Copy + Send + 'static> Streams<K> {
     pub(crate) fn on_event(&mut self, ev: StreamEvent) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
         match ev {
-            StreamEvent::Read(stream, bytes) => {
+            StreamEvent::Read(stream, mut frame) => {
                 if let Some(a) = self.attached.get_mut(&stream) {
-                    a.used += bytes.len();
+                    a.used += frame.len().saturating_sub(Mux::DATA_HEADER);
                 }
-                if let Ok(f) = self.mux.data(stream, &bytes) {
-                    out.push(f);
+                if self.mux.data_in_place(stream, &mut frame).is_ok() {
+                    out.push(frame);
                 }
             }
             StreamEvent::Eof(stream) => {
@@ -323,6 +376,57 @@ impl<K: Copy + Send + 'static> Streams<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a socket gives becomes `Data` frames built where it was read,
+    /// never more than the stream's credit in one.
+    #[tokio::test]
+    async fn socket_bytes_become_data_frames_in_place() {
+        use burrow_proto::tunnel::mux::Frame;
+        use tokio::io::AsyncWriteExt;
+        let (events, mut rx) = mpsc::unbounded_channel();
+        let mut s: Streams<u32> = Streams::new(7, End::Client, events);
+        let (id, _open) = s.mux.open(Host::Name("x".into()), 80).unwrap();
+        let (mut app, theirs) = tokio::io::duplex(1 << 20);
+        s.attach(id, theirs);
+        let sent = vec![0x5au8; 3 * CHUNK];
+        app.write_all(&sent).await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < sent.len() {
+            let (key, ev) = tokio::time::timeout(std::time::Duration::from_secs(2), rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(key, 7);
+            for f in s.on_event(ev) {
+                match Frame::decode(&f).unwrap() {
+                    Frame::Data { stream, bytes } => {
+                        assert_eq!(stream, id);
+                        assert!(bytes.len() <= CHUNK);
+                        got.extend_from_slice(bytes);
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        assert_eq!(got, sent);
+    }
+
+    /// A batch goes out whole and in order, however little the socket
+    /// takes at a time.
+    #[tokio::test]
+    async fn a_batch_is_written_whole_and_in_order() {
+        let (mut a, mut b) = tokio::io::duplex(7);
+        let batch: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 100 + usize::from(i)]).collect();
+        let want: Vec<u8> = batch.concat();
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            b.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        write_batch(&mut a, &batch).await.unwrap();
+        drop(a);
+        assert_eq!(reader.await.unwrap(), want);
+    }
 
     /// A circuit that dies takes its streams' sockets with it: the
     /// application reads EOF instead of waiting forever.
