@@ -119,24 +119,30 @@ impl Et {
 /// the proposal fixes; enough for every block a longer cell needs).
 ///
 /// The CTR pass is aws-lc's (`AES_ctr128_encrypt`: the key stream made and
-/// XORed in one pipelined AES-NI loop); RustCrypto's AES keeps the key
-/// schedule for the rare case aws-lc refuses a key, and for the check
-/// against it in the tests.
+/// XORed in one pipelined AES-NI loop), its key set up once for both of a
+/// cell's passes (the payload's and `UPDATE`'s); RustCrypto's AES is the
+/// fallback should aws-lc refuse a key, and the reference the tests check
+/// it against.
 #[derive(Clone)]
 struct Prf {
     key: Zeroizing<[u8; 16]>,
-    k: Aes128,
+    fast: Option<std::sync::Arc<aws_lc_rs::cipher::EncryptingKey>>,
     b: Polyval,
     counter_bits: u32,
 }
 
 impl Prf {
     fn new(seed: &[u8], counter_bits: u32) -> Self {
+        use aws_lc_rs::cipher::{AES_128, EncryptingKey, UnboundCipherKey};
         let mut key = Zeroizing::new([0u8; 16]);
         key.copy_from_slice(&seed[..16]);
+        let fast = UnboundCipherKey::new(&AES_128, &key[..])
+            .and_then(EncryptingKey::ctr)
+            .ok()
+            .map(std::sync::Arc::new);
         Self {
-            k: Aes128::new(seed[..16].into()),
             key,
+            fast,
             b: Polyval::new(&block_of(&seed[16..32]).into()),
             counter_bits,
         }
@@ -153,20 +159,21 @@ impl Prf {
         // The low bits are clear and the offset stays below them: no carry.
         *iv |= (offset / BLOCK) as u128;
         let iv = Zeroizing::new(iv.to_be_bytes());
-        use aws_lc_rs::cipher::{AES_128, EncryptingKey, EncryptionContext, UnboundCipherKey};
+        use aws_lc_rs::cipher::EncryptionContext;
         use aws_lc_rs::iv::FixedLength;
-        let done = UnboundCipherKey::new(&AES_128, &self.key[..])
-            .and_then(EncryptingKey::ctr)
-            .and_then(|k| k.less_safe_encrypt(out, EncryptionContext::Iv128(FixedLength::from(*iv))));
-        if done.is_err() {
+        let done = self.fast.as_ref().is_some_and(|k| {
+            k.less_safe_encrypt(out, EncryptionContext::Iv128(FixedLength::from(*iv)))
+                .is_ok()
+        });
+        if !done {
             self.apply_portable(&iv, out);
         }
     }
 
     /// The same CTR pass on RustCrypto's AES.
     fn apply_portable(&self, iv: &[u8; 16], out: &mut [u8]) {
-        let mut core =
-            ctr::CtrCore::<Aes128, ctr::flavors::Ctr128BE>::inner_iv_init(self.k.clone(), iv.into());
+        let k = Aes128::new((&*self.key).into());
+        let mut core = ctr::CtrCore::<Aes128, ctr::flavors::Ctr128BE>::inner_iv_init(k, iv.into());
         let mut stream = [aes::Block::default(); KEYSTREAM_BATCH];
         for chunk in out.chunks_mut(KEYSTREAM_BATCH * BLOCK) {
             let blocks = &mut stream[..chunk.len().div_ceil(BLOCK)];
