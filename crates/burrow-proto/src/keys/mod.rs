@@ -17,7 +17,7 @@
 pub mod pair;
 
 use curve25519_dalek::montgomery::MontgomeryPoint;
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use zeroize::Zeroizing;
 
 use crate::random::Random;
@@ -137,10 +137,12 @@ impl PublicIdentity {
         self.id().to_string()
     }
 
-    /// Checks a signature made with [`Identity::sign`].
+    /// Checks a signature made with [`Identity::sign`], strictly: a
+    /// small-order key or a non-canonical signature is refused (with one,
+    /// a forger can make a "signature" that checks for any message).
     pub fn verify(&self, msg: &[u8], sig: &[u8; 64]) -> bool {
         VerifyingKey::from_bytes(&self.ed25519)
-            .is_ok_and(|k| k.verify(msg, &Signature::from_bytes(sig)).is_ok())
+            .is_ok_and(|k| k.verify_strict(msg, &Signature::from_bytes(sig)).is_ok())
     }
 }
 
@@ -213,6 +215,27 @@ mod tests {
         assert!(a.public().verify(b"hello", &sig));
         assert!(!a.public().verify(b"hellO", &sig));
         assert!(!b.public().verify(b"hello", &sig));
+    }
+
+    /// The neutral point as a key, with R = the neutral point and S = 0:
+    /// a lax check accepts it for every message; ours refuses it.
+    #[test]
+    fn small_order_keys_sign_nothing() {
+        use ed25519_dalek::Verifier;
+        let mut neutral = [0u8; 32];
+        neutral[0] = 1;
+        let weak = PublicIdentity {
+            ed25519: neutral,
+            x25519: [9; 32],
+        };
+        let mut sig = [0u8; 64];
+        sig[0] = 1;
+        let lax = VerifyingKey::from_bytes(&neutral)
+            .unwrap()
+            .verify(b"anything", &Signature::from_bytes(&sig));
+        assert!(lax.is_ok(), "the forgery the strict check exists for");
+        assert!(!weak.verify(b"anything", &sig));
+        assert!(!weak.verify(b"anything else", &sig));
     }
 
     #[test]
