@@ -21,7 +21,7 @@
 //! behalf: X is offline to a node when its links to X are down and its
 //! record runs out. Duplicates are recognised by (node id, seq).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use thiserror::Error;
 
@@ -180,11 +180,7 @@ impl NodeRecord {
         }
         w.u8(claims.addrs.len() as u8);
         for a in &claims.addrs {
-            match a.ip() {
-                IpAddr::V4(ip) => w.u8(4).bytes(&ip.octets()),
-                IpAddr::V6(ip) => w.u8(6).bytes(&ip.octets()),
-            };
-            w.u16(a.port());
+            w.socket_addr(a);
         }
         let relay = claims.relay.as_deref().unwrap_or("");
         if !relay.bytes().all(|b| b.is_ascii_graphic()) {
@@ -234,17 +230,7 @@ impl NodeRecord {
         }
         let mut addrs = Vec::with_capacity(count);
         for _ in 0..count {
-            let ip = match r.u8()? {
-                4 => IpAddr::from(r.array::<4>()?),
-                6 => IpAddr::from(r.array::<16>()?),
-                k => {
-                    return Err(DecodeError::Unknown {
-                        what: "address kind",
-                        value: u64::from(k),
-                    });
-                }
-            };
-            addrs.push(SocketAddr::new(ip, r.u16()?));
+            addrs.push(r.socket_addr()?);
         }
         let relay = r.str_u8("relay address", MAX_RELAY)?;
         // Shown in errors and status: printable ASCII only (no escapes).

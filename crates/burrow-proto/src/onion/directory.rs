@@ -44,7 +44,7 @@
 //! and their signatures add up.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use thiserror::Error;
 
@@ -164,11 +164,7 @@ pub struct Descriptor {
 fn write_addrs(w: &mut Writer<'_>, addrs: &[SocketAddr]) {
     w.u8(addrs.len() as u8);
     for a in addrs {
-        match a.ip() {
-            IpAddr::V4(ip) => w.u8(4).bytes(&ip.octets()),
-            IpAddr::V6(ip) => w.u8(6).bytes(&ip.octets()),
-        };
-        w.u16(a.port());
+        w.socket_addr(a);
     }
 }
 
@@ -258,18 +254,7 @@ impl Descriptor {
         let n = read_count(&mut r, "descriptor addresses", MAX_ADDRS)?;
         let mut addrs = Vec::with_capacity(n);
         for _ in 0..n {
-            let ip = match r.u8()? {
-                4 => IpAddr::from(r.array::<4>()?),
-                6 => IpAddr::from(r.array::<16>()?),
-                k => {
-                    return Err(DecodeError::Unknown {
-                        what: "address kind",
-                        value: u64::from(k),
-                    }
-                    .into());
-                }
-            };
-            addrs.push(SocketAddr::new(ip, r.u16()?));
+            addrs.push(r.socket_addr()?);
         }
         let n = read_count(&mut r, "family", MAX_FAMILY)?;
         let family = (0..n)
@@ -681,7 +666,7 @@ pub(crate) mod tests {
             published: NOW,
             ttl: 3600,
             name: format!("node{i}"),
-            addrs: vec![SocketAddr::new(IpAddr::from([10, i, 0, 1]), 9010)],
+            addrs: vec![SocketAddr::new(std::net::IpAddr::from([10, i, 0, 1]), 9010)],
             family: vec![],
             exit_ports: if i.is_multiple_of(2) {
                 vec![(80, 80), (443, 443)]
