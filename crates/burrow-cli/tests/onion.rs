@@ -183,6 +183,28 @@ struct Onion {
     web: usize,
 }
 
+/// `burrow node` on `m` with these authorities, linking to `boot`'s node;
+/// an exit may reach the web server.
+fn node(m: &Machine, name: &str, dirs: &str, boot: Option<&Machine>, exit: bool) -> Command {
+    let mut c = m.ns.burrow(&m.home);
+    c.args([
+        "node",
+        "--listen",
+        &format!("{}:9010", m.ip),
+        "--name",
+        name,
+        "--directory",
+        dirs,
+    ]);
+    if let Some(b) = boot {
+        c.args(["--bootstrap", &format!("{}:9010", b.ip)]);
+    }
+    if exit {
+        c.args(["--exit", "--allow", "10.60.0.0/16"]);
+    }
+    c
+}
+
 /// `a` authorities, `n` nodes (the last `exits` of them exits that may
 /// reach the web server), a client and a web server; every process is
 /// pushed to `procs`. `env` goes to the nodes (the tamper hook).
@@ -233,23 +255,8 @@ fn onion(
     }
     let all = dirs.join(",");
     for (k, &i) in nodes.iter().enumerate() {
-        let m = net.m(i);
-        let mut c = m.ns.burrow(&m.home);
-        c.args([
-            "node",
-            "--listen",
-            &format!("{}:9010", m.ip),
-            "--name",
-            &format!("n{k}"),
-            "--directory",
-            &all,
-        ]);
-        if k > 0 {
-            c.args(["--bootstrap", &format!("{}:9010", net.m(nodes[0]).ip)]);
-        }
-        if k >= n - exits {
-            c.args(["--exit", "--allow", "10.60.0.0/16"]);
-        }
+        let boot = (k > 0).then(|| net.m(nodes[0]));
+        let mut c = node(net.m(i), &format!("n{k}"), &all, boot, k >= n - exits);
         for (who, key, value) in node_env {
             if *who == k {
                 c.env(key, value);
@@ -645,25 +652,13 @@ fn one_rogue_authority_cannot_add_a_node() {
         .next()
         .unwrap()
         .to_owned();
-    {
-        let m = o.net.m(x);
-        let mut c = m.ns.burrow(&m.home);
-        c.args([
-            "node",
-            "--listen",
-            &format!("{}:9010", m.ip),
-            "--name",
-            "rogue-listed",
-            "--directory",
-            &rogue,
-            "--bootstrap",
-            &format!("{}:9010", o.net.m(o.nodes[0]).ip),
-            "--exit",
-            "--allow",
-            "10.60.0.0/16",
-        ]);
-        procs.push(spawn(c));
-    }
+    procs.push(spawn(node(
+        o.net.m(x),
+        "rogue-listed",
+        &rogue,
+        Some(o.net.m(o.nodes[0])),
+        true,
+    )));
     let x_fp = fingerprint(&o.net.m(x).home);
     let out = o.client().home.join("p.html");
     o.fetch_until_ok("http://10.60.0.1:8000/p.html", &out, Duration::from_secs(30));

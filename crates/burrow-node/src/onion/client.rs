@@ -109,19 +109,17 @@ impl From<OpenError> for (ResetReason, String) {
 }
 
 enum CircCmd {
-    /// A new stream. With a socket, tied to it at once (its first bytes
-    /// already in it); without, `early` rides with the open and the
-    /// socket comes once the exit accepted ([`CircCmd::Attach`]).
+    /// A new stream: `early` rides with the open, its socket comes once
+    /// the exit accepted ([`CircCmd::Attach`]).
     Open {
         host: Host,
         port: u16,
-        socket: Option<Box<dyn Socket>>,
         early: Vec<u8>,
         opened: OpenReply,
     },
-    /// The socket of a stream opened without one.
+    /// The socket of an open stream.
     Attach { stream: u32, socket: Box<dyn Socket> },
-    /// A stream opened without a socket that will get none.
+    /// An open stream that will get no socket.
     Abandon { stream: u32 },
 }
 
@@ -363,55 +361,37 @@ impl OnionClient {
         self.inner.changed.notify_waiters();
     }
 
-    /// [`OnionClient::open_stream`] on a given circuit.
+    /// [`OnionClient::open_stream`] on a given circuit, tied to an
+    /// in-memory pipe: its other end.
     async fn open_on(
         c: &Circuit,
         host: Host,
         port: u16,
         early: &[u8],
     ) -> Result<tokio::io::DuplexStream, OpenError> {
-        use tokio::io::AsyncWriteExt;
-        let (mut mine, theirs) = tokio::io::duplex(256 * 1024);
-        if !early.is_empty() {
-            mine.write_all(early)
-                .await
-                .map_err(|e| OpenError::Refused(ResetReason::Failure, e.to_string()))?;
-        }
-        Self::open_with(c, host, port, Some(Box::new(theirs)), Vec::new())
-            .await
-            .map(|_| mine)
+        let stream = Self::open_bare(c, host, port, early).await?;
+        let (mine, theirs) = tokio::io::duplex(256 * 1024);
+        stream.attach(theirs);
+        Ok(mine)
     }
 
-    /// [`OnionClient::open_stream`] on a given circuit: the stream, open,
-    /// without a socket yet.
+    /// [`OnionClient::open_stream`] on a given circuit: asks for the
+    /// stream and waits for the exit's answer.
     async fn open_bare(c: &Circuit, host: Host, port: u16, early: &[u8]) -> Result<OpenStream, OpenError> {
-        let stream = Self::open_with(c, host, port, None, early.to_vec()).await?;
-        Ok(OpenStream {
-            tx: c.tx.clone(),
-            stream,
-            attached: false,
-        })
-    }
-
-    /// Asks `c` for a stream and waits for the exit's answer.
-    async fn open_with(
-        c: &Circuit,
-        host: Host,
-        port: u16,
-        socket: Option<Box<dyn Socket>>,
-        early: Vec<u8>,
-    ) -> Result<u32, OpenError> {
         let (tx, rx) = oneshot::channel();
         c.tx.send(CircCmd::Open {
             host,
             port,
-            socket,
-            early,
+            early: early.to_vec(),
             opened: tx,
         })
         .map_err(|_| OpenError::Circuit("the circuit closed".to_owned()))?;
         match rx.await {
-            Ok(r) => r,
+            Ok(r) => r.map(|stream| OpenStream {
+                tx: c.tx.clone(),
+                stream,
+                attached: false,
+            }),
             Err(_) => Err(OpenError::Circuit(
                 "the circuit closed before the exit answered".to_owned(),
             )),
@@ -714,27 +694,20 @@ async fn serve(
                 }
             }
             cmd = cmds.recv(), if !retired => match cmd {
-                Some(CircCmd::Open { host, port, socket, early, opened }) => match streams.mux.open(host, port) {
+                Some(CircCmd::Open { host, port, early, opened }) => match streams.mux.open(host, port) {
                     Ok((id, frame)) => {
                         out.push(frame);
-                        match socket {
-                            // Tied at once: the first bytes ride with the open.
-                            Some(socket) => {
-                                streams.attach(id, socket);
+                        // The first bytes ride with the open; the socket
+                        // comes once the exit accepted.
+                        match early_frames(&mut streams, id, &early) {
+                            Ok(frames) => {
+                                out.extend(frames);
                                 pending.insert(id, opened);
                             }
-                            // Its first bytes ride with the open now, its
-                            // socket comes once the exit accepted.
-                            None => match early_frames(&mut streams, id, &early) {
-                                Ok(frames) => {
-                                    out.extend(frames);
-                                    pending.insert(id, opened);
-                                }
-                                Err(why) => {
-                                    out.push(streams.refuse(id, ResetReason::Failure, &why));
-                                    let _ = opened.send(Err(OpenError::Refused(ResetReason::Failure, why)));
-                                }
-                            },
+                            Err(why) => {
+                                out.push(streams.refuse(id, ResetReason::Failure, &why));
+                                let _ = opened.send(Err(OpenError::Refused(ResetReason::Failure, why)));
+                            }
                         }
                     }
                     Err(e) => {

@@ -151,14 +151,7 @@ impl Prf {
     /// XORs the key stream, from byte `offset` (a whole number of
     /// blocks: 0 for the payload, C·16 for `UPDATE`), into `out`.
     fn apply(&self, tweak: &Block, offset: usize, out: &mut [u8]) {
-        debug_assert_eq!(offset % BLOCK, 0, "the PRF is read from block boundaries");
-        let mut uh = self.b.clone();
-        uh.update(&[(*tweak).into()]);
-        let mut iv = Zeroizing::new(u128::from_be_bytes(uh.finalize().into()));
-        *iv &= !((1u128 << self.counter_bits) - 1);
-        // The low bits are clear and the offset stays below them: no carry.
-        *iv |= (offset / BLOCK) as u128;
-        let iv = Zeroizing::new(iv.to_be_bytes());
+        let iv = self.iv(tweak, offset);
         use aws_lc_rs::cipher::EncryptionContext;
         use aws_lc_rs::iv::FixedLength;
         let done = self.fast.as_ref().is_some_and(|k| {
@@ -168,6 +161,18 @@ impl Prf {
         if !done {
             self.apply_portable(&iv, out);
         }
+    }
+
+    /// The counter block the key stream starts from at byte `offset`.
+    fn iv(&self, tweak: &Block, offset: usize) -> Zeroizing<[u8; 16]> {
+        debug_assert_eq!(offset % BLOCK, 0, "the PRF is read from block boundaries");
+        let mut uh = self.b.clone();
+        uh.update(&[(*tweak).into()]);
+        let mut iv = Zeroizing::new(u128::from_be_bytes(uh.finalize().into()));
+        *iv &= !((1u128 << self.counter_bits) - 1);
+        // The low bits are clear and the offset stays below them: no carry.
+        *iv |= (offset / BLOCK) as u128;
+        Zeroizing::new(iv.to_be_bytes())
     }
 
     /// The same CTR pass on RustCrypto's AES.
@@ -430,26 +435,16 @@ mod tests {
     #[test]
     fn the_ctr_pass_matches_the_portable_one() {
         for (k, body) in [TOR_BODY, 8187].into_iter().enumerate() {
-            let seed: Vec<u8> = (0..32u8)
+            let keys: Vec<u8> = (0..64u8)
                 .map(|i| i.wrapping_mul(37).wrapping_add(k as u8))
                 .collect();
-            let blocks = (body - TAG_LEN).div_ceil(BLOCK);
-            let bits = (blocks + SEED_LEN / BLOCK)
-                .next_power_of_two()
-                .trailing_zeros()
-                .max(6);
-            let prf = Prf::new(&seed, bits);
+            let uiv = Uiv::new(&keys, body);
             let tweak = [0xa5u8; BLOCK];
-            for (offset, len) in [(0, body - TAG_LEN), (blocks * BLOCK, SEED_LEN)] {
+            for (offset, len) in [(0, body - TAG_LEN), (uiv.update_offset, SEED_LEN)] {
                 let mut fast = vec![0x3cu8; len];
-                prf.apply(&tweak, offset, &mut fast);
-                let mut uh = prf.b.clone();
-                uh.update(&[tweak.into()]);
-                let mut iv = u128::from_be_bytes(uh.finalize().into());
-                iv &= !((1u128 << bits) - 1);
-                iv |= (offset / BLOCK) as u128;
+                uiv.s.apply(&tweak, offset, &mut fast);
                 let mut slow = vec![0x3cu8; len];
-                prf.apply_portable(&iv.to_be_bytes(), &mut slow);
+                uiv.s.apply_portable(&uiv.s.iv(&tweak, offset), &mut slow);
                 assert_eq!(fast, slow, "body {body}, offset {offset}");
                 assert_ne!(fast, vec![0x3cu8; len]);
             }
